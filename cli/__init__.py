@@ -1,0 +1,1 @@
+"""The ``jfb-inverse`` command-line application (installed as ``jfb_inverse.cli``)."""

@@ -1,0 +1,73 @@
+"""The Typer application: one function per command."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from jfb_inverse import __version__
+
+app = typer.Typer(
+    name="jfb-inverse",
+    help="Implicit (fixed-point) networks for imaging inverse problems, trained with JFB.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"jfb-inverse {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Implicit (fixed-point) networks for imaging inverse problems, trained with JFB."""
+
+
+@app.command()
+def problems() -> None:
+    """List the registered problems."""
+    table = Table("problem", "description")
+    from jfb_inverse.problems import list_problems
+
+    for name, description in list_problems().items():
+        table.add_row(name, description)
+    console.print(table)
+
+
+@app.command()
+def demo(
+    steps: Annotated[int, typer.Option(min=1, help="Adam steps.")] = 200,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Fit a toy implicit network with JFB and with implicit differentiation (engine demo)."""
+    import time
+
+    from jfb_inverse.implicit import JFB, ImplicitDiff
+    from jfb_inverse.toy import fit_toy
+
+    table = Table("gradient", "first loss", "last loss", "reduction", "seconds")
+    for name, strategy in (("JFB", JFB()), ("ImplicitDiff", ImplicitDiff())):
+        start = time.perf_counter()
+        losses = fit_toy(strategy, steps=steps, seed=seed)
+        table.add_row(
+            name, f"{losses[0]:.3e}", f"{losses[-1]:.3e}", f"{losses[0] / losses[-1]:.1e}x",
+            f"{time.perf_counter() - start:.2f}",
+        )
+    console.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

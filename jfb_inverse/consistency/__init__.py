@@ -1,0 +1,1 @@
+"""jfb_inverse.consistency (see ARCHITECTURE.md)."""

@@ -1,0 +1,203 @@
+"""Gradient strategies: how an implicit layer is differentiated.
+
+All strategies are called the same way, ``strategy(fn, u0, solver) -> (u, stats)``, where ``fn`` is
+the fixed-point map ``T(.; d)`` closing over the data and the parameters. At inference (autograd
+off) every strategy simply runs the solver, so a model's output does not depend on how it was
+trained.
+
+=================  =====================================================  ======================
+strategy           backward                                               memory of a step
+=================  =====================================================  ======================
+``JFB()``          through one application of T at the fixed point        one layer
+``JFBk(k)``        through the last k applications                        k layers
+``ImplicitDiff``   solves ``g = J_T(u*)^T g + dL/du`` (VJP iterations)     one layer
+``Unrolled(K)``    through all K iterations (no solver in training)      K layers
+=================  =====================================================  ======================
+
+JFB's descent guarantee (Fung et al., AAAI 2022, Thm. 3.1) needs T to be a contraction in u:
+then ``-JFB gradient`` is a descent direction for the loss. Check it with
+:func:`jfb_inverse.implicit.lipschitz_estimate`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from jfb_inverse.implicit.solvers import Anderson, FixedPointMap, FixedPointSolver, Picard
+from jfb_inverse.implicit.stats import SolverStats, relative_residual
+
+
+class GradientStrategy(ABC):
+    """Interface: return the equilibrium (with the strategy's autograd graph) and its stats."""
+
+    @abstractmethod
+    def __call__(
+        self, fn: FixedPointMap, u0: Tensor, solver: FixedPointSolver
+    ) -> tuple[Tensor, SolverStats]:
+        """Solve ``u = fn(u)`` from ``u0`` and attach the strategy's graph to the result."""
+
+
+def _solve_detached(fn: FixedPointMap, u0: Tensor, solver: FixedPointSolver) -> tuple[Tensor, SolverStats]:
+    with torch.no_grad():
+        return solver.solve(fn, u0.detach())
+
+
+@dataclass
+class JFB(GradientStrategy):
+    """Jacobian-free backpropagation: backprop through ``T(u*)`` only, ``u*`` detached.
+
+    The gradient is the implicit gradient with the ``(I - J_T)^{-1}`` factor dropped; it costs one
+    extra application of T and the memory of one layer, whatever the number of iterations.
+    """
+
+    def __call__(
+        self, fn: FixedPointMap, u0: Tensor, solver: FixedPointSolver
+    ) -> tuple[Tensor, SolverStats]:
+        """Solve without autograd, then apply ``fn`` once with autograd at the fixed point."""
+        u_star, stats = _solve_detached(fn, u0, solver)
+        if not torch.is_grad_enabled():
+            return u_star, stats
+        stats.evaluations += 1
+        return fn(u_star), stats
+
+
+@dataclass
+class JFBk(GradientStrategy):
+    """JFB-k / phantom gradient: backprop through the last ``k`` applications of T (k=1 is JFB)."""
+
+    k: int = 5
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"JFBk needs k >= 1, got {self.k}")
+
+    def __call__(
+        self, fn: FixedPointMap, u0: Tensor, solver: FixedPointSolver
+    ) -> tuple[Tensor, SolverStats]:
+        """Solve without autograd, then apply ``fn`` ``k`` times with autograd."""
+        u, stats = _solve_detached(fn, u0, solver)
+        if not torch.is_grad_enabled():
+            return u, stats
+        for _ in range(self.k):
+            u = fn(u)
+        stats.evaluations += self.k
+        return u, stats
+
+
+@dataclass
+class Unrolled(GradientStrategy):
+    """Plain backprop through ``K`` iterations from ``u0`` (the memory-hungry baseline)."""
+
+    K: int = 20
+
+    def __post_init__(self) -> None:
+        if self.K < 1:
+            raise ValueError(f"Unrolled needs K >= 1, got {self.K}")
+
+    def __call__(
+        self, fn: FixedPointMap, u0: Tensor, solver: FixedPointSolver
+    ) -> tuple[Tensor, SolverStats]:
+        """Apply ``fn`` ``K`` times with autograd (inference falls back to the solver)."""
+        if not torch.is_grad_enabled():
+            return solver.solve(fn, u0)
+        u = u0
+        trace = []
+        for _ in range(self.K):
+            fu = fn(u)
+            trace.append(relative_residual(fu.detach(), u.detach()))
+            u = fu
+        res = trace[-1]
+        stats = SolverStats(
+            iterations=torch.full_like(res, self.K, dtype=torch.long),
+            residual=res,
+            converged=res <= solver.tol,
+            trace=torch.stack(trace),
+            evaluations=self.K,
+            tol=solver.tol,
+        )
+        return u, stats
+
+
+class _ImplicitBackward(torch.autograd.Function):
+    """Identity in the forward pass; in the backward pass replaces ``v`` by ``(I - J^T)^{-1} v``."""
+
+    @staticmethod
+    def forward(ctx: Any, u: Tensor, backward_fn: Callable[[Tensor], Tensor]) -> Tensor:  # type: ignore[override]
+        ctx.backward_fn = backward_fn
+        return u.view_as(u)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return ctx.backward_fn(grad), None
+
+
+@dataclass
+class ImplicitDiff(GradientStrategy):
+    """Exact implicit differentiation: solve ``g = J_T(u*)^T g + dL/du`` with VJP iterations.
+
+    The adjoint fixed-point problem is solved by ``solver`` (``"picard"``, ``"anderson"`` or a
+    :class:`FixedPointSolver`) to ``tol`` in at most ``max_iter`` vector-Jacobian products. Its
+    statistics land in ``stats.backward`` once ``backward()`` has run.
+    """
+
+    solver: FixedPointSolver | str = "anderson"
+    tol: float = 1e-4
+    max_iter: int = 50
+    _backward_solver: FixedPointSolver = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.solver, FixedPointSolver):
+            self._backward_solver = self.solver
+        elif self.solver in ("picard", "fixed_point", "fixed-point"):
+            self._backward_solver = Picard(tol=self.tol, max_iter=self.max_iter)
+        elif self.solver == "anderson":
+            self._backward_solver = Anderson(tol=self.tol, max_iter=self.max_iter)
+        else:
+            raise ValueError(
+                f"unknown backward solver {self.solver!r}; use 'picard', 'anderson' or a FixedPointSolver"
+            )
+
+    def __call__(
+        self, fn: FixedPointMap, u0: Tensor, solver: FixedPointSolver
+    ) -> tuple[Tensor, SolverStats]:
+        """Solve without autograd, apply ``fn`` once with autograd and attach the implicit backward."""
+        u_star, stats = _solve_detached(fn, u0, solver)
+        if not torch.is_grad_enabled():
+            return u_star, stats
+        # One tracked application serves both the parameter gradient and the VJPs in u.
+        z = u_star.detach().requires_grad_()
+        u = fn(z)
+        stats.evaluations += 1
+        backward_solver = self._backward_solver
+
+        def implicit_backward(v: Tensor) -> Tensor:
+            def adjoint_map(g: Tensor) -> Tensor:
+                (vjp,) = torch.autograd.grad(u, z, g, retain_graph=True)
+                return vjp + v
+
+            g, back_stats = backward_solver.solve(adjoint_map, v)
+            stats.backward = back_stats
+            return g
+
+        return _ImplicitBackward.apply(u, implicit_backward), stats
+
+
+def make_gradient(name: str, **kwargs: Any) -> GradientStrategy:
+    """Build a strategy by name: ``jfb``, ``jfbk`` (k), ``implicit`` (solver, tol, max_iter), ``unrolled`` (K)."""
+    strategies: dict[str, type[GradientStrategy]] = {
+        "jfb": JFB,
+        "jfbk": JFBk,
+        "implicit": ImplicitDiff,
+        "unrolled": Unrolled,
+    }
+    try:
+        cls = strategies[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown gradient {name!r}; choose one of {sorted(strategies)}") from None
+    return cls(**kwargs)

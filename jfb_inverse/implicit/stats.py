@@ -1,0 +1,61 @@
+"""Statistics reported by a fixed-point solve (forward or backward)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class SolverStats:
+    """What one fixed-point solve did, per sample.
+
+    Attributes:
+        iterations: applications of the map used by each sample, shape ``(B,)``.
+        residual: final relative residual ``||f(u) - u|| / ||f(u)||`` of each sample, shape ``(B,)``.
+        converged: whether each sample reached the tolerance, shape ``(B,)``.
+        trace: relative residual after every iteration, shape ``(K, B)``.
+        evaluations: applications of the map for the whole batch (what costs time).
+        tol: the tolerance the solve aimed for.
+        backward: statistics of the backward solve (``ImplicitDiff`` only), set after ``backward()``.
+    """
+
+    iterations: Tensor
+    residual: Tensor
+    converged: Tensor
+    trace: Tensor
+    evaluations: int
+    tol: float
+    backward: SolverStats | None = field(default=None)
+
+    @property
+    def all_converged(self) -> bool:
+        """True when every sample of the batch reached the tolerance."""
+        return bool(self.converged.all())
+
+    def summary(self) -> dict[str, float | int | bool]:
+        """Batch-level numbers for logs: max iterations, max residual, converged fraction."""
+        out: dict[str, float | int | bool] = {
+            "iterations": int(self.iterations.max()),
+            "residual": float(self.residual.max()),
+            "converged_fraction": float(self.converged.float().mean()),
+            "evaluations": self.evaluations,
+        }
+        if self.backward is not None:
+            out["backward_iterations"] = int(self.backward.iterations.max())
+            out["backward_residual"] = float(self.backward.residual.max())
+        return out
+
+
+def relative_residual(fu: Tensor, u: Tensor, eps: float = 1e-12) -> Tensor:
+    """Per-sample ``||f(u) - u|| / (||f(u)|| + eps)`` over all but the batch dimension.
+
+    An overflowing iterate gives ``inf`` (never a spuriously small ratio of two huge norms).
+    """
+    diff = (fu - u).flatten(1).norm(dim=1)
+    scale = fu.flatten(1).norm(dim=1)
+    res = diff / (scale + eps)
+    return torch.where(torch.isfinite(diff) & torch.isfinite(scale), res, torch.full_like(res, float("inf")))
+

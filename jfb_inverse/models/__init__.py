@@ -1,0 +1,1 @@
+"""jfb_inverse.models (see ARCHITECTURE.md)."""

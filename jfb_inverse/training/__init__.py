@@ -1,0 +1,1 @@
+"""jfb_inverse.training (see ARCHITECTURE.md)."""

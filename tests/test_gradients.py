@@ -1,0 +1,116 @@
+"""Gradient strategies against analytic gradients on a linear equilibrium.
+
+With T(u) = W u + b and L = 0.5 ||u* - t||^2:
+    true gradient    dL/db = (I - W)^{-T} (u* - t),   dL/dW = (I - W)^{-T} (u* - t) u*^T
+    JFB gradient     dL/db = (u* - t),                dL/dW = (u* - t) u*^T
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from jfb_inverse.implicit import JFB, Anderson, ImplicitDiff, JFBk, Unrolled, fixed_point, make_gradient
+
+
+def run(strategy, w, b, target, solver=None):
+    w = w.clone().requires_grad_()
+    b = b.clone().requires_grad_()
+    u, stats = fixed_point(lambda u: u @ w.T + b, torch.zeros_like(b), solver or Anderson(tol=1e-12, max_iter=500),
+                           strategy)
+    loss = 0.5 * ((u - target) ** 2).sum()
+    loss.backward()
+    return w.grad, b.grad, stats
+
+
+def analytic(w, b, target):
+    eye = torch.eye(w.shape[0], dtype=w.dtype)
+    u = torch.linalg.solve(eye - w, b.T).T
+    v = u - target
+    g = torch.linalg.solve((eye - w).T, v.T).T
+    return {"true_b": g, "true_w": g.T @ u, "jfb_b": v, "jfb_w": v.T @ u}
+
+
+def rel(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.fixture
+def target(linear_contraction):
+    return torch.randn_like(linear_contraction[1])
+
+
+@pytest.mark.parametrize("backward", ["picard", "anderson"])
+def test_implicit_diff_matches_analytic_gradient(backward, linear_contraction, target):
+    w, b = linear_contraction
+    gw, gb, stats = run(ImplicitDiff(backward, tol=1e-10, max_iter=2000), w, b, target)
+    ref = analytic(w, b, target)
+    assert rel(gb, ref["true_b"]) < 1e-4
+    assert rel(gw, ref["true_w"]) < 1e-4
+    assert stats.backward is not None and stats.backward.all_converged
+    assert int(stats.backward.iterations.max()) > 1
+
+
+def test_implicit_diff_matches_finite_differences(linear_contraction, target):
+    w, b = linear_contraction
+    _, gb, _ = run(ImplicitDiff("anderson", tol=1e-12, max_iter=500), w, b, target)
+
+    def loss_of(bb):
+        u = torch.linalg.solve(torch.eye(w.shape[0], dtype=w.dtype) - w, bb.T).T
+        return 0.5 * ((u - target) ** 2).sum()
+
+    eps = 1e-6
+    direction = torch.randn_like(b)
+    fd = (loss_of(b + eps * direction) - loss_of(b - eps * direction)) / (2 * eps)
+    assert abs(float((gb * direction).sum() - fd)) < 1e-4 * abs(float(fd))
+
+
+def test_jfb_equals_analytic_jfb_formula_and_is_a_descent_direction(linear_contraction, target):
+    w, b = linear_contraction
+    gw, gb, _ = run(JFB(), w, b, target)
+    ref = analytic(w, b, target)
+    assert rel(gb, ref["jfb_b"]) < 1e-6
+    assert rel(gw, ref["jfb_w"]) < 1e-6
+    cosine = torch.nn.functional.cosine_similarity(gb.flatten(), ref["true_b"].flatten(), dim=0)
+    assert float(cosine) > 0
+
+
+def test_jfbk_approaches_true_gradient_as_k_grows(linear_contraction, target):
+    w, b = linear_contraction
+    ref = analytic(w, b, target)["true_b"]
+    errors = [rel(run(JFBk(k), w, b, target)[1], ref) for k in (1, 10, 50, 400)]
+    assert errors == sorted(errors, reverse=True)
+    assert errors[-1] < 1e-6
+    # JFBk(1) is JFB.
+    assert rel(run(JFBk(1), w, b, target)[1], run(JFB(), w, b, target)[1]) < 1e-12
+
+
+def test_unrolled_with_large_k_matches_implicit_diff(linear_contraction, target):
+    w, b = linear_contraction
+    _, g_unrolled, stats = run(Unrolled(600), w, b, target)
+    _, g_implicit, _ = run(ImplicitDiff(tol=1e-12, max_iter=1000), w, b, target)
+    assert rel(g_unrolled, g_implicit) < 1e-6
+    assert stats.iterations.eq(600).all()
+
+
+def test_inference_runs_only_the_solver(linear_contraction):
+    w, b = linear_contraction
+    calls = {"n": 0}
+
+    def f(u):
+        calls["n"] += 1
+        return u @ w.T + b
+
+    for strategy in (JFB(), JFBk(3), ImplicitDiff(), Unrolled(7)):
+        calls["n"] = 0
+        with torch.no_grad():
+            _, stats = fixed_point(f, torch.zeros_like(b), Anderson(tol=1e-6, max_iter=500), strategy)
+        assert calls["n"] == stats.evaluations
+
+
+def test_make_gradient_by_name():
+    assert isinstance(make_gradient("jfbk", k=3), JFBk)
+    with pytest.raises(ValueError, match="unknown gradient"):
+        make_gradient("adjoint")
+    with pytest.raises(ValueError, match="k >= 1"):
+        JFBk(0)

@@ -1,0 +1,91 @@
+"""Fixed-point solvers on a linear contraction with a known fixed point."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from jfb_inverse.implicit import Anderson, Picard, make_solver
+
+
+def exact_fixed_point(w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.solve(torch.eye(w.shape[0], dtype=w.dtype) - w, b.T).T
+
+
+@pytest.mark.parametrize("solver", [Picard(tol=1e-8, max_iter=2000), Anderson(tol=1e-8, max_iter=500)])
+def test_reaches_exact_fixed_point(solver, linear_contraction):
+    w, b = linear_contraction
+    u, stats = solver.solve(lambda u: u @ w.T + b, torch.zeros_like(b))
+    exact = exact_fixed_point(w, b)
+    rel_err = (u - exact).norm(dim=1) / exact.norm(dim=1)
+    assert stats.all_converged
+    # Error <= residual / (1 - ||W||) for a contraction: 1e-8 / 0.05 = 2e-7.
+    assert float(rel_err.max()) < 5e-7
+    assert stats.trace.shape == (int(stats.iterations.max()), b.shape[0])
+    assert float(stats.residual.max()) <= 1e-8
+
+
+def test_anderson_needs_far_fewer_iterations(linear_contraction):
+    w, b = linear_contraction
+    f = lambda u: u @ w.T + b  # noqa: E731
+    _, picard = Picard(tol=1e-6, max_iter=2000).solve(f, torch.zeros_like(b))
+    _, anderson = Anderson(m=5, tol=1e-6, max_iter=2000).solve(f, torch.zeros_like(b))
+    assert picard.all_converged and anderson.all_converged
+    assert int(anderson.iterations.max()) * 2 <= int(picard.iterations.max())
+
+
+def test_relaxed_picard_converges_on_nonexpansive_rotation():
+    # A rotation is non-expansive but not contractive: plain Picard cycles, KM (alpha<1) converges.
+    theta = torch.tensor(1.0, dtype=torch.float64)
+    rot = torch.stack([torch.stack([theta.cos(), -theta.sin()]), torch.stack([theta.sin(), theta.cos()])])
+    center = torch.tensor([[1.0, 2.0]], dtype=torch.float64)
+    f = lambda u: (u - center) @ rot.T + center  # noqa: E731
+    u0 = torch.zeros(1, 2, dtype=torch.float64)
+    _, plain = Picard(alpha=1.0, tol=1e-6, max_iter=300).solve(f, u0)
+    u, km = Picard(alpha=0.5, tol=1e-6, max_iter=300).solve(f, u0)
+    assert not plain.all_converged
+    assert km.all_converged
+    assert torch.allclose(u, center, atol=1e-5)
+
+
+def test_per_sample_stopping_freezes_converged_samples():
+    # Sample 0 contracts fast (0.1), sample 1 slowly (0.9).
+    rates = torch.tensor([[0.1], [0.9]], dtype=torch.float64)
+    f = lambda u: rates * u + 1.0  # noqa: E731
+    u0 = torch.zeros(2, 3, dtype=torch.float64)
+    _, batch = Picard(tol=1e-6, max_iter=500, stop="batch").solve(f, u0)
+    _, sample = Picard(tol=1e-6, max_iter=500, stop="sample").solve(f, u0)
+    assert batch.iterations[0] == batch.iterations[1]
+    assert sample.iterations[0] < sample.iterations[1]
+    assert sample.all_converged
+
+
+def test_anderson_singular_system_falls_back_without_crash():
+    # f is constant: after one step the residual history is exactly zero and the
+    # least-squares system is singular.
+    target = torch.ones(3, 5)
+    u, stats = Anderson(m=4, lam=0.0, tol=1e-12, max_iter=10).solve(lambda u: target.clone(), torch.zeros(3, 5))
+    assert torch.equal(u, target)
+    assert torch.isfinite(stats.residual).all()
+
+
+def test_divergence_returns_best_iterate_and_says_so():
+    f = lambda u: -2.0 * u + 1.0  # noqa: E731 - oscillating, expanding: Picard diverges (overflows)
+    u, stats = Picard(tol=1e-6, max_iter=500).solve(f, torch.zeros(2, 4))
+    assert not stats.converged.any()
+    assert not torch.isfinite(stats.trace[-1]).any()  # it did blow up...
+    # ...but the returned iterate is the one of the smallest residual: the first step 0 -> 1,
+    # residual ||1 - 0|| / ||1|| = 1 (later ones tend to 1.5, then overflow).
+    assert torch.equal(u, torch.ones(2, 4))
+    assert torch.allclose(stats.residual, torch.ones(2))
+
+
+def test_solver_validation_messages():
+    with pytest.raises(ValueError, match="alpha"):
+        Picard(alpha=1.5)
+    with pytest.raises(ValueError, match="history m"):
+        Anderson(m=0)
+    with pytest.raises(ValueError, match="unknown solver"):
+        make_solver("newton")
+    with pytest.raises(ValueError, match="tol"):
+        Picard(tol=0.0).solve(lambda u: u, torch.zeros(1, 2))
