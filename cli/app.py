@@ -1,11 +1,11 @@
-"""The Typer application: one function per command."""
+"""The Typer application: ``jfb-inverse COMMAND``. One function per command, in its own module."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from jfb_inverse.cli.common import console, set_debug, user_errors
 from rich.table import Table
 
 from jfb_inverse import __version__
@@ -17,7 +17,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
 
 
 def _version(value: bool) -> None:
@@ -31,16 +30,20 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", callback=set_debug, is_eager=True, help="Show full tracebacks on errors.")
+    ] = False,
 ) -> None:
     """Implicit (fixed-point) networks for imaging inverse problems, trained with JFB."""
 
 
 @app.command()
+@user_errors
 def problems() -> None:
     """List the registered problems."""
-    table = Table("problem", "description")
     from jfb_inverse.problems import list_problems
 
+    table = Table("problem", "description")
     for name, description in list_problems().items():
         table.add_row(name, description)
     console.print(table)
@@ -62,10 +65,23 @@ def demo(
         start = time.perf_counter()
         losses = fit_toy(strategy, steps=steps, seed=seed)
         table.add_row(
-            name, f"{losses[0]:.3e}", f"{losses[-1]:.3e}", f"{losses[0] / losses[-1]:.1e}x",
+            name,
+            f"{losses[0]:.3e}",
+            f"{losses[-1]:.3e}",
+            f"{losses[0] / losses[-1]:.1e}x",
             f"{time.perf_counter() - start:.2f}",
         )
     console.print(table)
+
+
+from jfb_inverse.cli import evaluate as _evaluate  # noqa: E402
+from jfb_inverse.cli import reconstruct as _reconstruct  # noqa: E402
+from jfb_inverse.cli import train as _train  # noqa: E402
+
+app.command(name="train")(_train.train)
+app.command(name="simulate")(_reconstruct.simulate)
+app.command(name="reconstruct")(_reconstruct.reconstruct)
+app.command(name="evaluate")(_evaluate.evaluate)
 
 
 def main() -> None:

@@ -1,1 +1,7 @@
-"""jfb_inverse.models (see ARCHITECTURE.md)."""
+"""Learned regularisers and the ``ImplicitReconstructor`` (a deepinv ``Reconstructor``)."""
+
+from jfb_inverse.models.build import PhysicsCache, build_model
+from jfb_inverse.models.reconstructor import ImplicitReconstructor
+from jfb_inverse.models.regularizers import SmoothingResidualCNN
+
+__all__ = ["ImplicitReconstructor", "PhysicsCache", "SmoothingResidualCNN", "build_model"]

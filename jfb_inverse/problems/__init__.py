@@ -1,8 +1,59 @@
-"""Typed problem definitions and their registry (provisional: filled by the imaging layer)."""
+"""Typed problem definitions, the registry, and the physics they build.
 
-from __future__ import annotations
+>>> from jfb_inverse.problems import resolve_config
+>>> cfg = resolve_config("deblur", overrides={"noise": {"sigma": 0.02}})
+>>> cfg.operator.kernel, cfg.noise.sigma
+('gaussian', 0.02)
+"""
 
+from jfb_inverse.problems.config import (
+    BlurOperator,
+    CustomOperator,
+    DataConfig,
+    InpaintingOperator,
+    ModelConfig,
+    MRIOperator,
+    NoiseConfig,
+    ProblemConfig,
+    SolverConfig,
+    SuperResOperator,
+    TomographyOperator,
+    TrainingConfig,
+)
+from jfb_inverse.problems.noise import simulate
+from jfb_inverse.problems.operators import build_physics, image_shape_for, register_operator
+from jfb_inverse.problems.registry import (
+    Problem,
+    config_from_file_or_problem,
+    get_problem,
+    list_problems,
+    load_config_file,
+    register_problem,
+    resolve_config,
+)
 
-def list_problems() -> dict[str, str]:
-    """Registered problem names with a one-line description."""
-    return {}
+__all__ = [
+    "BlurOperator",
+    "CustomOperator",
+    "DataConfig",
+    "InpaintingOperator",
+    "MRIOperator",
+    "ModelConfig",
+    "NoiseConfig",
+    "Problem",
+    "ProblemConfig",
+    "SolverConfig",
+    "SuperResOperator",
+    "TomographyOperator",
+    "TrainingConfig",
+    "build_physics",
+    "config_from_file_or_problem",
+    "get_problem",
+    "image_shape_for",
+    "list_problems",
+    "load_config_file",
+    "register_operator",
+    "register_problem",
+    "resolve_config",
+    "simulate",
+]

@@ -1,0 +1,132 @@
+"""``jfb-inverse train``: train an implicit network on a registered problem (or a custom operator)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import typer
+from jfb_inverse.cli.common import console, user_errors, warn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+Gradient = Literal["jfb", "jfbk", "implicit", "unrolled"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+def _overrides(**values: Any) -> dict[str, Any]:
+    """Nested overrides from the options that were given (``section__field`` -> section.field)."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if value is None:
+            continue
+        section, name = key.split("__")
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+@user_errors
+def train(
+    problem: Annotated[str | None, typer.Option(help="Registered problem (see `jfb-inverse problems`).")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML/JSON file with any definition field.")] = None,
+    preset: Annotated[str | None, typer.Option(help="Named preset of the problem, e.g. `full`.")] = None,
+    data: Annotated[Path | None, typer.Option(help="Folder of training images (PNG/JPEG/TIFF).")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Training steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Patches per step.")] = None,
+    lr: Annotated[float | None, typer.Option(min=0, help="Peak learning rate.")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder (model.pt, history.jsonl, training.png).")] = Path(
+        "runs/latest"
+    ),
+    device: Annotated[Device, typer.Option(help="auto picks CUDA when present.")] = "auto",
+    seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
+    gradient: Annotated[Gradient | None, typer.Option(help="Gradient strategy.")] = None,
+    max_minutes: Annotated[float | None, typer.Option(min=0, help="Stop after this many minutes.")] = None,
+) -> None:
+    """Train an implicit network with JFB (or another gradient strategy) and evaluate it on held-out images."""
+    from jfb_inverse.errors import UserError
+    from jfb_inverse.evaluation import evaluate
+    from jfb_inverse.problems import config_from_file_or_problem
+    from jfb_inverse.training.data import evaluation_images
+    from jfb_inverse.training.device import resolve_device
+    from jfb_inverse.training.loop import train as run_training
+    from jfb_inverse.training.report import training_figure
+
+    overrides = _overrides(
+        training__steps=steps,
+        training__batch_size=batch_size,
+        training__lr=lr,
+        training__seed=seed,
+        training__gradient=gradient,
+        training__max_minutes=max_minutes,
+        training__device=None if device == "auto" else device,
+    )
+    if data is not None:
+        overrides.setdefault("data", {}).update({"source": "folder", "path": str(data)})
+    cfg = config_from_file_or_problem(problem, config, overrides, preset)
+    dev = resolve_device(device if device != "auto" else cfg.training.device)
+    _check_writable(out)
+    console.print(
+        f"training [bold]{cfg.problem}[/] on {dev}: {cfg.training.steps} steps, batch {cfg.training.batch_size}, "
+        f"gradient {cfg.training.gradient}, solver {cfg.solver.name} "
+        f"(tol {cfg.solver.tol:g}, max {cfg.solver.max_iter})"
+    )
+    progress = Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        transient=False,
+    )
+    with progress:
+        task = progress.add_task("train", total=cfg.training.steps, info="")
+
+        def on_log(record: dict[str, Any]) -> None:
+            progress.update(
+                task,
+                info=f"loss {record['loss']:.2e}  psnr {record['psnr']:.2f}  iters {record['iterations']:.1f}",
+            )
+            if record["not_converged_steps"]:
+                warn(f"{record['not_converged_steps']} steps before step {record['step']} hit max_iter before tol")
+
+        result = run_training(cfg, out, dev, on_log=on_log, on_step=lambda s: progress.update(task, completed=s + 1))
+    console.print(f"trained {result.steps} steps in {result.seconds:.0f} s -> {out / 'model.pt'}")
+    from jfb_inverse.models.build import build_model
+    from jfb_inverse.training.checkpoint import load_checkpoint
+
+    payload, _ = load_checkpoint(out / "model.pt", map_location=dev)
+    model, physics = build_model(cfg, dev)
+    model.load_state_dict(payload["state_dict"])
+    try:
+        ev = evaluate(model, physics, cfg, evaluation_images(cfg.data), seed=0)
+    except UserError as exc:
+        warn(f"held-out evaluation skipped: {exc}")
+        ev = None
+    training_figure(result.history, ev, out / "training.png")
+    if ev is not None:
+        _print_mean(ev.report)
+        if not all(ev.converged):
+            warn("the forward solve did not reach its tolerance on some held-out images")
+
+
+def _check_writable(out: Path) -> None:
+    from jfb_inverse.errors import UserError
+
+    parent = out if out.exists() else out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    import os
+
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} is a file; give a folder")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"cannot write to {str(parent)!r}; choose an --out folder you can write")
+
+
+def _print_mean(report: dict[str, Any]) -> None:
+    table = Table("method", "mean PSNR (dB)", "mean SSIM", title="held-out images")
+    for method, value in report["mean"]["psnr"].items():
+        table.add_row(method, f"{value:.2f}", f"{report['mean']['ssim'][method]:.4f}")
+    console.print(table)

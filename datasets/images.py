@@ -1,0 +1,287 @@
+"""Image IO and scikit-image's bundled sample images, as (C, H, W) float32 tensors in [0, 1].
+
+The bundled images are read straight from the files shipped inside scikit-image
+(``skimage.data.data_dir``), never through its download cache, so they load offline.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import warnings
+from pathlib import Path
+
+import numpy as np
+import skimage.io
+import torch
+from skimage.color import rgb2gray
+from skimage.data import data_dir
+from skimage.transform import resize
+from torch import Tensor
+
+from jfb_inverse.errors import UserError
+
+# name -> file bundled in skimage.data.data_dir; names follow skimage.data's loader functions.
+_BUNDLED_FILES: dict[str, str] = {
+    "astronaut": "astronaut.png",
+    "brick": "brick.png",
+    "camera": "camera.png",
+    "cell": "cell.png",
+    "chelsea": "chelsea.png",
+    "coffee": "coffee.png",
+    "coins": "coins.png",
+    "grass": "grass.png",
+    "gravel": "gravel.png",
+    "hubble_deep_field": "hubble_deep_field.jpg",
+    "immunohistochemistry": "ihc.png",
+    "moon": "moon.png",
+    "motorcycle": "motorcycle_left.png",
+    "page": "page.png",
+    "retina": "retina.jpg",
+    "rocket": "rocket.jpg",
+    "text": "text.png",
+    "shepp_logan_phantom": "phantom.png",
+}
+
+#: Held-out natural images, never trained on: a grey portrait, a colour portrait, grey objects
+#: with sharp edges, and a colour outdoor scene. Every one has a shorter side of at least 256.
+BUILTIN_TEST: tuple[str, ...] = ("camera", "astronaut", "coins", "rocket")
+
+#: Natural images for training: photos, textures, microscopy, astronomy and documents. Left out
+#: on purpose: ``clock`` (motion-blurred, not a clean reference), ``microaneurysms`` (102 x 102,
+#: smaller than a training patch), ``cat`` (same picture as ``chelsea``), binary or synthetic
+#: images (``horse``, ``checkerboard``, ``logo``, ``colorwheel``) and every image that skimage
+#: must download (``eagle``, ``cells3d``, ``kidney``, ``lily``, ``brain``, ...).
+BUILTIN_TRAIN: tuple[str, ...] = (
+    "brick",
+    "cell",
+    "chelsea",
+    "coffee",
+    "grass",
+    "gravel",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "moon",
+    "motorcycle",
+    "page",
+    "retina",
+    "text",
+)
+
+#: Loadable by name but in neither natural split (a synthetic CT test image).
+BUILTIN_PHANTOMS: tuple[str, ...] = ("shepp_logan_phantom",)
+
+#: Every name that :func:`load_builtin` accepts.
+BUILTIN_NAMES: tuple[str, ...] = BUILTIN_TRAIN + BUILTIN_TEST + BUILTIN_PHANTOMS
+
+#: File suffixes that :func:`load_image` and :func:`load_folder` read (case-insensitive).
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy")
+
+
+@functools.cache
+def _read_bundled(name: str) -> np.ndarray:
+    # Cached because evaluation and tests load the same few images many times; callers copy.
+    path = Path(data_dir) / _BUNDLED_FILES[name]
+    if not path.is_file():
+        raise FileNotFoundError(errno.ENOENT, f"bundled image {name!r} is missing (reinstall scikit-image)", str(path))
+    array = skimage.io.imread(path)
+    array.setflags(write=False)
+    return array
+
+
+def _to_unit_float(array: np.ndarray, source: str) -> np.ndarray:
+    """Scale integer data to [0, 1] by its dtype's range; keep float data as they are."""
+    if array.dtype == np.bool_:
+        return array.astype(np.float32)
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / 65535.0
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise UserError(f"{source}: image has NaN or infinite values; clean it before loading")
+        return array.astype(np.float32)
+    raise UserError(f"{source}: unsupported pixel type {array.dtype}; save it as uint8, uint16 or float in [0, 1]")
+
+
+def _to_channels(array: np.ndarray, channels: int, source: str) -> np.ndarray:
+    """Turn an (H, W) or (H, W, C) float array into (channels, H, W)."""
+    if channels < 1:
+        raise UserError(f"channels must be a positive integer, got {channels}")
+    if array.ndim == 2:
+        array = array[..., None]
+    have = array.shape[-1]
+    if have == channels:
+        out = array
+    elif channels == 1 and have in (3, 4):
+        # Luminance (ITU-R 709 weights) of the colour channels; an alpha channel is dropped.
+        out = rgb2gray(array[..., :3])[..., None]
+    elif channels == 1 and have == 2:
+        out = array[..., :1]  # grey + alpha
+    elif channels == 3 and have in (1, 2):
+        out = np.repeat(array[..., :1], 3, axis=-1)
+    elif channels == 3 and have == 4:
+        out = array[..., :3]  # RGBA: drop alpha
+    else:
+        raise UserError(
+            f"{source}: cannot convert a {have}-channel image to {channels} channels; "
+            "use channels=1 (grey) or 3 (RGB), or pass channels equal to the file's channel count"
+        )
+    return np.ascontiguousarray(np.moveaxis(out, -1, 0), dtype=np.float32)
+
+
+def _center_square_resize(x: np.ndarray, size: int) -> np.ndarray:
+    """Crop (C, H, W) to its central min(H, W) square, then resize it to size x size."""
+    _, h, w = x.shape
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    square = x[:, top : top + side, left : left + side]
+    if side == size:
+        return np.ascontiguousarray(square)
+    resized = resize(square, (square.shape[0], size, size), order=1, anti_aliasing=side > size, preserve_range=True)
+    return np.clip(resized, 0.0, 1.0).astype(np.float32)
+
+
+def load_builtin(name: str, channels: int = 1, size: int | None = None) -> Tensor:
+    """Load one of scikit-image's bundled images as a (C, H, W) float32 tensor in [0, 1].
+
+    Parameters
+    ----------
+    name : str
+        One of ``BUILTIN_NAMES`` (see ``BUILTIN_TRAIN``, ``BUILTIN_TEST`` and ``BUILTIN_PHANTOMS``).
+    channels : int
+        1 for grey (luminance, :func:`skimage.color.rgb2gray`) or 3 for RGB (grey images repeated).
+    size : int, optional
+        If given, crop the central square of side min(H, W) and resize it (bilinear, anti-aliased)
+        to ``size x size``; otherwise keep the native size.
+
+    Examples
+    --------
+    >>> load_builtin("camera", size=128).shape
+    torch.Size([1, 128, 128])
+    """
+    if name not in _BUNDLED_FILES:
+        raise UserError(f"unknown builtin image {name!r}; valid names: {', '.join(BUILTIN_NAMES)}")
+    if size is not None and (not isinstance(size, int) or size < 1):
+        raise UserError(f"size must be a positive integer or None, got {size!r}")
+    source = f"builtin image {name!r}"
+    array = _to_channels(_to_unit_float(_read_bundled(name), source), channels, source)
+    if size is not None:
+        array = _center_square_resize(array, size)
+    return torch.from_numpy(array)
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise FileNotFoundError(errno.ENOENT, "no such image file (check the path)", str(path))
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; use load_folder() for a folder of images")
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise UserError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(IMAGE_SUFFIXES)}")
+
+
+def _npy_to_hwc(array: np.ndarray, source: str) -> np.ndarray:
+    """Bring a 2-D (H, W) or 3-D (C, H, W) / (H, W, C) array to (H, W) or (H, W, C)."""
+    if array.ndim == 2:
+        return array
+    if array.ndim == 3 and array.shape[0] <= 4:
+        # Channels first wins a tie (e.g. 3 x 3 x 3): it is the layout save_image writes.
+        return np.moveaxis(array, 0, -1)
+    if array.ndim == 3 and array.shape[-1] <= 4:
+        return array
+    if array.ndim == 3:
+        raise UserError(
+            f"{source}: cannot tell the channel axis of a .npy array of shape {array.shape}; "
+            "save it as (C, H, W) or (H, W, C) with at most 4 channels"
+        )
+    raise UserError(f"{source}: .npy array has shape {array.shape}; save it as (H, W), (C, H, W) or (H, W, C)")
+
+
+def load_image(path: str | Path, channels: int = 1) -> Tensor:
+    """Read an image file as a (C, H, W) float32 tensor.
+
+    PNG, JPEG and TIFF are read with :func:`skimage.io.imread`; ``.npy`` files may hold an
+    (H, W) array, or a 3-D array taken as (C, H, W) when its first axis has at most 4 entries,
+    else as (H, W, C) when its last axis has at most 4. uint8 and uint16 pixels are scaled to
+    [0, 1]; float pixels are kept unchanged (not clipped). Colour is converted to grey by
+    luminance and grey repeated to RGB as ``channels`` asks; an alpha channel is dropped.
+
+    Examples
+    --------
+    >>> x = load_image("photo.png", channels=3)  # doctest: +SKIP
+    """
+    path = Path(path)
+    _check_readable(path)
+    source = str(path)
+    if path.suffix.lower() == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as err:
+            raise UserError(f"{path}: not a readable .npy array ({err}); save it with numpy.save") from err
+        array = _npy_to_hwc(array, source)
+    else:
+        try:
+            with warnings.catch_warnings():
+                # imageio tries every backend on a file it cannot identify, and some warn that
+                # they are deprecated: noise for the user, who gets the UserError below.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                array = skimage.io.imread(path)
+        except Exception:  # the imageio/PIL/tifffile backends raise many unrelated types
+            raise UserError(f"{path}: not a readable image; check the file is a valid {path.suffix} image") from None
+        if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] > 4):
+            raise UserError(
+                f"{path}: image has shape {array.shape}, expected (H, W) or (H, W, C); "
+                "multi-page or volume files are not supported"
+            )
+    return torch.from_numpy(_to_channels(_to_unit_float(array, source), channels, source))
+
+
+def save_image(x: Tensor, path: str | Path) -> None:
+    """Write a (C, H, W) or (1, C, H, W) tensor to ``path``.
+
+    ``.png`` stores 8-bit pixels and ``.tif``/``.tiff`` float32 pixels, both clipped to [0, 1]
+    (1, 3 or 4 channels); ``.npy`` stores the raw float32 (C, H, W) array, unclipped. The parent
+    folder must exist: nothing is created.
+    """
+    path = Path(path)
+    if not isinstance(x, Tensor):
+        raise TypeError(f"save_image expects a torch.Tensor, got {type(x).__name__}")
+    if x.ndim == 4 and x.shape[0] == 1:
+        x = x[0]
+    if x.ndim != 3:
+        raise UserError(f"save_image expects a (C, H, W) or (1, C, H, W) tensor, got shape {tuple(x.shape)}")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "cannot save: folder does not exist (create it first)", str(path.parent))
+    suffix = path.suffix.lower()
+    array = x.detach().to("cpu", torch.float32).numpy()
+    if suffix == ".npy":
+        np.save(path, array)
+        return
+    if suffix not in (".png", ".tif", ".tiff"):
+        raise UserError(f"cannot save {path}: unsupported file type {path.suffix!r}; use .png, .tif, .tiff or .npy")
+    if array.shape[0] not in (1, 3, 4):
+        raise UserError(f"cannot save a {array.shape[0]}-channel image as {suffix}; use .npy for that")
+    hwc = np.clip(np.moveaxis(array, 0, -1), 0.0, 1.0)
+    hwc = hwc[..., 0] if hwc.shape[-1] == 1 else hwc
+    if suffix == ".png":
+        hwc = np.round(hwc * 255.0).astype(np.uint8)
+    skimage.io.imsave(path, hwc, check_contrast=False)
+
+
+def load_folder(path: str | Path, channels: int = 1) -> list[tuple[str, Tensor]]:
+    """Load every image in a folder (not its subfolders), sorted by file name.
+
+    Reads the files whose suffix is in ``IMAGE_SUFFIXES`` with :func:`load_image` and returns
+    ``(file name, (C, H, W) tensor)`` pairs; hidden files (names starting with ".") are skipped.
+    """
+    folder = Path(path)
+    if not folder.exists():
+        raise FileNotFoundError(errno.ENOENT, "no such folder (check the path)", str(folder))
+    if not folder.is_dir():
+        raise UserError(f"{folder}: is a file, not a folder; use load_image() for one file")
+    files = sorted(
+        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+    if not files:
+        raise UserError(f"{folder}: folder has no images; add files of type {', '.join(IMAGE_SUFFIXES)}")
+    return [(p.name, load_image(p, channels)) for p in files]

@@ -1,0 +1,81 @@
+"""Build an ``ImplicitReconstructor`` (and its physics) from a resolved problem definition."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+from deepinv.physics import LinearPhysics
+
+from jfb_inverse.implicit import Anderson, FixedPointSolver, Picard, make_gradient
+from jfb_inverse.models.reconstructor import ImplicitReconstructor
+from jfb_inverse.models.regularizers import SmoothingResidualCNN
+from jfb_inverse.problems.config import ProblemConfig, SolverConfig, TrainingConfig
+from jfb_inverse.problems.noise import attach_noise_model
+from jfb_inverse.problems.operators import build_physics, image_shape_for
+
+
+def make_solvers(cfg: SolverConfig) -> tuple[FixedPointSolver, FixedPointSolver]:
+    """The training solver and the (tighter) evaluation solver of a definition."""
+    if cfg.name == "anderson":
+        return (
+            Anderson(m=cfg.m, tol=cfg.tol, max_iter=cfg.max_iter),
+            Anderson(m=cfg.m, tol=cfg.eval_tol, max_iter=cfg.eval_max_iter),
+        )
+    return (
+        Picard(alpha=cfg.alpha, tol=cfg.tol, max_iter=cfg.max_iter),
+        Picard(alpha=cfg.alpha, tol=cfg.eval_tol, max_iter=cfg.eval_max_iter),
+    )
+
+
+def make_training_gradient(cfg: TrainingConfig, solver: SolverConfig):
+    """The gradient strategy named in the training section."""
+    if cfg.gradient == "jfbk":
+        return make_gradient("jfbk", k=cfg.jfbk_k)
+    if cfg.gradient == "unrolled":
+        return make_gradient("unrolled", K=cfg.unrolled_k)
+    if cfg.gradient == "implicit":
+        return make_gradient("implicit", solver=solver.name, tol=solver.tol, max_iter=solver.max_iter)
+    return make_gradient("jfb")
+
+
+class PhysicsCache:
+    """Physics of a definition per image size, built once (the operator norm is cached with it)."""
+
+    def __init__(self, cfg: ProblemConfig, device: torch.device) -> None:
+        self.cfg = cfg
+        self.device = device
+        self._build = lru_cache(maxsize=16)(self._make)
+
+    def _make(self, img_size: tuple[int, int, int]) -> LinearPhysics:
+        return attach_noise_model(build_physics(self.cfg.operator, img_size, self.device), self.cfg.noise)
+
+    def for_image(self, img_size: tuple[int, ...]) -> LinearPhysics:
+        """The physics for images of shape ``(C, H, W)``."""
+        return self._build(tuple(int(s) for s in img_size))
+
+    def for_measurement(self, y_shape: tuple[int, ...]) -> tuple[LinearPhysics, tuple[int, int, int]]:
+        """The physics and image shape for measurements of shape ``y_shape`` (no batch dim)."""
+        img_size = image_shape_for(self.cfg.operator, tuple(y_shape))
+        return self.for_image(img_size), img_size
+
+
+def build_model(cfg: ProblemConfig, device: torch.device | str = "cpu") -> tuple[ImplicitReconstructor, PhysicsCache]:
+    """The reconstructor of a definition, on ``device``, with a physics cache as its factory."""
+    device = torch.device(device)
+    physics = PhysicsCache(cfg, device)
+    train_solver, eval_solver = make_solvers(cfg.solver)
+    m = cfg.model
+    model = ImplicitReconstructor(
+        SmoothingResidualCNN(channels=cfg.data.channels, width=m.width, depth=m.depth, spectral_norm=m.spectral_norm),
+        step=m.step,
+        eta_init=m.eta_init,
+        learn_eta=m.learn_eta,
+        init=m.init,
+        init_lam=m.init_lam,
+        solver=train_solver,
+        eval_solver=eval_solver,
+        gradient=make_training_gradient(cfg.training, cfg.solver),
+        physics_factory=physics.for_measurement,
+    )
+    return model.to(device), physics

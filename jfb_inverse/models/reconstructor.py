@@ -1,0 +1,118 @@
+"""``ImplicitReconstructor``: the implicit network as a deepinv ``Reconstructor`` (``model(y, physics)``)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from deepinv.models import Reconstructor
+from deepinv.physics import LinearPhysics
+from torch import Tensor, nn
+
+from jfb_inverse.consistency import make_step
+from jfb_inverse.implicit import JFB, Anderson, FixedPointSolver, GradientStrategy, fixed_point
+from jfb_inverse.implicit.solvers import FixedPointMap
+from jfb_inverse.implicit.stats import SolverStats
+
+StepKind = Literal["prox", "gradient", "ffpn"]
+PhysicsFactory = Callable[[tuple[int, ...]], tuple[LinearPhysics, tuple[int, int, int]]]
+
+
+class ImplicitReconstructor(Reconstructor):
+    """Reconstruct ``x`` as the fixed point ``u* = T(u*; y)`` of a learned map with a consistency step.
+
+    ``step`` selects ``T``:
+
+    - ``prox`` (HQS):  ``T(u) = D(prox_{eta f}(u))``
+    - ``gradient`` (PGD): ``T(u) = D(u - eta A^T(Au - y))``
+    - ``ffpn`` (F-FPN): ``T(u) = v - eta A^T(Av - y)``, ``v = D(u)``
+
+    with ``f = 1/2 ||A . - y||^2``, ``D`` the learned ``regularizer`` and ``eta`` (in units of
+    ``1/||A||^2``) learned when ``learn_eta``. The iteration starts from a Tikhonov solution
+    (``init="tikhonov"``, weight ``init_lam`` relative to ``||A||^2``) or ``A^T y``. ``solver`` is used
+    in training mode, ``eval_solver`` in eval mode; ``gradient`` is the training strategy (JFB by
+    default). Works on any image size (fully convolutional); with ``physics=None`` the physics is
+    built for the measurement's shape by ``physics_factory``. ``last_stats`` holds the solver
+    statistics of the last call.
+
+    Example:
+        >>> import torch, deepinv as dinv
+        >>> from jfb_inverse.models import ImplicitReconstructor, SmoothingResidualCNN
+        >>> physics = dinv.physics.BlurFFT(img_size=(1, 32, 32), filter=torch.ones(1, 1, 3, 3) / 9)
+        >>> model = ImplicitReconstructor(SmoothingResidualCNN(channels=1)).eval()
+        >>> x_hat = model(physics.A(torch.rand(2, 1, 32, 32)), physics)
+        >>> x_hat.shape, model.last_stats.all_converged
+        (torch.Size([2, 1, 32, 32]), True)
+    """
+
+    def __init__(
+        self,
+        regularizer: nn.Module,
+        step: StepKind = "prox",
+        eta_init: float = 1.0,
+        learn_eta: bool = True,
+        init: Literal["tikhonov", "adjoint"] = "tikhonov",
+        init_lam: float = 0.01,
+        solver: FixedPointSolver | None = None,
+        eval_solver: FixedPointSolver | None = None,
+        gradient: GradientStrategy | None = None,
+        physics_factory: PhysicsFactory | None = None,
+    ) -> None:
+        super().__init__()
+        self.regularizer = regularizer
+        self.step_kind: StepKind = step
+        log_eta = torch.tensor(math.log(eta_init))
+        if learn_eta:
+            self.log_eta = nn.Parameter(log_eta)
+        else:
+            self.register_buffer("log_eta", log_eta)
+        self.init = init
+        self.init_lam = init_lam
+        self.solver: FixedPointSolver = solver or Anderson(tol=1e-3, max_iter=30)
+        self.eval_solver: FixedPointSolver = eval_solver or Anderson(tol=1e-4, max_iter=100)
+        self.gradient: GradientStrategy = gradient or JFB()
+        self.physics_factory = physics_factory
+        self.last_stats: SolverStats | None = None
+
+    @property
+    def eta(self) -> Tensor:
+        """The consistency step size (units of ``1/||A||^2``)."""
+        return self.log_eta.exp()
+
+    def _physics_for(self, y: Tensor, physics: LinearPhysics | None) -> tuple[LinearPhysics, tuple[int, ...]]:
+        if physics is not None:
+            img_size = getattr(physics, "img_size", None)
+            if img_size is None:
+                img_size = tuple(physics.A_adjoint(y[:1]).shape[1:])
+            return physics, tuple(img_size)
+        if self.physics_factory is None:
+            raise ValueError("no physics given and the model has no physics_factory; pass physics=...")
+        return self.physics_factory(tuple(y.shape[1:]))
+
+    def fixed_point_map(self, y: Tensor, physics: LinearPhysics | None = None) -> tuple[FixedPointMap, Tensor]:
+        """``T(.; y)`` as a one-argument function, and the starting point ``u0``."""
+        physics, img_size = self._physics_for(y, physics)
+        step = make_step(self.step_kind, physics, img_size)
+        consistency = step.bind(y, self.eta)
+        reg = self.regularizer
+        if self.step_kind == "ffpn":
+            fn: FixedPointMap = lambda u: consistency(reg(u))  # noqa: E731
+        else:
+            fn = lambda u: reg(consistency(u))  # noqa: E731
+        with torch.no_grad():
+            if self.init == "tikhonov":
+                tikhonov = make_step("prox", physics, img_size).bind(y, 1.0 / self.init_lam)
+                u0 = tikhonov(torch.zeros((y.shape[0], *img_size), device=y.device, dtype=y.dtype))
+            else:
+                u0 = physics.A_adjoint(y)
+        return fn, u0
+
+    def forward(self, y: Tensor, physics: LinearPhysics | None = None, u0: Tensor | None = None, **kwargs) -> Tensor:
+        """Reconstruct a batch of measurements ``y`` (the physics is built for ``y`` when not given)."""
+        fn, start = self.fixed_point_map(y, physics)
+        solver = self.solver if self.training else self.eval_solver
+        u, stats = fixed_point(fn, start if u0 is None else u0, solver, self.gradient)
+        self.last_stats = stats
+        return u

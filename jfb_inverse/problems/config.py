@@ -1,0 +1,187 @@
+"""Typed, validated problem definitions (pydantic): operator, noise, data, model, solver, training.
+
+Every section forbids unknown keys, so a typo in a config file is an error, never a silently
+ignored setting. A :class:`ProblemConfig` is the whole, resolved definition of a run; it is written
+next to every checkpoint and can be given back with ``--config``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BlurOperator(_Strict):
+    """Convolution with circular boundary (deepinv ``BlurFFT``).
+
+    ``kernel``: ``gaussian`` (``sigma`` px), ``motion`` (``length`` px at ``angle`` degrees), ``box``
+    (``size`` px) or ``file`` (a .npy or .png kernel at ``path``, normalised to sum 1).
+    """
+
+    kind: Literal["blur"] = "blur"
+    kernel: Literal["gaussian", "motion", "box", "file"] = "gaussian"
+    sigma: PositiveFloat = 2.0
+    length: PositiveInt = 9
+    angle: float = 0.0
+    size: PositiveInt = 5
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _file_needs_path(self) -> BlurOperator:
+        if self.kernel == "file" and not self.path:
+            raise ValueError("kernel 'file' needs operator.path (a .npy or .png kernel)")
+        return self
+
+
+class TomographyOperator(_Strict):
+    """Parallel-beam CT (deepinv ``Tomography``): ``angles`` views evenly over ``angular_range`` degrees."""
+
+    kind: Literal["ct"] = "ct"
+    angles: PositiveInt = 30
+    angular_range: Annotated[float, Field(gt=0, le=180)] = 180.0
+    detectors: PositiveInt | None = None
+
+
+class InpaintingOperator(_Strict):
+    """Random pixel mask keeping a fraction ``1 - missing`` of the pixels (fixed by ``mask_seed``)."""
+
+    kind: Literal["inpainting"] = "inpainting"
+    missing: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    mask_seed: int = 0
+
+
+class SuperResOperator(_Strict):
+    """Gaussian blur (``sigma`` px) then downsampling by ``factor`` (2 or 4)."""
+
+    kind: Literal["superres"] = "superres"
+    factor: Literal[2, 4] = 2
+    sigma: PositiveFloat = 1.0
+
+
+class MRIOperator(_Strict):
+    """Single-coil Cartesian MRI: keep 1/``acceleration`` of the k-space lines, the centre fully sampled."""
+
+    kind: Literal["mri"] = "mri"
+    acceleration: Annotated[int, Field(ge=2, le=16)] = 4
+    center_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.08
+    mask_seed: int = 0
+
+
+class CustomOperator(_Strict):
+    """A user's operator: ``target`` is ``path/to/file.py:ClassName`` or ``package.module:ClassName``.
+
+    ``args`` are passed to the constructor as keywords. The class may be a deepinv
+    ``LinearPhysics`` or any object with ``A`` and ``A_adjoint`` methods.
+    """
+
+    kind: Literal["custom"] = "custom"
+    target: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("target")
+    @classmethod
+    def _has_class(cls, value: str) -> str:
+        if ":" not in value:
+            raise ValueError(f"operator target {value!r} must look like 'path/to/ops.py:ClassName' or 'pkg.mod:Class'")
+        return value
+
+
+Operator = Annotated[
+    BlurOperator | TomographyOperator | InpaintingOperator | SuperResOperator | MRIOperator | CustomOperator,
+    Field(discriminator="kind"),
+]
+
+
+class NoiseConfig(_Strict):
+    """Measurement noise: additive Gaussian (``sigma``, absolute or relative to each clean
+    measurement's maximum) or Poisson (``gain``: photon count scale, then Gaussian ``sigma`` on top)."""
+
+    kind: Literal["gaussian", "poisson"] = "gaussian"
+    sigma: Annotated[float, Field(ge=0)] = 0.01
+    relative: bool = False
+    gain: PositiveFloat = 1000.0
+
+
+class DataConfig(_Strict):
+    """Training and evaluation data.
+
+    ``source``: ``builtin`` (scikit-image's bundled images, fixed split), ``phantoms`` (random
+    ellipses, fresh each step), ``folder`` (``path``: a folder of PNG/JPEG/TIFF images) or ``mixed``
+    (phantoms and builtin images). Evaluation always uses the held-out split (``eval_size`` px).
+    """
+
+    source: Literal["builtin", "phantoms", "folder", "mixed"] = "builtin"
+    path: str | None = None
+    channels: Literal[1, 3] = 1
+    patch_size: Annotated[int, Field(ge=16)] = 64
+    eval_size: Annotated[int, Field(ge=16)] = 128
+
+    @model_validator(mode="after")
+    def _folder_needs_path(self) -> DataConfig:
+        if self.source == "folder" and not self.path:
+            raise ValueError("data.source 'folder' needs data.path (a folder of images), e.g. --data DIR")
+        return self
+
+
+class ModelConfig(_Strict):
+    """The fixed-point map ``T`` and its learned regulariser ``D``.
+
+    ``step``: ``prox`` (``T(u) = D(prox_{eta f}(u))``, HQS), ``gradient`` (``T(u) = D(u - eta A^T(Au - y))``,
+    PGD) or ``ffpn`` (``T(u) = v - eta A^T(Av - y)``, ``v = D(u)``). ``eta`` is learned, starting at
+    ``eta_init`` (in units of ``1/||A||^2`` for the gradient steps). ``init``: the starting point,
+    ``tikhonov`` (closed form or CG, weight ``init_lam``) or ``adjoint`` (``A^T y``).
+    """
+
+    step: Literal["prox", "gradient", "ffpn"] = "prox"
+    width: PositiveInt = 32
+    depth: Annotated[int, Field(ge=2)] = 5
+    spectral_norm: bool = False
+    eta_init: PositiveFloat = 1.0
+    learn_eta: bool = True
+    init: Literal["tikhonov", "adjoint"] = "tikhonov"
+    init_lam: PositiveFloat = 0.01
+
+
+class SolverConfig(_Strict):
+    """The forward fixed-point solver (``anderson`` or ``picard``) and its stopping rule."""
+
+    name: Literal["anderson", "picard"] = "anderson"
+    tol: PositiveFloat = 1e-3
+    max_iter: PositiveInt = 30
+    m: PositiveInt = 5
+    alpha: Annotated[float, Field(gt=0, le=1)] = 1.0
+    eval_tol: PositiveFloat = 1e-4
+    eval_max_iter: PositiveInt = 100
+
+
+class TrainingConfig(_Strict):
+    """Optimisation: Adam with cosine decay; ``gradient`` picks the gradient strategy."""
+
+    steps: PositiveInt = 600
+    batch_size: PositiveInt = 8
+    lr: PositiveFloat = 2e-3
+    gradient: Literal["jfb", "jfbk", "implicit", "unrolled"] = "jfb"
+    jfbk_k: PositiveInt = 5
+    unrolled_k: PositiveInt = 20
+    log_every: PositiveInt = 20
+    checkpoint_every: PositiveInt = 100
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_minutes: PositiveFloat | None = None
+
+
+class ProblemConfig(_Strict):
+    """A complete, resolved problem definition: what ``train`` needs and what checkpoints record."""
+
+    problem: str
+    operator: Operator
+    noise: NoiseConfig = Field(default_factory=NoiseConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    solver: SolverConfig = Field(default_factory=SolverConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)

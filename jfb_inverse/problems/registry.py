@@ -1,0 +1,196 @@
+"""The problem registry: built-in problems, ``register_problem`` and the ``jfb_inverse.problems`` entry points.
+
+A problem is a name, a one-line description, its default definition and optional presets. A run's
+definition is resolved as: problem defaults < preset < config file < command-line overrides, then
+validated as a whole (:class:`~jfb_inverse.problems.config.ProblemConfig`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from jfb_inverse.errors import ConfigError
+from jfb_inverse.problems.config import ProblemConfig
+
+ENTRY_POINT_GROUP = "jfb_inverse.problems"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A registered problem: ``defaults`` is a nested dict of :class:`ProblemConfig` fields."""
+
+    name: str
+    description: str
+    defaults: dict[str, Any]
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, Problem] = {}
+_entry_points_loaded = False
+
+
+def register_problem(
+    name: str,
+    description: str,
+    defaults: Mapping[str, Any] | ProblemConfig | None = None,
+    presets: Mapping[str, Mapping[str, Any]] | None = None,
+    overwrite: bool = False,
+) -> Any:
+    """Register a problem; with ``defaults`` omitted, decorate a function that returns them.
+
+    Example:
+        >>> from jfb_inverse.problems import register_problem
+        >>> @register_problem("my-blur", "Box blur of width 7", overwrite=True)
+        ... def my_blur():
+        ...     return {"operator": {"kind": "blur", "kernel": "box", "size": 7}}
+    """
+
+    def add(values: Mapping[str, Any] | ProblemConfig) -> Problem:
+        if name in _REGISTRY and not overwrite:
+            raise ConfigError(f"problem {name!r} is already registered; pass overwrite=True to replace it")
+        raw = values.model_dump() if isinstance(values, ProblemConfig) else dict(values)
+        raw["problem"] = name
+        problem = Problem(name, description, raw, {k: dict(v) for k, v in (presets or {}).items()})
+        resolve_config(problem)  # fail now, at registration, if the defaults are invalid
+        _REGISTRY[name] = problem
+        return problem
+
+    if defaults is not None:
+        return add(defaults)
+
+    def decorator(fn: Callable[[], Mapping[str, Any] | ProblemConfig]) -> Callable[[], Any]:
+        add(fn())
+        return fn
+
+    return decorator
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a broken plugin must not break the tool
+            raise ConfigError(f"problem plugin {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
+        if isinstance(obj, Problem):
+            _REGISTRY.setdefault(obj.name, obj)
+        elif callable(obj):
+            result = obj()
+            if isinstance(result, Problem):
+                _REGISTRY.setdefault(result.name, result)
+
+
+def _ensure_loaded() -> None:
+    import jfb_inverse.problems.builtin  # noqa: F401 - registers the built-in problems
+
+    _load_entry_points()
+
+
+def list_problems() -> dict[str, str]:
+    """Registered problem names with their one-line description."""
+    _ensure_loaded()
+    return {name: p.description for name, p in sorted(_REGISTRY.items())}
+
+
+def get_problem(name: str) -> Problem:
+    """The registered problem ``name``; an unknown name is a :class:`ConfigError` listing the choices."""
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(
+            f"unknown problem {name!r}; choose one of {', '.join(sorted(_REGISTRY))} (see `jfb-inverse problems`)"
+        ) from None
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``override`` into a copy of ``base`` (sections merge, values replace)."""
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and key != "args":
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem: ``section.field: message (got value)``."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {got!r})"
+        parts.append(f"{loc or 'config'}: {err['msg']}{shown}")
+    return "; ".join(parts)
+
+
+def resolve_config(
+    problem: Problem | str,
+    config: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    preset: str | None = None,
+) -> ProblemConfig:
+    """Resolve and validate a run's definition: defaults < preset < ``config`` < ``overrides``."""
+    prob = get_problem(problem) if isinstance(problem, str) else problem
+    values = copy.deepcopy(prob.defaults)
+    if preset is not None:
+        if preset not in prob.presets:
+            choices = ", ".join(sorted(prob.presets)) or "none"
+            raise ConfigError(f"problem {prob.name!r} has no preset {preset!r}; presets: {choices}")
+        values = deep_merge(values, prob.presets[preset])
+    for layer in (config or {}, overrides or {}):
+        layer = dict(layer)
+        if "problem" in layer and layer["problem"] != prob.name:
+            raise ConfigError(f"config is for problem {layer['problem']!r}, not {prob.name!r}; drop one of the two")
+        if "operator" in layer and "kind" in layer["operator"] and layer["operator"]["kind"] != values["operator"].get(
+            "kind"
+        ):
+            values["operator"] = {}  # a different operator kind replaces the whole section
+        values = deep_merge(values, layer)
+    try:
+        return ProblemConfig.model_validate(values)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid problem definition: {format_validation_error(exc)}") from None
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML or JSON config file into a dict; a missing or malformed file is a :class:`ConfigError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} not found; pass an existing .toml or .json file")
+    try:
+        text = p.read_text()
+        data = json.loads(text) if p.suffix.lower() == ".json" else tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        kind = "JSON" if p.suffix.lower() == ".json" else "TOML"
+        raise ConfigError(f"config file {str(p)!r} is not valid {kind}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(p)!r} must hold a table of sections, got {type(data).__name__}")
+    return data
+
+
+def config_from_file_or_problem(
+    problem: str | None,
+    config_path: str | Path | None,
+    overrides: Mapping[str, Any] | None = None,
+    preset: str | None = None,
+) -> ProblemConfig:
+    """What ``train`` does: the problem comes from ``problem`` or the config file's ``problem`` key."""
+    file_values = load_config_file(config_path) if config_path else {}
+    name = problem or file_values.get("problem")
+    if not name:
+        raise ConfigError("no problem given; pass --problem NAME or set `problem = \"NAME\"` in the config file")
+    return resolve_config(str(name), file_values, overrides, preset)

@@ -1,0 +1,112 @@
+"""Checkpoints: written atomically, read with ``torch.load(weights_only=True)`` (no code runs on load).
+
+A checkpoint is a dict of tensors and plain values: the format tag, the resolved problem
+definition (JSON text), the model weights, and the training state (optimiser, scheduler, step,
+RNG states). ``builtin:NAME`` names a model shipped inside the package.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+import torch
+from pydantic import ValidationError
+
+from jfb_inverse.errors import CheckpointError
+from jfb_inverse.problems.config import ProblemConfig
+from jfb_inverse.problems.registry import format_validation_error
+
+FORMAT = "jfb-inverse-checkpoint/1"
+
+
+def atomic_write_bytes(path: Path, write: Any) -> None:
+    """Write through a temporary file in the same folder, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | Path, cfg: ProblemConfig, state_dict: dict[str, Any], **training_state: Any) -> None:
+    """Save weights, definition and training state to ``path`` atomically; ``problem.toml`` beside it."""
+    path = Path(path)
+    payload = {"format": FORMAT, "config": cfg.model_dump_json(), "state_dict": state_dict, **training_state}
+    atomic_write_bytes(path, lambda fh: torch.save(payload, fh))
+    toml_text = tomli_w.dumps(cfg.model_dump(mode="json", exclude_none=True)).encode()
+    atomic_write_bytes(path.parent / "problem.toml", lambda fh: fh.write(toml_text))
+
+
+def resolve_checkpoint_path(name: str | Path) -> Path:
+    """``builtin:NAME`` -> the packaged file; a folder -> its ``model.pt``; else the path itself."""
+    text = str(name)
+    if text.startswith("builtin:"):
+        key = text.split(":", 1)[1]
+        resource = resources.files("jfb_inverse.builtin") / f"{key}.pt"
+        if not resource.is_file():
+            available = sorted(
+                p.name[:-3] for p in resources.files("jfb_inverse.builtin").iterdir() if p.name.endswith(".pt")
+            )
+            raise CheckpointError(f"no built-in model {key!r}; available: {', '.join(available) or 'none'}")
+        return Path(str(resource))
+    path = Path(text)
+    if path.is_dir():
+        path = path / "model.pt"
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} not found; pass a model.pt written by `jfb-inverse train`")
+    return path
+
+
+def load_checkpoint(name: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], ProblemConfig]:
+    """Load a checkpoint safely (``weights_only=True``) and validate its definition."""
+    path = resolve_checkpoint_path(name)
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} was refused: it holds objects other than weights ({str(exc).splitlines()[0]}); "
+            "only load checkpoints written by jfb-inverse"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is corrupted or truncated ({str(exc).splitlines()[0]}); "
+            "use an intact model.pt (retrain or restore it)"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a jfb-inverse checkpoint (format {FORMAT!r} expected)")
+    try:
+        cfg = ProblemConfig.model_validate(json.loads(payload["config"]))
+    except (ValidationError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        detail = format_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
+        raise CheckpointError(f"checkpoint {str(path)!r} has an invalid problem definition: {detail}") from None
+    return payload, cfg
+
+
+def load_model(name: str | Path, device: torch.device | str = "cpu") -> tuple[Any, ProblemConfig, Any]:
+    """A trained ``ImplicitReconstructor`` in eval mode, its definition and its physics cache."""
+    from jfb_inverse.models.build import build_model
+
+    payload, cfg = load_checkpoint(name, map_location=device)
+    model, physics = build_model(cfg, device)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except (RuntimeError, KeyError) as exc:
+        raise CheckpointError(
+            f"checkpoint {str(name)!r} does not match its own definition ({str(exc).splitlines()[0]}); "
+            "it was written by another version or edited"
+        ) from None
+    return model.eval(), cfg, physics

@@ -1,0 +1,89 @@
+"""Training batches and the held-out evaluation set of a problem definition."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from skimage.transform import rescale
+from torch import Tensor
+
+from jfb_inverse.datasets import BUILTIN_TEST, BUILTIN_TRAIN, PatchSampler, ellipse_phantoms, load_builtin, load_folder
+from jfb_inverse.errors import UserError
+from jfb_inverse.problems.config import DataConfig
+
+# Held-out phantoms use a seed far from any training seed (training draws seed + step).
+EVAL_PHANTOM_SEED = 10_000_019
+EVAL_PHANTOMS = 4
+
+
+def _multiscale(images: list[Tensor], sizes: tuple[float, ...], patch: int) -> list[Tensor]:
+    """Each image at its native scale and downscaled by ``sizes``, so training sees the pixel
+    statistics of the (downscaled) evaluation images as well as native detail."""
+    out = []
+    for x in images:
+        out.append(x)
+        for s in sizes:
+            if min(x.shape[-2:]) * s >= patch:
+                arr = rescale(x.permute(1, 2, 0).numpy(), s, channel_axis=-1, anti_aliasing=True)
+                out.append(torch.from_numpy(arr).permute(2, 0, 1).float().clamp(0, 1))
+    return out
+
+
+class TrainingSource:
+    """Clean training patches for a definition: builtin images, a folder, phantoms, or a mix."""
+
+    def __init__(self, data: DataConfig, batch_size: int, seed: int, device: torch.device) -> None:
+        self.data = data
+        self.batch_size = batch_size
+        self.seed = seed
+        self.device = device
+        self.draws = 0
+        self.sampler: PatchSampler | None = None
+        if data.source in ("builtin", "folder", "mixed"):
+            if data.source == "folder":
+                images = [x for _, x in load_folder(data.path or "", channels=data.channels)]
+                usable = [x for x in images if min(x.shape[-2:]) >= data.patch_size]
+                if not usable:
+                    raise UserError(
+                        f"no image in {data.path!r} is at least {data.patch_size} px on each side; "
+                        "use larger images or a smaller data.patch_size"
+                    )
+                images = usable
+            else:
+                images = [load_builtin(n, channels=data.channels) for n in BUILTIN_TRAIN]
+                images = [x for x in images if min(x.shape[-2:]) >= data.patch_size]
+            self.sampler = PatchSampler(
+                _multiscale(images, (0.5, 0.25), data.patch_size), data.patch_size, batch_size, seed=seed, device=device
+            )
+
+    def sample(self) -> Tensor:
+        """One batch (B, C, p, p) in [0, 1]; phantoms are fresh each call (seed + draw index)."""
+        self.draws += 1
+        use_phantoms = self.data.source == "phantoms" or (self.data.source == "mixed" and self.draws % 2 == 0)
+        if use_phantoms:
+            x = ellipse_phantoms(self.batch_size, self.data.patch_size, seed=self.seed * 1_000_003 + self.draws)
+            return x.to(self.device).expand(-1, self.data.channels, -1, -1).contiguous()
+        assert self.sampler is not None
+        return self.sampler.sample()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position in the data stream, for exact resumption."""
+        return {"draws": self.draws, "sampler": self.sampler.state_dict() if self.sampler else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume the data stream saved by :meth:`state_dict`."""
+        self.draws = int(state["draws"])
+        if self.sampler is not None and state.get("sampler") is not None:
+            self.sampler.load_state_dict(state["sampler"])
+
+
+def evaluation_images(data: DataConfig) -> list[tuple[str, Tensor]]:
+    """The fixed held-out set: the builtin test split at ``eval_size`` px (plus phantoms of a fixed
+    seed for phantom-trained problems). Never used for training."""
+    images = [(name, load_builtin(name, channels=data.channels, size=data.eval_size)) for name in BUILTIN_TEST]
+    if data.source in ("phantoms", "mixed"):
+        phantoms = ellipse_phantoms(EVAL_PHANTOMS, data.eval_size, seed=EVAL_PHANTOM_SEED)
+        phantoms = phantoms.expand(-1, data.channels, -1, -1)
+        images = [(f"phantom{i}", phantoms[i].clone()) for i in range(EVAL_PHANTOMS)] + images
+    return images

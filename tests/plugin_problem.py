@@ -1,0 +1,3 @@
+"""A stand-in third-party module for the entry-point test (its PROBLEM is set by the test)."""
+
+PROBLEM = None

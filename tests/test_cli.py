@@ -1,0 +1,114 @@
+"""The CLI end to end: train (20 steps) -> simulate -> reconstruct -> evaluate, and clean errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from jfb_inverse.cli.app import app
+from jfb_inverse.datasets import load_builtin, save_image
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    config = out / "run.toml"
+    config.write_text("[data]\npatch_size = 32\neval_size = 48\n[training]\nbatch_size = 4\nlog_every = 5\n")
+    result = invoke("train", "--problem", "deblur", "--config", str(config), "--steps", "20", "--out", str(out),
+                    "--device", "cpu", "--seed", "1")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_train_writes_all_outputs(trained):
+    for name in ("model.pt", "problem.toml", "history.jsonl", "training.png"):
+        assert (trained / name).is_file(), name
+    lines = [json.loads(line) for line in (trained / "history.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [5, 10, 15, 20]
+    for record in lines:
+        assert {"loss", "psnr", "iterations", "residual"} <= record.keys()
+        assert np.isfinite(record["loss"]) and record["iterations"] >= 1
+    problem = (trained / "problem.toml").read_text()
+    assert 'problem = "deblur"' in problem and "steps = 20" in problem
+    payload = torch.load(trained / "model.pt", weights_only=True)
+    assert payload["step"] == 20 and "optimizer" in payload
+
+
+def test_simulate_then_reconstruct_non_square(trained, tmp_path):
+    clean = load_builtin("camera", size=None)[:, 100:148, 200:280]  # 48 x 80
+    save_image(clean, tmp_path / "clean.png")
+    result = invoke("simulate", "--checkpoint", str(trained / "model.pt"), "--input", str(tmp_path / "clean.png"),
+                    "--output", str(tmp_path / "y.npy"), "--seed", "3")
+    assert result.exit_code == 0, result.output
+    y = np.load(tmp_path / "y.npy")
+    assert y.shape == (1, 48, 80)
+    result = invoke("reconstruct", "--checkpoint", str(trained / "model.pt"), "--input", str(tmp_path / "y.npy"),
+                    "--output", str(tmp_path / "x.npy"), "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "fixed-point iterations" in result.output
+    x = np.load(tmp_path / "x.npy")
+    assert x.shape == (1, 48, 80)
+    truth = np.asarray(clean)
+    assert np.mean((x.clip(0, 1) - truth) ** 2) < np.mean((y - truth) ** 2)
+
+
+def test_reconstruct_folder_skips_bad_files(trained, tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    np.save(src / "a.npy", np.random.default_rng(0).random((1, 40, 40)).astype(np.float32))
+    np.save(src / "b.npy", np.full((1, 40, 40), np.nan, dtype=np.float32))
+    result = invoke("reconstruct", "--checkpoint", str(trained), "--input", str(src), "--output",
+                    str(tmp_path / "out"), "--device", "cpu")
+    assert result.exit_code == 1
+    assert (tmp_path / "out" / "a.png").is_file() and not (tmp_path / "out" / "b.png").exists()
+    assert "NaN" in result.output
+
+
+def test_evaluate_json_schema_and_figure(trained, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("camera", "coins"):
+        save_image(load_builtin(name, size=48), folder / f"{name}.png")
+    result = invoke("evaluate", "--checkpoint", str(trained / "model.pt"), "--images", str(folder), "--json",
+                    str(tmp_path / "r.json"), "--figure", str(tmp_path / "f.png"), "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert [r["name"] for r in report["images"]] == ["camera", "coins"]
+    methods = set(report["mean"]["psnr"])
+    assert {"model", "measurement"} <= methods and len(methods) >= 4  # + at least two classical baselines
+    for row in report["images"]:
+        assert set(row["psnr"]) == methods == set(row["ssim"])
+        assert all(isinstance(v, float) for v in row["psnr"].values())
+    assert (tmp_path / "f.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--problem", "nope"], "unknown problem 'nope'"),
+        (["train", "--problem", "deblur", "--device", "cuda"], "no CUDA GPU"),
+        (["reconstruct", "--checkpoint", "missing.pt", "--input", "y.npy", "--output", "x.png"], "not found"),
+        (["simulate", "--problem", "deblur", "--input", "missing.png", "--output", "y.npy"], "missing.png"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(args, message, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_problems_command_lists_deblur():
+    result = invoke("problems")
+    assert result.exit_code == 0 and "deblur" in result.output

@@ -1,0 +1,240 @@
+"""Tests for jfb_inverse.datasets: builtin images, IO, ellipse phantoms and the patch sampler."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage.data
+import torch
+from jfb_inverse.datasets import (
+    BUILTIN_NAMES,
+    BUILTIN_PHANTOMS,
+    BUILTIN_TEST,
+    BUILTIN_TRAIN,
+    PatchSampler,
+    ellipse_phantoms,
+    load_builtin,
+    load_folder,
+    load_image,
+    save_image,
+)
+from jfb_inverse.datasets.images import _BUNDLED_FILES
+from skimage.color import rgb2gray
+
+from jfb_inverse.errors import UserError
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any attempt to open a network connection fail loudly."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+# --- builtin images ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", BUILTIN_NAMES)
+def test_builtin_loads_offline_gray_and_rgb(name: str, no_network: None) -> None:
+    assert (Path(skimage.data.data_dir) / _BUNDLED_FILES[name]).is_file()
+    gray = load_builtin(name, channels=1)
+    rgb = load_builtin(name, channels=3)
+    assert gray.dtype == rgb.dtype == torch.float32
+    assert gray.ndim == 3 and gray.shape[0] == 1
+    assert rgb.shape == (3, *gray.shape[1:])
+    assert min(gray.shape[1:]) >= 128
+    for x in (gray, rgb):
+        assert x.min() >= 0.0 and x.max() <= 1.0
+        assert x.std() > 0.01  # a real picture, not a blank
+
+
+def test_split_is_disjoint_and_complete() -> None:
+    assert set(BUILTIN_TRAIN).isdisjoint(BUILTIN_TEST)
+    assert set(BUILTIN_PHANTOMS).isdisjoint(set(BUILTIN_TRAIN) | set(BUILTIN_TEST))
+    assert len(BUILTIN_TEST) == 4
+    assert sorted(BUILTIN_NAMES) == sorted(set(BUILTIN_TRAIN) | set(BUILTIN_TEST) | set(BUILTIN_PHANTOMS))
+    assert "shepp_logan_phantom" in BUILTIN_NAMES
+
+
+def test_builtin_gray_is_luminance_and_rgb_of_gray_repeats() -> None:
+    expected = rgb2gray(skimage.data.astronaut()).astype(np.float32)
+    np.testing.assert_allclose(load_builtin("astronaut")[0].numpy(), expected, atol=1e-6)
+    camera = load_builtin("camera", channels=3)
+    assert torch.equal(camera[0], camera[1]) and torch.equal(camera[0], camera[2])
+    assert torch.equal(camera[:1], load_builtin("camera"))
+
+
+@pytest.mark.parametrize("size", [64, 256])
+def test_builtin_size_center_crops_and_resizes(size: int) -> None:
+    x = load_builtin("coins", channels=3, size=size)  # 303 x 384: the crop must drop the sides
+    assert x.shape == (3, size, size)
+    assert x.min() >= 0.0 and x.max() <= 1.0
+    # The central square of the native image, downsampled, has the same mean brightness.
+    native = load_builtin("coins", channels=3)
+    left = (native.shape[-1] - native.shape[-2]) // 2
+    assert abs(x.mean() - native[..., left : left + native.shape[-2]].mean()) < 0.01
+
+
+def test_builtin_unknown_name_lists_valid_names() -> None:
+    with pytest.raises(ValueError, match=r"unknown builtin image 'lena'.*camera"):
+        load_builtin("lena")
+    with pytest.raises(ValueError, match="channels"):
+        load_builtin("camera", channels=2)
+
+
+# --- image IO -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("suffix", [".png", ".tif", ".npy"])
+def test_save_load_round_trip(tmp_path: Path, suffix: str, channels: int) -> None:
+    x = torch.rand(channels, 20, 24, generator=torch.Generator().manual_seed(0))
+    path = tmp_path / f"image{suffix}"
+    save_image(x.unsqueeze(0), path)  # (1, C, H, W) is accepted too
+    y = load_image(path, channels=channels)
+    assert y.shape == x.shape and y.dtype == torch.float32
+    atol = 0.5 / 255 + 1e-6 if suffix == ".png" else 0.0
+    torch.testing.assert_close(y, x, atol=atol, rtol=0.0)
+
+
+def test_save_png_clips_and_npy_keeps_raw_values(tmp_path: Path) -> None:
+    x = torch.tensor([[[-0.5, 0.25], [0.75, 1.5]]])
+    save_image(x, tmp_path / "a.png")
+    save_image(x, tmp_path / "a.npy")
+    torch.testing.assert_close(load_image(tmp_path / "a.png"), x.clamp(0, 1), atol=0.5 / 255 + 1e-6, rtol=0)
+    assert torch.equal(load_image(tmp_path / "a.npy"), x)
+
+
+def test_load_npy_layouts_and_integer_scaling(tmp_path: Path) -> None:
+    hwc = np.random.default_rng(0).random((10, 12, 3)).astype(np.float32)
+    np.save(tmp_path / "hw.npy", hwc[..., 0])
+    np.save(tmp_path / "hwc.npy", hwc)
+    np.save(tmp_path / "chw.npy", np.moveaxis(hwc, -1, 0))
+    np.save(tmp_path / "u16.npy", np.full((6, 6), 65535, dtype=np.uint16))
+    assert torch.equal(load_image(tmp_path / "hw.npy")[0], torch.from_numpy(hwc[..., 0]))
+    assert torch.equal(load_image(tmp_path / "hwc.npy", 3), load_image(tmp_path / "chw.npy", 3))
+    assert load_image(tmp_path / "hwc.npy", 3).shape == (3, 10, 12)
+    assert torch.equal(load_image(tmp_path / "u16.npy"), torch.ones(1, 6, 6))
+
+
+def test_load_image_errors_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"no such image file.*missing\.png"):
+        load_image(tmp_path / "missing.png")
+    (tmp_path / "fake.png").write_text("not an image")
+    # UserError (a ValueError) is what the CLI prints as a one-line message.
+    with pytest.raises(UserError, match=r"fake\.png: not a readable image"):
+        load_image(tmp_path / "fake.png")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match=r"unsupported file type '\.txt'"):
+        load_image(tmp_path / "notes.txt")
+    np.save(tmp_path / "four.npy", np.zeros((4, 8, 8), dtype=np.float32))
+    with pytest.raises(ValueError, match="cannot convert a 4-channel image to 2 channels"):
+        load_image(tmp_path / "four.npy", channels=2)
+    np.save(tmp_path / "volume.npy", np.zeros((8, 8, 8), dtype=np.float32))
+    with pytest.raises(ValueError, match="cannot tell the channel axis"):
+        load_image(tmp_path / "volume.npy")
+
+
+def test_save_image_errors_are_clear(tmp_path: Path) -> None:
+    target = tmp_path / "missing_dir" / "out.png"
+    with pytest.raises(FileNotFoundError, match=r"folder does not exist.*missing_dir"):
+        save_image(torch.rand(1, 8, 8), target)
+    assert not target.parent.exists()
+    with pytest.raises(ValueError, match=r"unsupported file type '\.bmp'"):
+        save_image(torch.rand(1, 8, 8), tmp_path / "out.bmp")
+    with pytest.raises(ValueError, match=r"\(C, H, W\)"):
+        save_image(torch.rand(8, 8), tmp_path / "out.png")
+
+
+def test_load_folder_sorted_and_errors(tmp_path: Path) -> None:
+    save_image(torch.full((1, 8, 8), 0.2), tmp_path / "b.png")
+    save_image(torch.full((1, 8, 8), 0.4), tmp_path / "a.npy")
+    save_image(torch.full((1, 8, 8), 0.6), tmp_path / ".hidden.png")
+    (tmp_path / "readme.txt").write_text("not an image")
+    items = load_folder(tmp_path, channels=3)
+    assert [name for name, _ in items] == ["a.npy", "b.png"]
+    assert all(x.shape == (3, 8, 8) for _, x in items)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="folder has no images"):
+        load_folder(empty)
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        load_folder(tmp_path / "nowhere")
+
+
+# --- ellipse phantoms ---------------------------------------------------------------------------
+
+
+def test_ellipse_phantoms_shape_range_and_determinism() -> None:
+    rng_state = torch.random.get_rng_state()
+    x = ellipse_phantoms(8, 64, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), rng_state)  # the global RNG is untouched
+    assert x.shape == (8, 1, 64, 64) and x.dtype == torch.float32
+    assert x.min() >= 0.0 and x.max() <= 1.0
+    assert torch.equal(x, ellipse_phantoms(8, 64, seed=3))
+    assert not torch.equal(x, ellipse_phantoms(8, 64, seed=4))
+    # Every phantom has structure: several distinct levels and non-zero pixels.
+    for phantom in x:
+        assert (phantom > 0).float().mean() > 0.05
+        assert phantom.unique().numel() > 3
+    assert not torch.equal(x[0], x[1])
+
+
+def test_ellipse_phantoms_rejects_bad_sizes() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        ellipse_phantoms(0, 64, seed=0)
+
+
+# --- patch sampler ------------------------------------------------------------------------------
+
+
+def _dihedral(x: torch.Tensor) -> list[torch.Tensor]:
+    return [torch.rot90(v, k, dims=(-2, -1)) for v in (x, x.flip(-1)) for k in range(4)]
+
+
+def test_patch_sampler_returns_dihedral_crops() -> None:
+    h, w, p = 20, 30, 8
+    image = torch.arange(h * w, dtype=torch.float32).reshape(1, h, w)  # every pixel value unique
+    sampler = PatchSampler([image], patch_size=p, batch_size=64, seed=0)
+    batch = sampler.sample()
+    assert batch.shape == (64, 1, p, p) and batch.dtype == torch.float32
+    seen = set()
+    for patch in batch:
+        top, left = divmod(int(patch.min()), w)  # the smallest value is the crop's top-left pixel
+        crop = image[:, top : top + p, left : left + p]
+        matches = [i for i, t in enumerate(_dihedral(crop)) if torch.equal(t, patch)]
+        assert len(matches) == 1
+        seen.add(matches[0])
+    assert seen == set(range(8))
+
+
+def test_patch_sampler_deterministic_and_resumable() -> None:
+    images = [torch.rand(3, 40, 50), torch.rand(3, 33, 33)]
+    a = PatchSampler(images, patch_size=16, batch_size=4, seed=7)
+    b = PatchSampler(images, patch_size=16, batch_size=4, seed=7)
+    assert torch.equal(a.sample(), b.sample())
+    assert not torch.equal(a.sample(), PatchSampler(images, 16, 4, seed=8).sample())
+    state = a.state_dict()
+    expected = [a.sample() for _ in range(3)]
+    resumed = PatchSampler(images, patch_size=16, batch_size=4, seed=0)
+    resumed.load_state_dict(state)
+    for batch in expected:
+        assert torch.equal(resumed.sample(), batch)
+
+
+def test_patch_sampler_errors_are_clear() -> None:
+    with pytest.raises(ValueError, match="image 1 is 20x40, smaller than the patch size 32"):
+        PatchSampler([torch.rand(1, 64, 64), torch.rand(1, 20, 40)], patch_size=32, batch_size=2)
+    with pytest.raises(ValueError, match="different channel counts"):
+        PatchSampler([torch.rand(1, 64, 64), torch.rand(3, 64, 64)], patch_size=32, batch_size=2)
+    with pytest.raises(ValueError, match="at least one image"):
+        PatchSampler([], patch_size=32, batch_size=2)
+    with pytest.raises(ValueError, match="state_dict"):
+        PatchSampler([torch.rand(1, 64, 64)], 32, 2).load_state_dict({})

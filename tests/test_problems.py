@@ -1,0 +1,114 @@
+"""Typed problem definitions: validation, registry, entry points, config files."""
+
+from __future__ import annotations
+
+from importlib.metadata import EntryPoint
+
+import pytest
+
+from jfb_inverse.errors import ConfigError
+from jfb_inverse.problems import (
+    ProblemConfig,
+    config_from_file_or_problem,
+    get_problem,
+    list_problems,
+    load_config_file,
+    register_problem,
+    resolve_config,
+)
+from jfb_inverse.problems import registry as registry_module
+
+
+def test_deblur_reference_defaults():
+    cfg = resolve_config("deblur")
+    assert cfg.operator.kind == "blur" and cfg.operator.kernel == "gaussian" and cfg.operator.sigma == 2.0
+    assert cfg.noise.kind == "gaussian" and cfg.noise.sigma == 0.01 and not cfg.noise.relative
+    assert cfg.data.channels == 1
+    assert "deblur" in list_problems()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"training": {"stepz": 10}}, "training.stepz: Extra inputs are not permitted"),
+        ({"training": {"steps": -5}}, "training.steps: Input should be greater than 0"),
+        ({"noise": {"sigma": -0.1}}, "noise.sigma: Input should be greater than or equal to 0"),
+        ({"operator": {"sigma": "wide"}}, "operator.blur.sigma"),
+        ({"operator": {"kernel": "file"}}, "kernel 'file' needs operator.path"),
+        ({"data": {"source": "folder"}}, "needs data.path"),
+        ({"solver": {"name": "newton"}}, "solver.name"),
+        ({"bogus": 1}, "bogus: Extra inputs are not permitted"),
+    ],
+)
+def test_invalid_values_are_one_line_errors(overrides, message):
+    with pytest.raises(ConfigError) as info:
+        resolve_config("deblur", overrides=overrides)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_problem_lists_choices():
+    with pytest.raises(ConfigError, match="unknown problem 'deblurr'.*deblur"):
+        get_problem("deblurr")
+
+
+def test_layers_override_in_order(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('problem = "deblur"\n[training]\nsteps = 7\nlr = 0.01\n[noise]\nsigma = 0.03\n')
+    cfg = config_from_file_or_problem(None, path, overrides={"training": {"steps": 3}}, preset="full")
+    assert cfg.training.steps == 3  # command line beats file beats preset
+    assert cfg.training.lr == 0.01  # file beats defaults
+    assert cfg.training.batch_size == 16  # preset beats defaults
+    assert cfg.noise.sigma == 0.03
+
+
+def test_operator_kind_change_replaces_the_section():
+    cfg = resolve_config("deblur", overrides={"operator": {"kind": "blur", "kernel": "box", "size": 3}})
+    assert cfg.operator.kernel == "box"
+    cfg = resolve_config("deblur", overrides={"operator": {"kind": "inpainting", "missing": 0.3}})
+    assert cfg.operator.kind == "inpainting" and cfg.operator.missing == 0.3
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("[training\nsteps=1", "not valid TOML"), ("[training]\nsteps = 'many'", "training.steps")],
+)
+def test_bad_config_files(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        config_from_file_or_problem("deblur", path)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config_file(tmp_path / "nope.toml")
+
+
+def test_register_problem_decorator_and_validation():
+    @register_problem("test-box", "Box blur 3x3", overwrite=True)
+    def _defaults():
+        return {"operator": {"kind": "blur", "kernel": "box", "size": 3}}
+
+    assert list_problems()["test-box"] == "Box blur 3x3"
+    assert resolve_config("test-box").operator.size == 3
+    with pytest.raises(ConfigError, match="already registered"):
+        register_problem("test-box", "again", {"operator": {"kind": "blur"}})
+    with pytest.raises(ConfigError, match="operator"):
+        register_problem("test-bad", "bad", {"operator": {"kind": "blur", "sigma": -1}})
+
+
+def test_entry_point_plugins_are_loaded(monkeypatch):
+    plugin = registry_module.Problem("plugin-blur", "from a plugin", {"problem": "plugin-blur",
+                                     "operator": {"kind": "blur", "kernel": "box", "size": 5}})
+    monkeypatch.setattr("tests.plugin_problem.PROBLEM", plugin, raising=False)
+    ep = EntryPoint(name="plugin-blur", value="tests.plugin_problem:PROBLEM", group=registry_module.ENTRY_POINT_GROUP)
+    monkeypatch.setattr(registry_module, "entry_points", lambda group: [ep])
+    monkeypatch.setattr(registry_module, "_entry_points_loaded", False)
+    assert "plugin-blur" in list_problems()
+    assert resolve_config("plugin-blur").operator.size == 5
+
+
+def test_resolved_definition_round_trips_through_json():
+    cfg = resolve_config("deblur", preset="full")
+    assert ProblemConfig.model_validate_json(cfg.model_dump_json()) == cfg
