@@ -83,7 +83,7 @@ def test_evaluate_json_schema_and_figure(trained, tmp_path):
                     str(tmp_path / "r.json"), "--figure", str(tmp_path / "f.png"), "--device", "cpu")
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r.json").read_text())
-    assert [r["name"] for r in report["images"]] == ["camera", "coins"]
+    assert [r["name"] for r in report["images"]] == ["camera.png", "coins.png"]
     methods = set(report["mean"]["psnr"])
     assert {"model", "measurement"} <= methods and len(methods) >= 4  # + at least two classical baselines
     for row in report["images"]:

@@ -77,5 +77,6 @@ def build_model(cfg: ProblemConfig, device: torch.device | str = "cpu") -> tuple
         eval_solver=eval_solver,
         gradient=make_training_gradient(cfg.training, cfg.solver),
         physics_factory=physics.for_measurement,
+        precision=cfg.training.precision,
     )
     return model.to(device), physics

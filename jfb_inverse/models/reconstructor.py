@@ -59,6 +59,7 @@ class ImplicitReconstructor(Reconstructor):
         eval_solver: FixedPointSolver | None = None,
         gradient: GradientStrategy | None = None,
         physics_factory: PhysicsFactory | None = None,
+        precision: Literal["fp32", "bf16", "fp16"] = "fp32",
     ) -> None:
         super().__init__()
         self.regularizer = regularizer
@@ -74,6 +75,7 @@ class ImplicitReconstructor(Reconstructor):
         self.eval_solver: FixedPointSolver = eval_solver or Anderson(tol=1e-4, max_iter=100)
         self.gradient: GradientStrategy = gradient or JFB()
         self.physics_factory = physics_factory
+        self.precision = precision
         self.last_stats: SolverStats | None = None
 
     @property
@@ -96,7 +98,7 @@ class ImplicitReconstructor(Reconstructor):
         physics, img_size = self._physics_for(y, physics)
         step = make_step(self.step_kind, physics, img_size)
         consistency = step.bind(y, self.eta)
-        reg = self.regularizer
+        reg = self._regularizer_in_precision(y.device)
         if self.step_kind == "ffpn":
             fn: FixedPointMap = lambda u: consistency(reg(u))  # noqa: E731
         else:
@@ -108,6 +110,21 @@ class ImplicitReconstructor(Reconstructor):
             else:
                 u0 = physics.A_adjoint(y)
         return fn, u0
+
+    def _regularizer_in_precision(self, device: torch.device) -> Callable[[Tensor], Tensor]:
+        """``D`` under autocast when a lower precision is asked for; its output is cast back to fp32
+        so the consistency step and the solver's residuals and mixing stay in fp32."""
+        if self.precision == "fp32":
+            return self.regularizer
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        reg = self.regularizer
+
+        def low_precision(v: Tensor) -> Tensor:
+            with torch.autocast(device_type=device.type, dtype=dtype):
+                out = reg(v)
+            return out.float()
+
+        return low_precision
 
     def forward(self, y: Tensor, physics: LinearPhysics | None = None, u0: Tensor | None = None, **kwargs) -> Tensor:
         """Reconstruct a batch of measurements ``y`` (the physics is built for ``y`` when not given)."""

@@ -54,7 +54,8 @@ class SmoothingResidualCNN(nn.Module):
     def forward(self, v: Tensor) -> Tensor:
         """Apply ``D`` to a batch (B, C, H, W) of any size."""
         smooth = F.conv2d(F.pad(v, (1, 1, 1, 1), mode="replicate"), self.kernel, groups=self.channels)
-        return torch.lerp(v, smooth, self.smoothing) + self.net(v)
+        # Under autocast the conv returns bf16/fp16: the linear part is blended in v's dtype.
+        return torch.lerp(v, smooth.to(v.dtype), self.smoothing.to(v.dtype)) + self.net(v)
 
 
 def _dilations(n: int) -> list[int]:

@@ -39,12 +39,19 @@ class BlurOperator(_Strict):
 
 
 class TomographyOperator(_Strict):
-    """Parallel-beam CT (deepinv ``Tomography``): ``angles`` views evenly over ``angular_range`` degrees."""
+    """Parallel-beam CT (deepinv ``Tomography``): ``angles`` views evenly over ``angular_range`` degrees.
+
+    Sinograms are ``(C, detectors, angles)``. ``detectors``: detector cells across the image diagonal
+    (default: deepinv's ``ceil(sqrt(2) W)`` for ``W x W`` images); another count resamples the detector
+    axis linearly. ``img_width``: the image width of a sinogram; only needed to reconstruct sinograms
+    when ``detectors`` is set (otherwise it is inferred from the detector count).
+    """
 
     kind: Literal["ct"] = "ct"
     angles: PositiveInt = 30
     angular_range: Annotated[float, Field(gt=0, le=180)] = 180.0
     detectors: PositiveInt | None = None
+    img_width: PositiveInt | None = None
 
 
 class InpaintingOperator(_Strict):
@@ -76,12 +83,22 @@ class CustomOperator(_Strict):
     """A user's operator: ``target`` is ``path/to/file.py:ClassName`` or ``package.module:ClassName``.
 
     ``args`` are passed to the constructor as keywords. The class may be a deepinv
-    ``LinearPhysics`` or any object with ``A`` and ``A_adjoint`` methods.
+    ``LinearPhysics`` or any object with ``A`` and ``A_adjoint`` methods. ``img_size`` (``[C, H, W]``)
+    is the image shape of a measurement, used to reconstruct measurements whose shape differs from
+    the image's (unless the class has an ``image_shape`` method); by default the shapes are equal.
     """
 
     kind: Literal["custom"] = "custom"
     target: str
     args: dict[str, Any] = Field(default_factory=dict)
+    img_size: list[PositiveInt] | None = None
+
+    @field_validator("img_size")
+    @classmethod
+    def _three_dims(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and len(value) != 3:
+            raise ValueError(f"operator.img_size must be [C, H, W], got {value}")
+        return value
 
     @field_validator("target")
     @classmethod
@@ -160,7 +177,11 @@ class SolverConfig(_Strict):
 
 
 class TrainingConfig(_Strict):
-    """Optimisation: Adam with cosine decay; ``gradient`` picks the gradient strategy."""
+    """Optimisation: Adam with cosine decay; ``gradient`` picks the gradient strategy.
+
+    ``precision``: autocast dtype of the learned regulariser (``bf16``/``fp16``); the consistency
+    step, the fixed-point residual and the solver's mixing stay in fp32.
+    """
 
     steps: PositiveInt = 600
     batch_size: PositiveInt = 8
@@ -172,6 +193,7 @@ class TrainingConfig(_Strict):
     checkpoint_every: PositiveInt = 100
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     max_minutes: PositiveFloat | None = None
 
 

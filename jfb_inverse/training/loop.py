@@ -1,31 +1,56 @@
 """The training loop: patches -> simulated measurements -> implicit reconstruction -> MSE, with JFB.
 
-Writes into the output folder: ``model.pt`` (weights, resolved definition, training state),
-``problem.toml`` (the definition), ``history.jsonl`` (one JSON line per logged step) and
-``training.png`` (curves and held-out reconstructions).
+Writes into the output folder (rank 0 only under torch.distributed): ``model.pt`` (weights,
+resolved definition, full training state), ``problem.toml``, ``history.jsonl`` (one JSON line per
+logged step). Checkpoints are written atomically every ``checkpoint_every`` steps, at the end,
+and when SIGINT/SIGTERM arrives; ``resume=True`` continues from ``model.pt`` with the same
+optimiser, scheduler, data stream and RNG states, so an interrupted run ends with the same
+weights as an uninterrupted one (bitwise on CPU).
+
+Distributed (``torchrun``): every rank draws the same global batch from the same seeded stream
+and trains on its own slice of it, gradients are averaged by DistributedDataParallel. The
+fixed-point solve runs without autograd, so DDP sees exactly one tracked forward per step, and
+ranks that need different iteration counts never wait on each other inside the solve.
+
+Non-finite loss or gradients: the step is skipped (no update), the learning rate is halved, and
+after ``MAX_BAD_STEPS`` consecutive bad steps training stops with :class:`TrainingDiverged`; the
+last checkpoint on disk is left intact.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn import functional as F
+import torch.distributed as dist
+from torch.nn import functional as F  # noqa: N812
 
+from jfb_inverse.errors import UserError
 from jfb_inverse.metrics import psnr
 from jfb_inverse.models.build import build_model
 from jfb_inverse.problems.config import ProblemConfig
 from jfb_inverse.problems.noise import simulate
-from jfb_inverse.training.checkpoint import save_checkpoint
+from jfb_inverse.training.checkpoint import load_checkpoint, save_checkpoint
 from jfb_inverse.training.data import TrainingSource
 
 LogCallback = Callable[[dict[str, Any]], None]
+MAX_BAD_STEPS = 5
+
+
+class TrainingDiverged(UserError):
+    """Loss or gradients stayed NaN/Inf despite lowering the learning rate."""
+
+
+class TrainingInterrupted(UserError):
+    """SIGINT/SIGTERM: a checkpoint was written; ``--resume`` continues."""
 
 
 @dataclass
@@ -36,6 +61,7 @@ class TrainResult:
     steps: int
     seconds: float
     history: list[dict[str, Any]]
+    skipped_steps: int = 0
 
 
 def _lr_lambda(total: int, warmup: int = 20) -> Callable[[int], float]:
@@ -50,18 +76,53 @@ def _lr_lambda(total: int, warmup: int = 20) -> Callable[[int], float]:
     return factor
 
 
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[dict[str, int]]:
+    """Record SIGINT/SIGTERM instead of dying mid-step; the loop checkpoints and stops."""
+    received: dict[str, int] = {}
+    previous = {}
+
+    def handler(signum: int, _frame: Any) -> None:
+        received["signal"] = signum
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _all_finite(tensors: Iterator[torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
 def train(
     cfg: ProblemConfig,
     out_dir: str | Path,
     device: torch.device | str = "cpu",
     on_log: LogCallback | None = None,
     on_step: Callable[[int], None] | None = None,
+    resume: bool = False,
 ) -> TrainResult:
     """Train the definition's implicit network with its gradient strategy; see the module docstring."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    rank, world = _rank_and_world()
+    is_main = rank == 0
     device = torch.device(device)
     t = cfg.training
+    if t.batch_size % world:
+        raise UserError(f"batch size {t.batch_size} does not split over {world} processes; use a multiple of {world}")
     torch.manual_seed(t.seed)
     model, physics_cache = build_model(cfg, device)
     model.train()
@@ -71,64 +132,135 @@ def train(
     noise_gen = torch.Generator(device=device).manual_seed(t.seed + 1)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(t.steps))
+    # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
+    scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
+    first_step = 0
+    elapsed_before = 0.0
     history: list[dict[str, Any]] = []
     history_path = out / "history.jsonl"
-    history_path.write_text("")
+    if resume:
+        payload, _ = load_checkpoint(out / "model.pt", map_location=device)
+        model.load_state_dict(payload["state_dict"])
+        optimizer.load_state_dict(payload["optimizer"])
+        scheduler.load_state_dict(payload["scheduler"])
+        source.load_state_dict(payload["data"])
+        noise_gen.set_state(payload["noise_rng"].cpu())
+        torch.set_rng_state(payload["torch_rng"].cpu())
+        first_step = int(payload["step"])
+        elapsed_before = float(payload.get("seconds", 0.0))
+        if history_path.is_file():
+            history = [json.loads(line) for line in history_path.read_text().splitlines() if line.strip()]
+            history = [h for h in history if h["step"] <= first_step]
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        history_path.write_text("".join(json.dumps(h) + "\n" for h in history))
+    ddp_model: torch.nn.Module = model
+    if world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     start = time.perf_counter()
     window: list[dict[str, float]] = []
+    skipped = 0
+    bad_in_a_row = 0
+    step = first_step - 1
 
-    def state() -> dict[str, Any]:
-        return {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "step": step + 1,
-            "data": source.state_dict(),
-            "noise_rng": noise_gen.get_state(),
-            "torch_rng": torch.get_rng_state(),
-        }
+    def seconds() -> float:
+        return elapsed_before + time.perf_counter() - start
 
-    step = -1
-    for step in range(t.steps):
-        x = source.sample()
-        with torch.no_grad():
-            y = simulate(x, physics, cfg.noise, noise_gen)
-        x_hat = model(y, physics)
-        loss = F.mse_loss(x_hat, x)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        stats = model.last_stats
-        assert stats is not None
-        window.append(
-            {
-                "loss": loss.item(),
-                "psnr": float(psnr(x_hat.detach().clamp(0, 1), x).mean()),
-                "iterations": float(stats.iterations.float().mean()),
-                "residual": float(stats.residual.max()),
-                "converged": float(stats.converged.float().mean()),
-            }
+    def checkpoint(final: bool = False) -> None:
+        if not is_main:
+            return
+        if not _all_finite(model.state_dict().values()):
+            return  # never overwrite a good checkpoint with a broken model
+        save_checkpoint(
+            out / "model.pt",
+            cfg,
+            model.state_dict(),
+            optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(),
+            step=step + 1,
+            data=source.state_dict(),
+            noise_rng=noise_gen.get_state(),
+            torch_rng=torch.get_rng_state(),
+            seconds=seconds(),
+            finished=final,
         )
-        if on_step is not None:
-            on_step(step)
-        last = step + 1 == t.steps
-        if (step + 1) % t.log_every == 0 or last:
-            record: dict[str, Any] = {"step": step + 1, "seconds": round(time.perf_counter() - start, 3)}
-            for key in window[0]:
-                record[key] = sum(w[key] for w in window) / len(window)
-            record["lr"] = scheduler.get_last_lr()[0]
-            record["eta"] = float(model.eta.detach())
-            record["not_converged_steps"] = sum(w["converged"] < 1 for w in window)
-            window.clear()
-            history.append(record)
-            with history_path.open("a") as fh:
-                fh.write(json.dumps(record) + "\n")
-            if on_log is not None:
-                on_log(record)
-        if (step + 1) % t.checkpoint_every == 0 and not last:
-            save_checkpoint(out / "model.pt", cfg, model.state_dict(), **state())
-        if t.max_minutes is not None and time.perf_counter() - start > 60 * t.max_minutes:
-            break
-    seconds = time.perf_counter() - start
-    save_checkpoint(out / "model.pt", cfg, model.state_dict(), **state(), seconds=seconds)
-    return TrainResult(out, step + 1, seconds, history)
+
+    local = slice(rank * t.batch_size // world, (rank + 1) * t.batch_size // world)
+    with _stop_on_signals() as received:
+        for step in range(first_step, t.steps):
+            x_all = source.sample()
+            with torch.no_grad():
+                y_all = simulate(x_all, physics, cfg.noise, noise_gen)
+            x, y = x_all[local], y_all[local]
+            x_hat = ddp_model(y, physics)
+            loss = F.mse_loss(x_hat, x)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            finite = bool(torch.isfinite(loss)) and _all_finite(
+                p.grad for p in model.parameters() if p.grad is not None
+            )
+            if world > 1:  # every rank must take the same decision
+                flag = torch.tensor([float(finite)], device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+                finite = bool(flag.item() > 0)
+            if finite or t.precision == "fp16":
+                # fp16: the scaler skips steps with inf gradients itself and lowers its scale.
+                scaler.step(optimizer)
+                scaler.update()
+                bad_in_a_row = 0
+            else:
+                skipped += 1
+                bad_in_a_row += 1
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.base_lrs = [lr * 0.5 for lr in scheduler.base_lrs]
+                if bad_in_a_row >= MAX_BAD_STEPS:
+                    raise TrainingDiverged(
+                        f"training diverged: loss or gradients were NaN/Inf for {bad_in_a_row} steps in a row at "
+                        f"step {step + 1} even after halving the learning rate each time; lower --lr, use a smaller "
+                        "model.eta_init, or enable model.spectral_norm (the last checkpoint is intact)"
+                    )
+            scheduler.step()
+            stats = model.last_stats
+            assert stats is not None
+            window.append(
+                {
+                    "loss": loss.item() if finite else float("nan"),
+                    "psnr": float(psnr(x_hat.detach().clamp(0, 1), x).mean()),
+                    "iterations": float(stats.iterations.float().mean()),
+                    "residual": float(stats.residual.max()),
+                    "converged": float(stats.converged.float().mean()),
+                    "skipped": float(not finite),
+                }
+            )
+            if on_step is not None:
+                on_step(step)
+            last = step + 1 == t.steps
+            if (step + 1) % t.log_every == 0 or last:
+                record: dict[str, Any] = {"step": step + 1, "seconds": round(seconds(), 3)}
+                for key in ("loss", "psnr", "iterations", "residual", "converged"):
+                    record[key] = sum(w[key] for w in window) / len(window)
+                record["lr"] = scheduler.get_last_lr()[0]
+                record["eta"] = float(model.eta.detach())
+                record["not_converged_steps"] = sum(w["converged"] < 1 for w in window)
+                record["skipped_steps"] = int(sum(w["skipped"] for w in window))
+                window.clear()
+                history.append(record)
+                if is_main:
+                    with history_path.open("a") as fh:
+                        fh.write(json.dumps(record) + "\n")
+                if on_log is not None:
+                    on_log(record)
+            if "signal" in received:
+                checkpoint()
+                raise TrainingInterrupted(
+                    f"interrupted by signal {received['signal']} after step {step + 1}; checkpoint written to "
+                    f"{out / 'model.pt'}; continue with --resume"
+                )
+            if (step + 1) % t.checkpoint_every == 0 and not last:
+                checkpoint()
+            if t.max_minutes is not None and seconds() > 60 * t.max_minutes:
+                break
+    checkpoint(final=True)
+    return TrainResult(out, step + 1, seconds(), history, skipped)

@@ -1,0 +1,49 @@
+"""CUDA checks (run with `python3 -m pytest -m gpu` on a machine with a GPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from jfb_inverse.metrics import psnr
+from jfb_inverse.models import build_model
+from jfb_inverse.problems import resolve_config, simulate
+from jfb_inverse.training.device import resolve_device
+from jfb_inverse.training.loop import train
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+SMALL = {"data": {"patch_size": 32, "eval_size": 32}, "training": {"steps": 5, "batch_size": 4, "log_every": 5}}
+
+
+def test_auto_device_picks_cuda():
+    assert resolve_device("auto").type == "cuda"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_training_runs_on_cuda_in_each_precision(tmp_path, precision):
+    cfg = resolve_config("deblur", overrides={**SMALL, "training": {**SMALL["training"], "precision": precision}})
+    result = train(cfg, tmp_path, device="cuda")
+    assert result.steps == 5
+    assert torch.isfinite(torch.tensor(result.history[-1]["loss"]))
+
+
+def test_everything_follows_the_device_and_bf16_matches_fp32():
+    cfg = resolve_config("deblur")
+    x = torch.rand(2, 1, 64, 64, device="cuda")
+    outputs = {}
+    for precision in ("fp32", "bf16"):
+        cfg_p = cfg.model_copy(update={"training": cfg.training.model_copy(update={"precision": precision})})
+        torch.manual_seed(0)
+        model, physics = build_model(cfg_p, "cuda")
+        model.eval()
+        p = physics.for_image((1, 64, 64))
+        y = simulate(x, p, cfg.noise, torch.Generator(device="cuda").manual_seed(0))
+        with torch.inference_mode():
+            outputs[precision] = model(y, p)
+        assert outputs[precision].device.type == "cuda" and outputs[precision].dtype == torch.float32
+    gap = (psnr(outputs["fp32"].clamp(0, 1), x) - psnr(outputs["bf16"].clamp(0, 1), x)).abs().max()
+    assert float(gap) < 0.2
