@@ -13,7 +13,7 @@ fixed-point solve runs without autograd, so DDP sees exactly one tracked forward
 ranks that need different iteration counts never wait on each other inside the solve.
 
 Non-finite loss or gradients: the step is skipped (no update), the learning rate is halved, and
-after ``MAX_BAD_STEPS`` consecutive bad steps training stops with :class:`TrainingDiverged`; the
+after ``MAX_BAD_STEPS`` consecutive bad steps training stops with :class:`TrainingDivergedError`; the
 last checkpoint on disk is left intact.
 """
 
@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.nn import functional as F  # noqa: N812
+from torch.nn import functional as F
 
 from jfb_inverse.errors import UserError
 from jfb_inverse.metrics import psnr
@@ -45,11 +45,11 @@ LogCallback = Callable[[dict[str, Any]], None]
 MAX_BAD_STEPS = 5
 
 
-class TrainingDiverged(UserError):
+class TrainingDivergedError(UserError):
     """Loss or gradients stayed NaN/Inf despite lowering the learning rate."""
 
 
-class TrainingInterrupted(UserError):
+class TrainingInterruptedError(UserError):
     """SIGINT/SIGTERM: a checkpoint was written; ``--resume`` continues."""
 
 
@@ -92,10 +92,8 @@ def _stop_on_signals() -> Iterator[dict[str, int]]:
         received["signal"] = signum
 
     for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
             previous[sig] = signal.signal(sig, handler)
-        except ValueError:  # not the main thread: leave signals alone
-            pass
     try:
         yield received
     finally:
@@ -136,6 +134,7 @@ def train(
     scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
     first_step = 0
     elapsed_before = 0.0
+    window_state: list[dict[str, float]] = []
     history: list[dict[str, Any]] = []
     history_path = out / "history.jsonl"
     if resume:
@@ -148,6 +147,7 @@ def train(
         torch.set_rng_state(payload["torch_rng"].cpu())
         first_step = int(payload["step"])
         elapsed_before = float(payload.get("seconds", 0.0))
+        window_state = json.loads(payload.get("log_window", "[]"))
         if history_path.is_file():
             history = [json.loads(line) for line in history_path.read_text().splitlines() if line.strip()]
             history = [h for h in history if h["step"] <= first_step]
@@ -160,7 +160,8 @@ def train(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     start = time.perf_counter()
-    window: list[dict[str, float]] = []
+    # Steps since the last log line: saved in checkpoints so a resumed run logs the same averages.
+    window: list[dict[str, float]] = window_state
     skipped = 0
     bad_in_a_row = 0
     step = first_step - 1
@@ -184,6 +185,7 @@ def train(
             noise_rng=noise_gen.get_state(),
             torch_rng=torch.get_rng_state(),
             seconds=seconds(),
+            log_window=json.dumps(window),
             finished=final,
         )
 
@@ -216,7 +218,7 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.base_lrs = [lr * 0.5 for lr in scheduler.base_lrs]
                 if bad_in_a_row >= MAX_BAD_STEPS:
-                    raise TrainingDiverged(
+                    raise TrainingDivergedError(
                         f"training diverged: loss or gradients were NaN/Inf for {bad_in_a_row} steps in a row at "
                         f"step {step + 1} even after halving the learning rate each time; lower --lr, use a smaller "
                         "model.eta_init, or enable model.spectral_norm (the last checkpoint is intact)"
@@ -254,7 +256,7 @@ def train(
                     on_log(record)
             if "signal" in received:
                 checkpoint()
-                raise TrainingInterrupted(
+                raise TrainingInterruptedError(
                     f"interrupted by signal {received['signal']} after step {step + 1}; checkpoint written to "
                     f"{out / 'model.pt'}; continue with --resume"
                 )

@@ -1,0 +1,72 @@
+"""torch.distributed plumbing for ``jfb-inverse train``: start-up under torchrun, and the launcher.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) each process joins the process group
+(NCCL on CUDA, gloo on CPU) and takes the device of its ``LOCAL_RANK``. ``jfb-inverse train
+--nproc N`` re-launches itself through ``torch.distributed.run``, which also handles multi-node
+rendezvous (``--nnodes``, ``--node-rank``, ``--rdzv-endpoint``) and stops every worker as soon as
+one fails, so a failing rank never leaves the others hanging.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from jfb_inverse.errors import UserError
+
+# Collectives that wait longer than this raise instead of hanging forever (e.g. a dead peer).
+COLLECTIVE_TIMEOUT = timedelta(minutes=5)
+
+
+def world_size_from_env() -> int:
+    """``WORLD_SIZE`` set by torchrun (1 when not launched by it)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_distributed(device: torch.device) -> torch.device:
+    """Join the process group when launched by torchrun; return this rank's device."""
+    if world_size_from_env() <= 1 or (dist.is_available() and dist.is_initialized()):
+        return device
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        if torch.cuda.device_count() <= local_rank:
+            raise UserError(f"rank {local_rank} has no GPU ({torch.cuda.device_count()} visible); use fewer processes")
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    dist.init_process_group(backend=backend, timeout=COLLECTIVE_TIMEOUT)
+    return device
+
+
+def shutdown_distributed() -> None:
+    """Leave the process group (no-op when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or not distributed): the only process that prints summaries and writes files."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def launch(nproc: int, train_args: list[str], torchrun_args: list[str] | None = None) -> int:
+    """Run ``jfb-inverse train TRAIN_ARGS`` on ``nproc`` processes via torch.distributed.run."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={nproc}",
+        *(torchrun_args or ["--standalone"]),
+        "-m",
+        "jfb_inverse.cli",
+        "train",
+        *train_args,
+    ]
+    return subprocess.call(cmd)

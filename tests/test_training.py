@@ -1,0 +1,93 @@
+"""Training loop: exact resume, NaN guard, determinism, checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import jfb_inverse.training.loop as loop
+from jfb_inverse.problems import resolve_config
+from jfb_inverse.training.checkpoint import load_checkpoint
+from jfb_inverse.training.loop import TrainingDivergedError, train
+
+TINY = {
+    "data": {"patch_size": 32},
+    "model": {"width": 8, "depth": 3},
+    "training": {"steps": 12, "batch_size": 2, "log_every": 3, "checkpoint_every": 4},
+}
+
+
+class CrashError(Exception):
+    pass
+
+
+def weights(path):
+    return load_checkpoint(path)[0]["state_dict"]
+
+
+def test_resume_after_a_crash_gives_bitwise_the_same_weights(tmp_path):
+    cfg = resolve_config("deblur", overrides=TINY)
+    train(cfg, tmp_path / "full")
+
+    def crash_at_step_10(step: int) -> None:
+        if step == 9:
+            raise CrashError
+
+    with pytest.raises(CrashError):
+        train(cfg, tmp_path / "part", on_step=crash_at_step_10)
+    assert load_checkpoint(tmp_path / "part" / "model.pt")[0]["step"] == 8  # at most one interval lost
+    train(cfg, tmp_path / "part", resume=True)
+    full, part = weights(tmp_path / "full" / "model.pt"), weights(tmp_path / "part" / "model.pt")
+    assert all(torch.equal(full[k], part[k]) for k in full)
+    losses = [[json.loads(line)["loss"] for line in (tmp_path / d / "history.jsonl").read_text().splitlines()]
+              for d in ("full", "part")]
+    assert losses[0] == losses[1] and len(losses[0]) == 4
+
+
+def test_same_seed_same_result(tmp_path):
+    cfg = resolve_config("deblur", overrides={**TINY, "training": {**TINY["training"], "steps": 4}})
+    train(cfg, tmp_path / "a")
+    train(cfg, tmp_path / "b")
+    a, b = weights(tmp_path / "a" / "model.pt"), weights(tmp_path / "b" / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nan_loss_skips_steps_halves_lr_then_stops_cleanly(tmp_path, monkeypatch):
+    cfg = resolve_config("deblur", overrides=TINY)
+    real_mse = loop.F.mse_loss
+    calls = {"n": 0}
+
+    def poisoned(a, b):
+        calls["n"] += 1
+        loss = real_mse(a, b)
+        return loss * float("nan") if calls["n"] > 5 else loss
+
+    monkeypatch.setattr(loop.F, "mse_loss", poisoned)
+    with pytest.raises(TrainingDivergedError, match="NaN/Inf for 5 steps in a row"):
+        train(cfg, tmp_path)
+    payload = load_checkpoint(tmp_path / "model.pt")[0]
+    # Steps 6-10 were bad (no update); the periodic checkpoint at step 8 holds finite weights and is
+    # the last one: nothing was written after the failure.
+    assert payload["step"] == 8
+    assert all(torch.isfinite(v).all() for v in payload["state_dict"].values())
+    # Halved at each of the bad steps 6, 7 and 8 before that checkpoint.
+    assert payload["scheduler"]["base_lrs"][0] == pytest.approx(cfg.training.lr / 8)
+
+
+def test_a_single_nan_step_is_skipped_and_training_goes_on(tmp_path, monkeypatch):
+    cfg = resolve_config("deblur", overrides=TINY)
+    real_mse = loop.F.mse_loss
+    calls = {"n": 0}
+
+    def one_bad(a, b):
+        calls["n"] += 1
+        loss = real_mse(a, b)
+        return loss * float("nan") if calls["n"] == 7 else loss
+
+    monkeypatch.setattr(loop.F, "mse_loss", one_bad)
+    result = train(cfg, tmp_path)
+    assert result.steps == 12 and result.skipped_steps == 1
+    base_lr = load_checkpoint(tmp_path / "model.pt")[0]["scheduler"]["base_lrs"][0]
+    assert base_lr == pytest.approx(cfg.training.lr / 2)
