@@ -21,6 +21,9 @@ def simulate(
     checkpoint: Annotated[str | None, typer.Option(help="Take the definition from a checkpoint.")] = None,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     noise_sigma: Annotated[float | None, typer.Option(min=0, help="Override the noise level.")] = None,
+    trust_operator: Annotated[
+        bool, typer.Option("--trust-operator", help="Import the checkpoint's custom operator (runs its code).")
+    ] = False,
 ) -> None:
     """Simulate measurements of a clean image with a problem's operator and noise."""
     import torch
@@ -38,6 +41,7 @@ def simulate(
         from jfb_inverse.training.checkpoint import load_checkpoint
 
         _, cfg = load_checkpoint(checkpoint)
+        ensure_trusted(cfg, trust_operator)
         if overrides:
             cfg = cfg.model_copy(update={"noise": cfg.noise.model_copy(update=overrides["noise"])})
     elif problem is None and config is None:

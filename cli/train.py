@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 Gradient = Literal["jfb", "jfbk", "implicit", "unrolled"]
+Precision = Literal["fp32", "bf16", "fp16"]
 Device = Literal["auto", "cpu", "cuda"]
 
 
@@ -41,16 +42,40 @@ def train(
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     gradient: Annotated[Gradient | None, typer.Option(help="Gradient strategy.")] = None,
     max_minutes: Annotated[float | None, typer.Option(min=0, help="Stop after this many minutes.")] = None,
+    operator: Annotated[
+        str | None,
+        typer.Option(help="Your forward operator: path/to/ops.py:ClassName or package.module:ClassName."),
+    ] = None,
+    operator_args: Annotated[
+        str | None, typer.Option(help="Constructor keyword arguments of --operator as JSON, e.g. '{\"n\": 3}'.")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint (same definition).")
+    ] = False,
+    trust_operator: Annotated[
+        bool, typer.Option("--trust-operator", help="Allow --resume to import the checkpoint's custom operator.")
+    ] = False,
+    precision: Annotated[
+        Precision | None, typer.Option(help="Autocast precision of the learned regulariser (GPU: bf16 is fastest).")
+    ] = None,
+    nproc: Annotated[
+        int, typer.Option(min=1, help="Processes for distributed training (launches torchrun; one per GPU).")
+    ] = 1,
 ) -> None:
     """Train an implicit network with JFB (or another gradient strategy) and evaluate it on held-out images."""
     from jfb_inverse.errors import UserError
     from jfb_inverse.evaluation import evaluate
     from jfb_inverse.problems import config_from_file_or_problem
+    from jfb_inverse.problems.custom import ensure_trusted
+    from jfb_inverse.training import distributed
+    from jfb_inverse.training.checkpoint import load_checkpoint
     from jfb_inverse.training.data import evaluation_images
     from jfb_inverse.training.device import resolve_device
     from jfb_inverse.training.loop import train as run_training
     from jfb_inverse.training.report import training_figure
 
+    if nproc > 1 and distributed.world_size_from_env() <= 1:
+        raise typer.Exit(code=distributed.launch(nproc, _argv_without_nproc()))
     overrides = _overrides(
         training__steps=steps,
         training__batch_size=batch_size,
@@ -59,12 +84,23 @@ def train(
         training__gradient=gradient,
         training__max_minutes=max_minutes,
         training__device=None if device == "auto" else device,
+        training__precision=precision,
     )
     if data is not None:
         overrides.setdefault("data", {}).update({"source": "folder", "path": str(data)})
-    cfg = config_from_file_or_problem(problem, config, overrides, preset)
-    dev = resolve_device(device if device != "auto" else cfg.training.device)
+    if resume:
+        _, cfg = load_checkpoint(out / "model.pt")
+        ensure_trusted(cfg, trust_operator or ([operator] if operator else []))
+        if steps is not None:
+            cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"steps": steps})})
+    else:
+        problem = _custom_operator(problem, operator, operator_args, overrides)
+        cfg = config_from_file_or_problem(problem, config, overrides, preset)
+    dev = distributed.init_distributed(resolve_device(device if device != "auto" else cfg.training.device))
+    main_process = distributed.is_main_process()
     _check_writable(out)
+    if cfg.operator.kind == "custom":
+        _check_custom_operator(cfg, dev)
     console.print(
         f"training [bold]{cfg.problem}[/] on {dev}: {cfg.training.steps} steps, batch {cfg.training.batch_size}, "
         f"gradient {cfg.training.gradient}, solver {cfg.solver.name} "
@@ -79,6 +115,7 @@ def train(
         TextColumn("{task.fields[info]}"),
         console=console,
         transient=False,
+        disable=not main_process,
     )
     with progress:
         task = progress.add_task("train", total=cfg.training.steps, info="")
@@ -91,10 +128,20 @@ def train(
             if record["not_converged_steps"]:
                 warn(f"{record['not_converged_steps']} steps before step {record['step']} hit max_iter before tol")
 
-        result = run_training(cfg, out, dev, on_log=on_log, on_step=lambda s: progress.update(task, completed=s + 1))
+        try:
+            result = run_training(
+                cfg, out, dev, on_log=on_log, on_step=lambda s: progress.update(task, completed=s + 1), resume=resume
+            )
+        finally:
+            if not main_process:
+                distributed.shutdown_distributed()
+    if not main_process:
+        return
+    distributed.shutdown_distributed()
     console.print(f"trained {result.steps} steps in {result.seconds:.0f} s -> {out / 'model.pt'}")
+    if result.skipped_steps:
+        warn(f"{result.skipped_steps} steps had NaN/Inf loss or gradients and were skipped (learning rate halved)")
     from jfb_inverse.models.build import build_model
-    from jfb_inverse.training.checkpoint import load_checkpoint
 
     payload, _ = load_checkpoint(out / "model.pt", map_location=dev)
     model, physics = build_model(cfg, dev)
@@ -109,6 +156,64 @@ def train(
         _print_mean(ev.report)
         if not all(ev.converged):
             warn("the forward solve did not reach its tolerance on some held-out images")
+
+
+def _custom_operator(
+    problem: str | None, operator: str | None, operator_args: str | None, overrides: dict[str, Any]
+) -> str | None:
+    """``--operator`` trains the problem ``custom``: put the operator section into ``overrides``."""
+    from jfb_inverse.errors import UserError
+    from jfb_inverse.problems.custom import operator_section, parse_operator_args
+
+    if operator is None:
+        if operator_args is not None:
+            raise UserError("--operator-args needs --operator path/to/ops.py:ClassName")
+        return problem
+    if problem not in (None, "custom"):
+        raise UserError(
+            f"--operator trains the problem 'custom'; drop --problem {problem} (put other settings in --config)"
+        )
+    args = parse_operator_args(operator_args) if operator_args is not None else None
+    overrides["operator"] = operator_section(operator, args)
+    return "custom"
+
+
+def _check_custom_operator(cfg: Any, dev: Any) -> None:
+    """Import, construct and dot-product test the user's operator now, before any data is loaded."""
+    import torch
+
+    from jfb_inverse.problems import build_physics
+    from jfb_inverse.problems.custom import ADJOINT_TOL, check_adjoint
+
+    img_size = (cfg.data.channels, cfg.data.patch_size, cfg.data.patch_size)
+    physics = build_physics(cfg.operator, img_size, dev)  # raises on a failed import or adjointness test
+    mismatch = check_adjoint(physics, img_size, dev, name=cfg.operator.target)
+    with torch.no_grad():
+        y_shape = tuple(physics.A(torch.zeros((1, *img_size), device=dev)).shape[1:])
+    console.print(
+        f"operator {cfg.operator.target}: {img_size} image -> {y_shape} measurement, "
+        f"adjointness mismatch {mismatch:.1e} (tolerance {ADJOINT_TOL:.0e})"
+    )
+
+
+def _argv_without_nproc() -> list[str]:
+    """This command's arguments after ``train``, without ``--nproc`` (torchrun starts the workers)."""
+    import sys
+
+    args = sys.argv[sys.argv.index("train") + 1 :] if "train" in sys.argv else sys.argv[1:]
+    out: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg == "--nproc":
+            skip = True
+            continue
+        if arg.startswith("--nproc="):
+            continue
+        out.append(arg)
+    return out
 
 
 def _check_writable(out: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from jfb_inverse.problems.custom import PLACEHOLDER_TARGET
 from jfb_inverse.problems.registry import register_problem
 
 # DEBLUR-G, the reference deblurring task: Gaussian blur sigma 2 px, circular boundary,
@@ -15,10 +16,106 @@ register_problem(
         "data": {"source": "builtin", "channels": 1, "patch_size": 64, "eval_size": 128},
         "model": {"step": "prox", "width": 32, "depth": 5, "eta_init": 3.0, "init": "tikhonov", "init_lam": 0.01},
         "solver": {"name": "anderson", "tol": 1e-3, "max_iter": 30},
+        "training": {"steps": 2500, "batch_size": 8, "lr": 2e-3, "log_every": 50, "checkpoint_every": 250},
+    },
+    presets={
+        "full": {
+            "model": {"width": 48, "depth": 7},
+            "training": {"steps": 5000, "batch_size": 16, "log_every": 100, "checkpoint_every": 500},
+        },
+        "quick": {"training": {"steps": 20, "log_every": 5, "checkpoint_every": 10}},
+    },
+)
+
+_QUICK = {"training": {"steps": 20, "log_every": 5, "checkpoint_every": 10}}
+
+# CT-30, the reference tomography task: parallel beam, 30 angles evenly in [0, 180), 128x128 images,
+# Gaussian noise with sigma = 1.5% of each clean sinogram's maximum, random-ellipse phantoms.
+# Consistency step: a gradient step (PGD). It costs one A and one A^T per iteration, whereas the
+# proximal step has no closed form for CT and runs a conjugate gradient (tens of A/A^T pairs) in
+# every iteration and again in the backward pass. The start is a Tikhonov solution (one CG solve
+# per reconstruction, without gradients), much closer to the image than A^T y (a blurred
+# back-projection).
+register_problem(
+    "ct",
+    "Sparse-view CT (CT-30): parallel beam, 30 angles in [0, 180), 128x128 phantoms, noise 1.5% of max",
+    {
+        "operator": {"kind": "ct", "angles": 30, "angular_range": 180.0},
+        "noise": {"kind": "gaussian", "sigma": 0.015, "relative": True},
+        "data": {"source": "phantoms", "channels": 1, "patch_size": 128, "eval_size": 128},
+        "model": {"step": "gradient", "width": 32, "depth": 5, "eta_init": 1.0, "init": "tikhonov", "init_lam": 0.01},
+        "solver": {"name": "anderson", "tol": 1e-3, "max_iter": 30},
         "training": {"steps": 600, "batch_size": 8, "lr": 2e-3},
     },
     presets={
         "full": {"model": {"width": 48, "depth": 7}, "training": {"steps": 6000, "batch_size": 16}},
-        "quick": {"training": {"steps": 20, "log_every": 5, "checkpoint_every": 10}},
+        "quick": _QUICK,
     },
+)
+
+# Inpainting: half of the pixels missing (one random mask per image size), noise sigma 0.01.
+# The physics is SVD-diagonal, so the proximal step and the Tikhonov start are closed forms.
+register_problem(
+    "inpainting",
+    "Inpainting: 50% of the pixels missing at random (fixed mask), noise sigma 0.01",
+    {
+        "operator": {"kind": "inpainting", "missing": 0.5, "mask_seed": 0},
+        "noise": {"kind": "gaussian", "sigma": 0.01},
+        "data": {"source": "builtin", "channels": 1, "patch_size": 64, "eval_size": 128},
+        "model": {"step": "prox", "width": 32, "depth": 5, "eta_init": 3.0, "init": "tikhonov", "init_lam": 0.01},
+        "solver": {"name": "anderson", "tol": 1e-3, "max_iter": 30},
+        "training": {"steps": 600, "batch_size": 8, "lr": 2e-3},
+    },
+    presets={"quick": _QUICK},
+)
+
+# Super-resolution x2: Gaussian blur sigma 1 px then decimation, circular boundary (so deepinv's
+# FFT prox applies), noise sigma 0.01.
+register_problem(
+    "superres",
+    "Super-resolution x2: Gaussian blur sigma 1 px then downsampling, noise sigma 0.01",
+    {
+        "operator": {"kind": "superres", "factor": 2, "sigma": 1.0},
+        "noise": {"kind": "gaussian", "sigma": 0.01},
+        "data": {"source": "builtin", "channels": 1, "patch_size": 64, "eval_size": 128},
+        "model": {"step": "prox", "width": 32, "depth": 5, "eta_init": 3.0, "init": "tikhonov", "init_lam": 0.01},
+        "solver": {"name": "anderson", "tol": 1e-3, "max_iter": 30},
+        "training": {"steps": 600, "batch_size": 8, "lr": 2e-3},
+    },
+    presets={"quick": _QUICK},
+)
+
+# Single-coil Cartesian MRI x4: a quarter of the k-space columns, the central 8% fully sampled,
+# complex Gaussian noise sigma 0.01 (the FFT is orthonormal, so this is the image-domain level).
+# A^T A is diagonal in Fourier space, so the proximal step is an FFT closed form.
+register_problem(
+    "mri",
+    "Single-coil Cartesian MRI x4: 25% of k-space columns, 8% centre fully sampled, noise sigma 0.01",
+    {
+        "operator": {"kind": "mri", "acceleration": 4, "center_fraction": 0.08, "mask_seed": 0},
+        "noise": {"kind": "gaussian", "sigma": 0.01},
+        "data": {"source": "builtin", "channels": 1, "patch_size": 64, "eval_size": 128},
+        "model": {"step": "prox", "width": 32, "depth": 5, "eta_init": 3.0, "init": "tikhonov", "init_lam": 0.01},
+        "solver": {"name": "anderson", "tol": 1e-3, "max_iter": 30},
+        "training": {"steps": 600, "batch_size": 8, "lr": 2e-3},
+    },
+    presets={"quick": _QUICK},
+)
+
+# A user's operator (`jfb-inverse train --operator path/to/ops.py:ClassName`): deblurring's data,
+# model and training settings with a gradient step, which needs only A and A^T (a proximal step
+# would run a conjugate gradient in every iteration for an operator without a closed form). The
+# placeholder target makes the problem unusable until an operator is given (a clear error).
+register_problem(
+    "custom",
+    "Your own operator: --operator path/to/ops.py:ClassName [--operator-args JSON]",
+    {
+        "operator": {"kind": "custom", "target": PLACEHOLDER_TARGET},
+        "noise": {"kind": "gaussian", "sigma": 0.01},
+        "data": {"source": "builtin", "channels": 1, "patch_size": 64, "eval_size": 128},
+        "model": {"step": "gradient", "width": 32, "depth": 5, "eta_init": 1.0, "init": "tikhonov", "init_lam": 0.01},
+        "solver": {"name": "anderson", "tol": 1e-3, "max_iter": 30},
+        "training": {"steps": 600, "batch_size": 8, "lr": 2e-3},
+    },
+    presets={"quick": _QUICK},
 )

@@ -1,0 +1,311 @@
+"""Custom forward operators: loading, construction, the adjointness test, the CLI path, the example.
+
+The operators below are the user's code: the tests name them as ``<this file>:ClassName``, which
+imports this file as a separate module, exactly as ``--operator path/to/ops.py:ClassName`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from deepinv.physics import LinearPhysics
+from torch import Tensor
+from typer.testing import CliRunner
+
+THIS = Path(__file__).resolve()
+EXAMPLE = THIS.parent.parent / "examples" / "custom_operator.py"
+
+
+class ShiftBlur(LinearPhysics):
+    """Average of ``n`` circular horizontal shifts; the measurement has the image's shape."""
+
+    def __init__(self, n: int = 3, img_size: tuple[int, int, int] | None = None, device: Any = "cpu") -> None:
+        super().__init__(img_size=img_size, device=device)
+        self.n = n
+        self.seen_img_size = img_size
+
+    def A(self, x: Tensor, **kwargs: Any) -> Tensor:
+        return sum(torch.roll(x, s, dims=-1) for s in range(self.n)) / self.n
+
+    def A_adjoint(self, y: Tensor, **kwargs: Any) -> Tensor:
+        return sum(torch.roll(y, -s, dims=-1) for s in range(self.n)) / self.n
+
+
+class RowSubsample:
+    """Not a deepinv physics, only ``A`` and ``A_adjoint``: keeps every ``step``-th row (fewer rows)."""
+
+    def __init__(self, step: int = 2) -> None:
+        self.step = step
+
+    def A(self, x: Tensor) -> Tensor:
+        return x[..., :: self.step, :]
+
+    def A_adjoint(self, y: Tensor) -> Tensor:
+        b, c, h, w = y.shape
+        x = y.new_zeros(b, c, h * self.step, w)
+        x[..., :: self.step, :] = y
+        return x
+
+
+class WrongAdjoint(ShiftBlur):
+    """A_adjoint shifts the wrong way and is scaled: fails the dot-product test."""
+
+    def A_adjoint(self, y: Tensor, **kwargs: Any) -> Tensor:
+        return 0.5 * super().A(y)
+
+
+class Exploding:
+    def __init__(self, gain: float = 1.0) -> None:
+        raise ValueError(f"gain {gain} is not supported\nsecond line")
+
+
+NOT_A_CLASS = 3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # These tensors are tiny: on a busy 2-core machine, thread hand-offs cost more than they save.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def target(name: str) -> str:
+    return f"{THIS}:{name}"
+
+
+# --- loading and construction ------------------------------------------------------------------
+
+
+def test_load_from_file_and_module():
+    from jfb_inverse.problems.custom import load_operator_class
+
+    cls = load_operator_class(target("ShiftBlur"))
+    assert cls.__name__ == "ShiftBlur" and cls is not ShiftBlur  # a separate module, as for a user's file
+    assert load_operator_class(target("ShiftBlur")) is cls  # imported once
+    from deepinv.physics import Denoising
+
+    assert load_operator_class("deepinv.physics:Denoising") is Denoising
+
+
+@pytest.mark.parametrize(
+    ("make_target", "message"),
+    [
+        (lambda d: f"{d}/missing_ops.py:Op", "operator file '.*missing_ops.py' not found"),
+        (lambda d: "no_such_package_xyz.ops:Op", "operator module 'no_such_package_xyz.ops' not found"),
+        (lambda d: f"{d}/broken.py:Op", r"failed to import \(RuntimeError: boom\)"),
+        (lambda d: f"{d}/syntax.py:Op", r"failed to import \(SyntaxError"),
+        (lambda d: f"{d}/good.py:Nope", "has no class 'Nope'; it defines Good, Other"),
+        (lambda d: target("NOT_A_CLASS"), "is a int, not a class"),
+        (lambda d: "path/to/ops.py:ClassName", "problem 'custom' needs your operator"),
+    ],
+)
+def test_load_errors_are_one_line(tmp_path, make_target, message):
+    from jfb_inverse.errors import OperatorError
+    from jfb_inverse.problems.custom import load_operator_class
+
+    (tmp_path / "broken.py").write_text("raise RuntimeError('boom')\n")
+    (tmp_path / "syntax.py").write_text("def f(:\n")
+    (tmp_path / "good.py").write_text("class Good:\n    pass\n\n\nclass Other:\n    pass\n")
+    with pytest.raises(OperatorError, match=message) as info:
+        load_operator_class(make_target(tmp_path))
+    assert "\n" not in str(info.value)
+
+
+def test_construction_passes_img_size_and_device_only_when_named():
+    from jfb_inverse.problems import build_physics
+    from jfb_inverse.problems.config import CustomOperator
+
+    physics = build_physics(CustomOperator(target=target("ShiftBlur"), args={"n": 4}), (1, 8, 10))
+    assert physics.n == 4 and physics.seen_img_size == (1, 8, 10)
+    wrapped = build_physics(CustomOperator(target=target("RowSubsample")), (2, 8, 10))  # takes neither
+    assert isinstance(wrapped, LinearPhysics) and wrapped.A(torch.rand(1, 2, 8, 10)).shape == (1, 2, 4, 10)
+
+
+def test_construction_failure_is_an_operator_error():
+    from jfb_inverse.errors import OperatorError
+    from jfb_inverse.problems import build_physics
+    from jfb_inverse.problems.config import CustomOperator
+
+    with pytest.raises(OperatorError, match=r'constructed with arguments \{"gain": 2\} \(ValueError: gain 2'):
+        build_physics(CustomOperator(target=target("Exploding"), args={"gain": 2}), (1, 8, 8))
+    with pytest.raises(OperatorError, match="unexpected keyword argument 'size'"):
+        build_physics(CustomOperator(target=target("RowSubsample"), args={"size": 2}), (1, 8, 8))
+
+
+# --- adjointness -------------------------------------------------------------------------------
+
+
+def test_adjointness_check_accepts_exact_and_refuses_wrong_adjoint():
+    from jfb_inverse.errors import OperatorError
+    from jfb_inverse.problems.custom import check_adjoint
+
+    assert check_adjoint(ShiftBlur(n=3), (1, 16, 16)) < 1e-5
+    with pytest.raises(OperatorError) as info:
+        check_adjoint(WrongAdjoint(n=3), (1, 16, 16), name="ops.py:WrongAdjoint")
+    message = str(info.value)
+    assert message.startswith("operator ops.py:WrongAdjoint fails the adjointness test: relative mismatch ")
+    assert message.endswith("> 1e-03; check that A_adjoint is the adjoint of A") and "\n" not in message
+
+
+def test_adjointness_check_reports_shape_errors():
+    from jfb_inverse.errors import OperatorError
+    from jfb_inverse.problems.custom import OperatorAdapter, check_adjoint
+
+    class Cropping:
+        def A(self, x):
+            return x[..., 1:, :]
+
+        def A_adjoint(self, y):
+            return y
+
+    with pytest.raises(OperatorError, match="A_adjoint returned shape"):
+        check_adjoint(OperatorAdapter(Cropping(), (1, 8, 8)), (1, 8, 8))
+
+
+# --- image shapes and definitions --------------------------------------------------------------
+
+
+def test_image_shape_from_img_size_hook_or_measurement():
+    from jfb_inverse.problems import image_shape_for
+    from jfb_inverse.problems.config import CustomOperator
+
+    assert image_shape_for(CustomOperator(target=target("ShiftBlur")), (1, 8, 10)) == (1, 8, 10)
+    assert image_shape_for(CustomOperator(target=target("RowSubsample"), img_size=[1, 8, 10]), (1, 4, 10)) == (1, 8, 10)
+    hooked = CustomOperator(target=f"{EXAMPLE}:StripedSensor", args={"stride": 4})
+    assert image_shape_for(hooked, (3, 5, 10)) == (3, 20, 10)
+
+
+def test_custom_config_from_a_class_and_trust():
+    from jfb_inverse.errors import OperatorError
+    from jfb_inverse.problems import resolve_config
+    from jfb_inverse.problems.custom import custom_config, ensure_trusted, load_operator_class
+
+    cls = load_operator_class(target("ShiftBlur"))
+    cfg = custom_config(cls, {"n": 2}, overrides={"training": {"steps": 5}})
+    assert cfg.problem == "custom" and cfg.operator.target == target("ShiftBlur")
+    assert cfg.operator.args == {"n": 2} and cfg.training.steps == 5
+    with pytest.raises(OperatorError) as info:
+        ensure_trusted(cfg)
+    assert str(info.value) == (
+        f"checkpoint uses custom operator {target('ShiftBlur')}; rerun with --trust-operator to import it "
+        "(this runs its code)"
+    )
+    ensure_trusted(cfg, True)
+    ensure_trusted(cfg, [target("ShiftBlur")])
+    ensure_trusted(resolve_config("deblur"))  # built-in operators need no trust
+
+
+# --- the CLI end to end ------------------------------------------------------------------------
+
+runner = CliRunner()
+TINY_TOML = (
+    "[data]\npatch_size = 32\neval_size = 32\n[model]\nwidth = 8\ndepth = 3\n"
+    "[training]\nbatch_size = 2\nlog_every = 1\n"
+)
+
+
+def invoke(*args: str):
+    from jfb_inverse.cli.app import app
+
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def _trust_flag() -> list[str]:
+    # The checkpoint loaders are to require --trust-operator for custom operators (issue 6).
+    return ["--trust-operator"] if "--trust-operator" in invoke("reconstruct", "--help").output else []
+
+
+@pytest.fixture(scope="module")
+def striped_run(tmp_path_factory):
+    """The example operator (measurement (C, H/2, W)) trained for 2 steps from the CLI."""
+    out = tmp_path_factory.mktemp("striped")
+    (out / "tiny.toml").write_text(TINY_TOML)
+    result = invoke(
+        "train", "--operator", f"{EXAMPLE}:StripedSensor", "--operator-args", '{"stride": 2, "length": 3}',
+        "--config", str(out / "tiny.toml"), "--steps", "2", "--out", str(out / "run"), "--device", "cpu",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return out / "run"
+
+
+def test_cli_train_records_the_operator(striped_run):
+    problem = (striped_run / "problem.toml").read_text()
+    assert 'problem = "custom"' in problem and "StripedSensor" in problem and "length = 3" in problem
+    payload = torch.load(striped_run / "model.pt", weights_only=True)
+    assert json.loads(payload["config"])["operator"]["args"] == {"stride": 2, "length": 3}
+
+
+def test_cli_simulate_reconstruct_with_smaller_measurements(striped_run, tmp_path):
+    from jfb_inverse.datasets import load_builtin, save_image
+
+    save_image(load_builtin("camera", size=32), tmp_path / "clean.png")
+    trust = _trust_flag()
+    result = invoke("simulate", "--checkpoint", str(striped_run), "--input", str(tmp_path / "clean.png"),
+                    "--output", str(tmp_path / "y.npy"), *trust)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "y.npy").shape == (1, 16, 32)
+    result = invoke("reconstruct", "--checkpoint", str(striped_run), "--input", str(tmp_path / "y.npy"),
+                    "--output", str(tmp_path / "x.npy"), "--device", "cpu", *trust)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "x.npy").shape == (1, 32, 32)
+
+
+def test_cli_plain_object_operator_with_img_size(tmp_path):
+    (tmp_path / "tiny.toml").write_text(TINY_TOML + "[operator]\nimg_size = [1, 32, 32]\n")
+    result = invoke("train", "--operator", target("RowSubsample"), "--operator-args", '{"step": 4}',
+                    "--config", str(tmp_path / "tiny.toml"), "--steps", "1", "--out", str(tmp_path / "run"),
+                    "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    np.save(tmp_path / "y.npy", np.random.default_rng(0).random((1, 8, 32)).astype(np.float32))
+    result = invoke("reconstruct", "--checkpoint", str(tmp_path / "run"), "--input", str(tmp_path / "y.npy"),
+                    "--output", str(tmp_path / "x.npy"), "--device", "cpu", *_trust_flag())  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "x.npy").shape == (1, 32, 32)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--operator", target("WrongAdjoint")], "fails the adjointness test: relative mismatch"),
+        (["--operator", target("ShiftBlur"), "--operator-args", "{n: 3}"], "--operator-args is not valid JSON"),
+        (["--operator", target("ShiftBlur"), "--operator-args", "[3]"], "must be a JSON object"),
+        (["--operator-args", '{"n": 3}'], "--operator-args needs --operator"),
+        (["--operator", target("ShiftBlur"), "--problem", "deblur"], "drop --problem deblur"),
+        (["--operator", target("Nope")], "has no class 'Nope'"),
+        (["--operator", target("Exploding")], "could not be constructed"),
+        (["--operator", "missing_dir/ops.py:Op"], "operator file 'missing_dir/ops.py' not found"),
+        (["--problem", "custom"], "problem 'custom' needs your operator: pass --operator"),
+    ],
+)
+def test_cli_operator_errors_are_one_line_exit_2(args, message, tmp_path):
+    result = runner.invoke(
+        __import__("jfb_inverse.cli.app", fromlist=["app"]).app,
+        ["train", *args, "--steps", "1", "--out", str(tmp_path / "run"), "--device", "cpu"],
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    error_lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and message in error_lines[0]
+
+
+# --- the shipped example -----------------------------------------------------------------------
+
+
+def test_example_trains_and_reconstructs(tmp_path, monkeypatch, capsys):
+    argv = ["custom_operator.py", "--steps", "2", "--patch-size", "32", "--batch-size", "2", "--width", "8",
+            "--out", str(tmp_path / "run")]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(EXAMPLE), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "trained 2 steps" in out and "measurement (1, 16, 32) -> image (1, 32, 32)" in out
+    assert (tmp_path / "run" / "model.pt").is_file()

@@ -1,0 +1,195 @@
+"""The built-in operators (CT, inpainting, super-resolution, MRI): adjoints, shapes, masks, problems."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from deepinv.physics import MRI, Tomography
+
+from jfb_inverse.errors import ConfigError
+from jfb_inverse.problems import build_physics, image_shape_for, resolve_config
+from jfb_inverse.problems.config import InpaintingOperator, MRIOperator, SuperResOperator, TomographyOperator
+from jfb_inverse.problems.custom import check_adjoint
+from jfb_inverse.problems.operators import (
+    DetectorResampledTomography,
+    cartesian_mask,
+    native_detector_count,
+    resampling_matrix,
+    width_for_detectors,
+)
+from jfb_inverse.training.loop import train
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # These tensors are tiny: on a busy 2-core machine, thread hand-offs cost more than they save.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+CASES = [
+    pytest.param(TomographyOperator(), (1, 32, 32), id="ct"),
+    pytest.param(TomographyOperator(angles=12, angular_range=90.0), (2, 33, 33), id="ct-limited-angle-2ch"),
+    pytest.param(TomographyOperator(detectors=30, img_width=32), (1, 32, 32), id="ct-fewer-detectors"),
+    pytest.param(TomographyOperator(detectors=70, img_width=32), (1, 32, 32), id="ct-more-detectors"),
+    pytest.param(InpaintingOperator(), (3, 20, 24), id="inpainting-rgb"),
+    pytest.param(SuperResOperator(), (3, 32, 48), id="superres-rgb"),
+    pytest.param(SuperResOperator(factor=4, sigma=2.0), (1, 32, 32), id="superres-x4"),
+    pytest.param(MRIOperator(), (1, 32, 32), id="mri"),
+    pytest.param(MRIOperator(acceleration=8), (3, 31, 34), id="mri-odd-rgb"),
+]
+
+
+@pytest.mark.parametrize(("op", "img_size"), CASES)
+def test_adjointness(op, img_size):
+    physics = build_physics(op, img_size)
+    assert check_adjoint(physics, img_size, tol=1e-4, name=op.kind) < 1e-4
+
+
+@pytest.mark.parametrize(("op", "img_size"), CASES)
+def test_image_shape_for_inverts_the_measurement_shape(op, img_size):
+    physics = build_physics(op, img_size)
+    y = physics.A(torch.rand(2, *img_size))
+    assert image_shape_for(op, tuple(y.shape[1:])) == img_size
+
+
+def test_expected_measurement_shapes():
+    x = torch.rand(2, 1, 32, 32)
+    assert build_physics(TomographyOperator(angles=30), (1, 32, 32)).A(x).shape == (2, 1, 46, 30)
+    assert build_physics(TomographyOperator(detectors=40), (1, 32, 32)).A(x).shape == (2, 1, 40, 30)
+    assert build_physics(SuperResOperator(factor=4), (1, 32, 32)).A(x).shape == (2, 1, 8, 8)
+    assert build_physics(MRIOperator(), (3, 32, 32)).A(torch.rand(2, 3, 32, 32)).shape == (2, 6, 32, 32)
+
+
+@pytest.mark.parametrize("width", [16, 31, 64, 127, 128])
+def test_native_detector_count_matches_deepinv_and_inverts(width):
+    tomo = Tomography(angles=3, img_width=width, circle=False, normalize=False)
+    assert tomo.A(torch.zeros(1, 1, width, width)).shape[-2] == native_detector_count(width)
+    assert width_for_detectors(native_detector_count(width)) == width
+
+
+def test_width_for_detectors_is_exact_over_a_range():
+    for width in range(1, 1025):
+        assert width_for_detectors(native_detector_count(width)) == width
+    used = {native_detector_count(w) for w in range(1, 200)}
+    assert width_for_detectors(next(d for d in range(3, 200) if d not in used)) is None
+
+
+def test_ct_angles_are_even_over_the_range():
+    physics = build_physics(TomographyOperator(angles=30, angular_range=180.0), (1, 32, 32))
+    assert torch.allclose(physics.angles.cpu(), torch.arange(30) * 6.0)
+    physics = build_physics(TomographyOperator(angles=12, angular_range=90.0, detectors=40), (1, 32, 32))
+    assert isinstance(physics, DetectorResampledTomography)
+    assert torch.allclose(physics.tomography.angles.cpu(), torch.arange(12) * 7.5)
+
+
+def test_ct_fbp_of_resampled_sinogram_is_close_to_native():
+    x = torch.zeros(1, 1, 32, 32)
+    x[..., 8:24, 10:20] = 1.0
+    native = build_physics(TomographyOperator(angles=60), (1, 32, 32))
+    resampled = build_physics(TomographyOperator(angles=60, detectors=92), (1, 32, 32))
+    a, b = native.fbp(native.A(x)), resampled.fbp(resampled.A(x))
+    assert (a - b).pow(2).mean() < 0.1 * (a - x).pow(2).mean() + 1e-3
+
+
+@pytest.mark.parametrize(("n_in", "n_out"), [(46, 30), (46, 46), (46, 70), (7, 3)])
+def test_resampling_rows_are_partitions_of_unity(n_in, n_out):
+    m = resampling_matrix(n_in, n_out)
+    assert m.shape == (n_out, n_in) and (m >= 0).all()
+    assert torch.allclose(m.sum(1), torch.ones(n_out), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("op", "img_size", "message"),
+    [
+        (TomographyOperator(), (1, 32, 40), "CT needs square images, got 32x40"),
+        (SuperResOperator(factor=4), (1, 30, 32), "divisible by 4, got 30x32"),
+        (SuperResOperator(sigma=3.0), (1, 16, 16), "smaller than the"),
+    ],
+)
+def test_bad_image_sizes_are_one_line_errors(op, img_size, message):
+    with pytest.raises(ConfigError, match=message) as info:
+        build_physics(op, img_size)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("op", "shape", "message"),
+    [
+        (TomographyOperator(detectors=40), (1, 40, 30), "set operator.img_width"),
+        (TomographyOperator(), (1, 48, 30), "no square image gives"),  # 33 -> 47, 34 -> 49
+        (TomographyOperator(), (40, 30), r"\(C, detectors, angles\)"),
+        (MRIOperator(), (3, 32, 32), r"\(2C, H, W\)"),
+    ],
+)
+def test_shapes_that_cannot_be_inverted(op, shape, message):
+    with pytest.raises(ConfigError, match=message):
+        image_shape_for(op, shape)
+
+
+def test_inpainting_mask_fraction_seed_and_channels():
+    op = InpaintingOperator(missing=0.5, mask_seed=3)
+    physics = build_physics(op, (3, 20, 30))
+    mask = physics.mask
+    assert mask.shape[-2:] == (20, 30) and mask.sum() == 300
+    y = physics.A(torch.ones(1, 3, 20, 30))
+    assert torch.equal(y[:, 0], y[:, 1]) and torch.equal(y[:, 0], y[:, 2])  # same pixels in every channel
+    assert torch.equal(build_physics(op, (1, 20, 30)).mask, mask)  # fixed by seed and size
+    assert not torch.equal(build_physics(InpaintingOperator(mask_seed=4), (1, 20, 30)).mask, mask)
+
+
+def test_mri_mask_lines_and_centre():
+    mask = cartesian_mask(MRIOperator(acceleration=4, center_fraction=0.08), 64, 100)
+    columns = mask[0]
+    assert (mask == columns).all()  # whole k-space lines (columns)
+    assert columns.sum() == 25
+    assert columns[50 - 4 : 50 + 4].all()  # 8% of 100 around the centre (index W // 2)
+
+
+def test_mri_single_channel_matches_deepinv_layout():
+    op = MRIOperator()
+    physics = build_physics(op, (1, 32, 32))
+    x = torch.rand(2, 1, 32, 32)
+    reference = MRI(mask=cartesian_mask(op, 32, 32), img_size=(32, 32)).A(torch.cat([x, torch.zeros_like(x)], 1))
+    assert torch.allclose(physics.A(x), reference, atol=1e-6)
+
+
+@pytest.mark.parametrize("op", [MRIOperator(), SuperResOperator()], ids=["mri", "superres"])
+def test_closed_form_prox_solves_the_normal_equations(op):
+    physics = build_physics(op, (2, 32, 32))
+    z, gamma = torch.rand(2, 2, 32, 32), torch.tensor(0.7)
+    y = physics.A(torch.rand(2, 2, 32, 32))
+    p = physics.prox_l2(z, y, gamma)
+    residual = p - z + gamma * physics.A_adjoint(physics.A(p) - y)
+    assert residual.norm() < 1e-5 * z.norm()
+
+
+def test_ct30_reference_definition():
+    cfg = resolve_config("ct")
+    assert (cfg.operator.kind, cfg.operator.angles, cfg.operator.angular_range) == ("ct", 30, 180.0)
+    assert cfg.noise.kind == "gaussian" and cfg.noise.relative and math.isclose(cfg.noise.sigma, 0.015)
+    assert cfg.data.source == "phantoms" and cfg.data.patch_size == cfg.data.eval_size == 128
+
+
+TINY = {
+    "data": {"source": "phantoms", "patch_size": 32, "eval_size": 32},  # phantoms: no image loading
+    "model": {"width": 8, "depth": 3},
+    "training": {"steps": 3, "batch_size": 2, "log_every": 1, "device": "cpu"},
+}
+
+
+@pytest.mark.parametrize(
+    ("name", "channels"),
+    [("ct", 1), ("inpainting", 1), ("inpainting", 3), ("superres", 3), ("mri", 1)],
+)
+def test_short_training_run(name, channels, tmp_path):
+    assert resolve_config(name, preset="quick").training.steps == 20
+    overrides = {**TINY, "data": {**TINY["data"], "channels": channels}}
+    result = train(resolve_config(name, overrides=overrides), tmp_path, "cpu")
+    assert result.steps == 3 and len(result.history) == 3
+    assert all(math.isfinite(r["loss"]) and r["iterations"] >= 1 for r in result.history)
+    assert (tmp_path / "model.pt").is_file()
