@@ -21,6 +21,9 @@ def evaluate(
     figure: Annotated[Path | None, typer.Option(help="Write a side-by-side PNG.")] = None,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     device: Annotated[Device, typer.Option(help="auto picks CUDA when present.")] = "auto",
+    trust_operator: Annotated[
+        bool, typer.Option("--trust-operator", help="Import the checkpoint's custom operator (runs its code).")
+    ] = False,
 ) -> None:
     """Simulate measurements of clean images, reconstruct with the model and baselines, report PSNR/SSIM."""
     from jfb_inverse.datasets import load_folder
@@ -28,6 +31,7 @@ def evaluate(
     from jfb_inverse.errors import UserError
     from jfb_inverse.evaluation import comparison_figure
     from jfb_inverse.evaluation import evaluate as run_evaluation
+    from jfb_inverse.problems.custom import ensure_trusted
     from jfb_inverse.training.checkpoint import load_model
     from jfb_inverse.training.data import evaluation_images
     from jfb_inverse.training.device import resolve_device
@@ -37,6 +41,7 @@ def evaluate(
             raise UserError(f"output folder {str(target.parent)!r} does not exist; create it first")
     dev = resolve_device(device)
     model, cfg, physics = load_model(checkpoint, dev)
+    ensure_trusted(cfg, trust_operator)
     clean = load_folder(images, channels=cfg.data.channels) if images else evaluation_images(cfg.data)
     ev = run_evaluation(model, physics, cfg, clean, seed=seed)
     report = ev.report

@@ -34,6 +34,7 @@ def simulate(
     from jfb_inverse.models.build import PhysicsCache
     from jfb_inverse.problems import config_from_file_or_problem
     from jfb_inverse.problems import simulate as simulate_measurements
+    from jfb_inverse.problems.custom import ensure_trusted
     from jfb_inverse.problems.registry import resolve_config
 
     overrides = {"noise": {"sigma": noise_sigma}} if noise_sigma is not None else {}
@@ -47,8 +48,10 @@ def simulate(
     elif problem is None and config is None:
         raise UserError("say which operator to use: --problem NAME, --config FILE or --checkpoint FILE")
     else:
-        cfg = config_from_file_or_problem(problem, config, overrides) if config else resolve_config(
-            problem or "", overrides=overrides
+        cfg = (
+            config_from_file_or_problem(problem, config, overrides)
+            if config
+            else resolve_config(problem or "", overrides=overrides)
         )
     x = load_image(input, channels=cfg.data.channels)
     physics = PhysicsCache(cfg, torch.device("cpu")).for_image(tuple(x.shape))
@@ -65,15 +68,20 @@ def reconstruct(
     output: Annotated[Path, typer.Option("--output", help="Output file (.png/.tif/.npy) or folder.")],
     device: Annotated[Device, typer.Option(help="auto picks CUDA when present.")] = "auto",
     format: Annotated[str, typer.Option(help="Output type in folder mode: png, tif or npy.")] = "png",
+    trust_operator: Annotated[
+        bool, typer.Option("--trust-operator", help="Import the checkpoint's custom operator (runs its code).")
+    ] = False,
 ) -> None:
     """Reconstruct images from measurements with a trained model (any image size)."""
     from jfb_inverse.errors import UserError
     from jfb_inverse.measurements import IMAGE_SUFFIXES
+    from jfb_inverse.problems.custom import ensure_trusted
     from jfb_inverse.training.checkpoint import load_model
     from jfb_inverse.training.device import resolve_device
 
     dev = resolve_device(device)
     model, cfg, physics = load_model(checkpoint, dev)
+    ensure_trusted(cfg, trust_operator)
     if input.is_dir():
         files = sorted(p for p in input.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES | {".npy"})
         if not files:
