@@ -228,6 +228,13 @@ def fbp_filter(n_detectors: int, filter: str = "ramp", device: torch.device | st
     return (ramp * window).float().to(device)
 
 
+def filtered_backprojection(y: Tensor, physics: Tomography, filter: str) -> Tensor:
+    """Differentiable, linear FBP of sinograms with ``ramp x window`` (see :func:`fbp` for the scaling)."""
+    if not isinstance(physics, Tomography):
+        raise TypeError(f"filtered back-projection needs a deepinv Tomography, got {type(physics).__name__}")
+    return _filtered_backprojection(y, physics, filter)
+
+
 def _filtered_backprojection(y: Tensor, physics: Tomography, filter: str) -> Tensor:
     n_det = y.shape[-2]
     response = fbp_filter(n_det, filter, y.device).to(y.dtype)

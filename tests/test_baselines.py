@@ -57,7 +57,10 @@ def test_wiener_with_flat_nsr_is_tikhonov(camera: torch.Tensor) -> None:
     physics = _blur()
     y = _noisy(physics, camera)
     for lam in (1e-3, 1e-2, 1e-1):
-        torch.testing.assert_close(B.wiener(y, physics, lam), B.tikhonov(y, physics, lam), atol=1e-4, rtol=0)
+        # An algebraic identity: exact up to rounding in float64, and to float32 noise amplified by 1/lam.
+        yd = y.double()
+        torch.testing.assert_close(B.wiener(yd, physics, lam), B.tikhonov(yd, physics, lam), atol=1e-5, rtol=0)
+        torch.testing.assert_close(B.wiener(y, physics, lam), B.tikhonov(y, physics, lam), atol=1e-3, rtol=0)
 
 
 def test_tikhonov_solves_its_normal_equations(camera: torch.Tensor) -> None:
@@ -95,11 +98,13 @@ def test_each_deblurring_baseline_beats_the_measurement(camera: torch.Tensor) ->
         assert float(_psnr(x.clamp(0, 1), camera)) > base + 1.0, name
 
 
-def test_tv_beats_tikhonov_on_a_piecewise_constant_image(phantom: torch.Tensor) -> None:
-    physics = _blur()
+def test_tv_beats_tikhonov_on_a_piecewise_constant_image() -> None:
+    phantom = _gray(data.shepp_logan_phantom(), 128)
+    physics = _blur(size=128)
     y = _noisy(physics, phantom)
-    tik = float(_psnr(B.tikhonov(y, physics, **B.DEBLUR_DEFAULTS["tikhonov"]).clamp(0, 1), phantom))
-    tv = float(_psnr(B.tv_reconstruction(y, physics, lam=2e-3, n_iter=300), phantom))
+    # Tikhonov gets its best weight on this very image; TV only a reasonable one.
+    tik = max(float(_psnr(B.tikhonov(y, physics, lam).clamp(0, 1), phantom)) for lam in (3e-4, 1e-3, 3e-3, 1e-2))
+    tv = float(_psnr(B.tv_reconstruction(y, physics, lam=1e-4, n_iter=500), phantom))
     assert tv > tik + 2.0
 
 

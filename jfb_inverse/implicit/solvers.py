@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from jfb_inverse.implicit.stats import SolverStats, relative_residual
+from jfb_inverse.implicit.stats import SolverStats, residual_from_norms
 
 FixedPointMap = Callable[[Tensor], Tensor]
 StopRule = Literal["batch", "sample"]
@@ -37,31 +37,46 @@ def _expand(mask: Tensor, like: Tensor) -> Tensor:
     return mask.view(-1, *([1] * (like.dim() - 1)))
 
 
+def _norms(t: Tensor) -> Tensor:
+    """Per-sample Euclidean norm over all but the batch dimension."""
+    return torch.linalg.vector_norm(t.reshape(t.shape[0], -1), dim=1)
+
+
 class _BestIterate:
-    """Keeps, per sample, the iterate with the smallest residual seen so far."""
+    """Keeps, per sample, the iterate with the smallest residual seen so far.
+
+    ``copy=False`` (Picard): the best iterate is a reference to a candidate (no copy in the common,
+    monotone case). ``copy=True`` (Anderson): candidates live in buffers that get overwritten, so the
+    best iterate is kept in an own buffer, updated in place without a host synchronisation.
+    """
 
     def __init__(self, u: Tensor, copy: bool = False) -> None:
-        # copy=True: candidates live in buffers that get overwritten, so keep our own buffer.
         self.copy = copy
         self.value = u.clone() if copy else u
-        self.residual = torch.full((u.shape[0],), float("inf"), device=u.device)
+        dtype = u.dtype if u.is_floating_point() else torch.float32
+        self.residual = torch.full((u.shape[0],), float("inf"), device=u.device, dtype=dtype)
 
-    def update(self, candidate: Tensor, residual: Tensor) -> None:
-        finite = torch.isfinite(residual)
-        improved = finite & (residual <= self.residual)
-        if bool(improved.all()):
+    def update(self, candidate: Tensor, residual: Tensor, finished: Tensor) -> bool:
+        """Take the improved samples of ``candidate``; return whether every sample is ``finished``.
+
+        All host synchronisations of an iteration happen in one transfer (they stall a GPU).
+        """
+        improved = torch.isfinite(residual) & (residual <= self.residual)
+        if self.copy:
+            torch.where(_expand(improved, candidate), candidate, self.value, out=self.value)
+            torch.where(improved, residual, self.residual, out=self.residual)
+            return bool(finished.all())
+        all_improved, any_improved, all_finished = torch.stack(
+            (improved.all(), improved.any(), finished.all())
+        ).tolist()
+        if all_improved:
             # The common, monotone case: no new tensor.
-            if self.copy:
-                self.value.copy_(candidate)
-            else:
-                self.value = candidate
+            self.value = candidate
             self.residual = residual
-        elif bool(improved.any()):
-            if self.copy:
-                self.value[improved] = candidate[improved]
-            else:
-                self.value = torch.where(_expand(improved, candidate), candidate, self.value)
+        elif any_improved:
+            self.value = torch.where(_expand(improved, candidate), candidate, self.value)
             self.residual = torch.where(improved, residual, self.residual)
+        return bool(all_finished)
 
 
 def _validate(u0: Tensor, tol: float, max_iter: int) -> None:
@@ -132,23 +147,27 @@ class Picard(FixedPointSolver):
         trace: list[Tensor] = []
         evaluations = 0
         per_sample = self.stop == "sample"
+        diff: Tensor | None = None  # reused for f(u) - u: no allocation per iteration
         for _ in range(self.max_iter):
             fu = f(u)
             evaluations += 1
-            res = relative_residual(fu, u)
+            if diff is None or diff.shape != fu.shape or diff.dtype != fu.dtype:
+                diff = torch.empty_like(fu, memory_format=torch.contiguous_format)
+            torch.sub(fu, u, out=diff)
+            res = residual_from_norms(_norms(diff), _norms(fu))
             nxt = fu if self.alpha == 1.0 else torch.lerp(u, fu, self.alpha)
             if per_sample:
                 nxt = torch.where(_expand(active, nxt), nxt, u)
                 res = torch.where(active, res, best.residual)
             iterations += active
             trace.append(res)
-            best.update(nxt, res)
-            u = nxt
             # Converged or blown up: nothing more to gain for that sample.
             finished = (res <= self.tol) | ~torch.isfinite(res)
+            all_finished = best.update(nxt, res, finished)
+            u = nxt
             if per_sample:
                 active = active & ~finished
-            if bool(finished.all()):
+            if all_finished:
                 break
         return _finish(best, trace, iterations, evaluations, self.tol)
 
@@ -187,11 +206,15 @@ class Anderson(FixedPointSolver):
         batch = shape[0]
         m = self.m
         x0 = u0.reshape(batch, -1)
-        X = x0.new_zeros(batch, m, x0.shape[1])  # noqa: N806 - maths notation
+        # History buffers, slot-major (m, B, N): a slot is one contiguous batch, handed to f without
+        # a copy. R = F - X (the residuals) and their Gram matrix are updated one slot per iteration,
+        # so an iteration costs O(m N) and allocates nothing of the image size.
+        X = x0.new_zeros(m, batch, x0.shape[1])  # noqa: N806 - maths notation
         F = torch.zeros_like(X)  # noqa: N806
-
-        def fx(x: Tensor) -> Tensor:
-            return f(x.view(shape)).reshape(batch, -1)
+        R = torch.zeros_like(X)  # noqa: N806
+        gram = x0.new_zeros(batch, m, m)
+        mix = x0.new_empty(batch, x0.shape[1]) if (self.beta != 1.0 or self.stop == "sample") else None
+        mix_x = x0.new_empty(batch, x0.shape[1]) if self.beta != 1.0 else None
 
         active = torch.ones(batch, dtype=torch.bool, device=u0.device)
         iterations = torch.zeros(batch, dtype=torch.long, device=u0.device)
@@ -204,51 +227,55 @@ class Anderson(FixedPointSolver):
         H[:, 1:, 0] = 1
         rhs = x0.new_zeros(batch, m + 1, 1)
         rhs[:, 0] = 1
-        eye = torch.eye(m, device=x0.device, dtype=x0.dtype)
+        plain_steps = torch.eye(m, device=x0.device, dtype=x0.dtype)  # row i: all weight on slot i
 
         slots = m
-        X[:, 0] = x0
+        X[0] = x0
         prev = 0
         evaluations = 0
         for k in range(self.max_iter):
             cur = k % slots
             if k == 1:
-                X[:, cur] = F[:, prev]
+                X[cur] = F[prev]
             elif k > 1:
                 n = min(k, slots)
-                G = F[:, :n] - X[:, :n]  # noqa: N806
-                gram = torch.bmm(G, G.transpose(1, 2))
-                scale = gram.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-30)
-                H[:, 1 : n + 1, 1 : n + 1] = gram + (self.lam * scale)[:, None, None] * eye[:n, :n]
+                sub = H[:, 1 : n + 1, 1 : n + 1]
+                sub.copy_(gram[:, :n, :n])
+                scale = gram[:, :n, :n].diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-30)
+                sub.diagonal(dim1=1, dim2=2).add_((self.lam * scale)[:, None])
                 sol, info = torch.linalg.solve_ex(H[:, : n + 1, : n + 1], rhs[:, : n + 1])
                 weights = sol[:, 1 : n + 1, 0]
+                # A singular or non-finite system: a plain step for that sample (no host sync).
                 bad = (info != 0) | ~torch.isfinite(weights).all(dim=1)
-                if bool(bad.any()):
-                    plain = torch.zeros_like(weights)
-                    plain[:, prev] = 1.0
-                    weights = torch.where(bad[:, None], plain, weights)
-                mixed_f = torch.bmm(weights[:, None], F[:, :n])[:, 0]
-                if self.beta == 1.0:
-                    new = mixed_f
-                else:
-                    mixed_x = torch.bmm(weights[:, None], X[:, :n])[:, 0]
-                    new = self.beta * mixed_f + (1 - self.beta) * mixed_x
+                weights = torch.where(bad[:, None], plain_steps[prev, :n], weights)
+                target = X[cur] if mix is None else mix
+                torch.bmm(weights[:, None], F[:n].transpose(0, 1), out=target[:, None])
+                if mix_x is not None:
+                    torch.bmm(weights[:, None], X[:n].transpose(0, 1), out=mix_x[:, None])
+                    target.mul_(self.beta).add_(mix_x, alpha=1 - self.beta)
                 if per_sample:
-                    new = torch.where(active[:, None], new, X[:, prev])
-                X[:, cur] = new
-            F[:, cur] = fx(X[:, cur])
+                    torch.where(active[:, None], target, X[prev], out=target)
+                if mix is not None:
+                    X[cur] = target
+            F[cur].view(shape).copy_(f(X[cur].view(shape)))
             evaluations += 1
-            res = relative_residual(F[:, cur], X[:, cur])
+            torch.sub(F[cur], X[cur], out=R[cur])
+            valid = min(k + 1, slots)
+            # (1 x N) @ (N x valid) per sample: the fast bmm layout (a matrix-vector bmm is ~20x slower).
+            row = torch.bmm(R[cur][:, None, :], R[:valid].permute(1, 2, 0))[:, 0, :]
+            gram[:, cur, :valid] = row
+            gram[:, :valid, cur] = row
+            res = residual_from_norms(gram[:, cur, cur].clamp_min(0).sqrt(), _norms(F[cur]))
             if per_sample:
                 res = torch.where(active, res, best.residual)
             iterations += active
             trace.append(res)
-            best.update(F[:, cur].view(shape), res)
             prev = cur
             finished = (res <= self.tol) | ~torch.isfinite(res)
+            all_finished = best.update(F[cur].view(shape), res, finished)
             if per_sample:
                 active = active & ~finished
-            if bool(finished.all()):
+            if all_finished:
                 break
         return _finish(best, trace, iterations, evaluations, self.tol)
 

@@ -54,8 +54,10 @@ def relative_residual(fu: Tensor, u: Tensor, eps: float = 1e-12) -> Tensor:
 
     An overflowing iterate gives ``inf`` (never a spuriously small ratio of two huge norms).
     """
-    diff = (fu - u).flatten(1).norm(dim=1)
-    scale = fu.flatten(1).norm(dim=1)
+    return residual_from_norms((fu - u).flatten(1).norm(dim=1), fu.flatten(1).norm(dim=1), eps)
+
+
+def residual_from_norms(diff: Tensor, scale: Tensor, eps: float = 1e-12) -> Tensor:
+    """``diff / (scale + eps)`` per sample, ``inf`` where either norm is not finite (see :func:`relative_residual`)."""
     res = diff / (scale + eps)
     return torch.where(torch.isfinite(diff) & torch.isfinite(scale), res, torch.full_like(res, float("inf")))
-

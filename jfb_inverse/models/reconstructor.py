@@ -16,7 +16,7 @@ from jfb_inverse.implicit import JFB, Anderson, FixedPointSolver, GradientStrate
 from jfb_inverse.implicit.solvers import FixedPointMap
 from jfb_inverse.implicit.stats import SolverStats
 
-StepKind = Literal["prox", "gradient", "ffpn"]
+StepKind = Literal["prox", "gradient", "ffpn", "filtered"]
 PhysicsFactory = Callable[[tuple[int, ...]], tuple[LinearPhysics, tuple[int, int, int]]]
 
 
@@ -99,7 +99,7 @@ class ImplicitReconstructor(Reconstructor):
         step = make_step(self.step_kind, physics, img_size)
         consistency = step.bind(y, self.eta)
         reg = self._regularizer_in_precision(y.device)
-        if self.step_kind == "ffpn":
+        if self.step_kind in ("ffpn", "filtered"):
             fn: FixedPointMap = lambda u: consistency(reg(u))  # noqa: E731
         else:
             fn = lambda u: reg(consistency(u))  # noqa: E731

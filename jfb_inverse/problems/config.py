@@ -154,7 +154,7 @@ class ModelConfig(_Strict):
     ``tikhonov`` (closed form or CG, weight ``init_lam``) or ``adjoint`` (``A^T y``).
     """
 
-    step: Literal["prox", "gradient", "ffpn"] = "prox"
+    step: Literal["prox", "gradient", "ffpn", "filtered"] = "prox"
     width: PositiveInt = 32
     depth: Annotated[int, Field(ge=2)] = 5
     spectral_norm: bool = False
