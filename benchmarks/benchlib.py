@@ -290,6 +290,18 @@ def reference_checkpoint(
     return str(path), note
 
 
+def builtin_checkpoint(problem: str) -> str | None:
+    """``builtin:<problem>`` when the package ships that model, else None."""
+    from jfb_inverse.errors import CheckpointError
+    from jfb_inverse.training.checkpoint import resolve_checkpoint_path
+
+    try:
+        resolve_checkpoint_path(f"builtin:{problem}")
+    except CheckpointError:
+        return None
+    return f"builtin:{problem}"
+
+
 def load_reference(checkpoint: str, device: torch.device) -> tuple[Any, Any, Any]:
     """``(model, cfg, physics_cache)`` of a checkpoint (model in eval mode)."""
     from jfb_inverse.training.checkpoint import load_model

@@ -49,6 +49,15 @@ def set_debug(value: bool) -> None:
         os.environ["JFB_INVERSE_DEBUG"] = "1"
 
 
+def override_solver(model: Any, tol: float | None, max_iter: int | None) -> None:
+    """``--tol`` / ``--max-iter``: replace the evaluation solver's stopping rule."""
+    import dataclasses
+
+    changes = {k: v for k, v in (("tol", tol), ("max_iter", max_iter)) if v is not None}
+    if changes:
+        model.eval_solver = dataclasses.replace(model.eval_solver, **changes)
+
+
 def warn(message: str) -> None:
     """A yellow warning on stderr."""
     err_console.print(f"[yellow]warning:[/] {message}", highlight=False)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
-from jfb_inverse.cli.common import console, user_errors, warn
+from jfb_inverse.cli.common import console, override_solver, user_errors, warn
 from rich.table import Table
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -24,6 +24,10 @@ def evaluate(
     trust_operator: Annotated[
         bool, typer.Option("--trust-operator", help="Import the checkpoint's custom operator (runs its code).")
     ] = False,
+    tol: Annotated[
+        float | None, typer.Option(min=0, help="Override the fixed-point tolerance of the checkpoint.")
+    ] = None,
+    max_iter: Annotated[int | None, typer.Option(min=1, help="Override the fixed-point iteration cap.")] = None,
 ) -> None:
     """Simulate measurements of clean images, reconstruct with the model and baselines, report PSNR/SSIM."""
     from jfb_inverse.datasets import load_folder
@@ -42,6 +46,7 @@ def evaluate(
     dev = resolve_device(device)
     model, cfg, physics = load_model(checkpoint, dev)
     ensure_trusted(cfg, trust_operator)
+    override_solver(model, tol, max_iter)
     clean = load_folder(images, channels=cfg.data.channels) if images else evaluation_images(cfg.data)
     ev = run_evaluation(model, physics, cfg, clean, seed=seed)
     report = ev.report

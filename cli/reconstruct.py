@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
-from jfb_inverse.cli.common import console, err_console, stdout_is_terminal, user_errors, warn
+from jfb_inverse.cli.common import console, err_console, override_solver, stdout_is_terminal, user_errors, warn
 from rich.progress import track
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -71,6 +71,10 @@ def reconstruct(
     trust_operator: Annotated[
         bool, typer.Option("--trust-operator", help="Import the checkpoint's custom operator (runs its code).")
     ] = False,
+    tol: Annotated[
+        float | None, typer.Option(min=0, help="Override the fixed-point tolerance of the checkpoint.")
+    ] = None,
+    max_iter: Annotated[int | None, typer.Option(min=1, help="Override the fixed-point iteration cap.")] = None,
 ) -> None:
     """Reconstruct images from measurements with a trained model (any image size)."""
     from jfb_inverse.errors import UserError
@@ -82,6 +86,7 @@ def reconstruct(
     dev = resolve_device(device)
     model, cfg, physics = load_model(checkpoint, dev)
     ensure_trusted(cfg, trust_operator)
+    override_solver(model, tol, max_iter)
     if input.is_dir():
         files = sorted(p for p in input.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES | {".npy"})
         if not files:

@@ -86,7 +86,7 @@ def _libc() -> ctypes.CDLL | None:
         return None
 
 
-def _glibc_mallopt():  # noqa: ANN202 - a ctypes function
+def _glibc_mallopt():
     libc = _libc()
     # musl and other libcs have no (working) mallopt; gnu_get_libc_version identifies glibc.
     if libc is None or not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):

@@ -21,7 +21,7 @@ register_problem(
     presets={
         "full": {
             "model": {"width": 48, "depth": 7},
-            "training": {"steps": 5000, "batch_size": 16, "log_every": 100, "checkpoint_every": 500},
+            "training": {"steps": 1800, "batch_size": 16, "log_every": 100, "checkpoint_every": 500},
         },
         "quick": {"training": {"steps": 20, "log_every": 5, "checkpoint_every": 10}},
     },
@@ -45,7 +45,7 @@ register_problem(
         "noise": {"kind": "gaussian", "sigma": 0.015, "relative": True},
         "data": {"source": "phantoms", "channels": 1, "patch_size": 128, "eval_size": 128},
         "model": {"step": "filtered", "width": 32, "depth": 5, "eta_init": 0.5, "init": "adjoint"},
-        "solver": {"name": "anderson", "tol": 1e-3, "max_iter": 30},
+        "solver": {"name": "anderson", "tol": 1e-3, "max_iter": 30, "eval_tol": 1e-3},
         "training": {"steps": 600, "batch_size": 8, "lr": 2e-3},
     },
     presets={

@@ -1,0 +1,251 @@
+"""Item 6: against the peer: deepinv 0.5's deep-equilibrium PGD with a Jacobian-free backward.
+
+Everything identical on both sides:
+
+- denoiser: the SAME ``SmoothingResidualCNN`` weights (each side has its own copy, loaded from one
+  state dict), wrapped for deepinv as a ``PnP`` prior whose denoiser ignores the noise level;
+- data fidelity: ``1/2 ||A u - y||^2`` (deepinv ``L2()``, sigma 1) on the same physics object;
+- step: ``stepsize = eta / ||A||^2`` (ours: ``step="gradient"``, ``eta`` in units of ``1/||A||^2``);
+  the step size is learnable on both sides;
+- iteration ``x <- D(x - stepsize A^T (A x - y))`` from ``A^T y``, K plain fixed-point iterations
+  (no early stop; deepinv's ``early_stop=False``, ours ``Picard(tol=1e-30, max_iter=K)``), then one
+  tracked application for the Jacobian-free backward (deepinv ``DEQConfig(jacobian_free=True)``,
+  ours ``JFB()``);
+- inference: deepinv runs K iterations plus its extra DEQ step (K+1 applications of T); ours runs
+  a Picard solve of K+1 iterations, so both output ``T^(K+1)(A^T y)``.
+
+Before timing, both outputs (and both JFB gradients) are compared on the same input; the max
+absolute differences are reported. A training step is ``zero_grad + forward + MSE + backward +
+Adam.step`` (lr=0 so both stay identical); inference runs under ``torch.no_grad``. Ours and
+deepinv's alternate in one process; medians and the ratio ours/deepinv are reported.
+
+    python benchmarks/vs_deepinv.py [--device cpu|cuda] [--quick] [--K 20]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from typing import Any
+
+import benchlib
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from jfb_inverse.implicit import JFB, Picard
+
+KEYS = ("benchmark", "machine", "setup", "check", "training_step", "inference", "ratios", "targets")
+
+
+class NoiseLevelFree(nn.Module):
+    """Adapter: a deepinv denoiser ``D(x, sigma)`` that ignores ``sigma``."""
+
+    def __init__(self, regularizer: nn.Module) -> None:
+        super().__init__()
+        self.regularizer = regularizer
+
+    def forward(self, x: torch.Tensor, sigma: Any = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Apply the wrapped regulariser."""
+        return self.regularizer(x)
+
+
+def build_pair(device: torch.device, patch: int, batch: int, depth: int, eta: float = 1.0, seed: int = 0):
+    """``(ours, theirs, x, y, physics)`` with identical denoiser weights, step, start and iterations."""
+    import deepinv as dinv
+    from deepinv.optim import DEQConfig
+
+    from jfb_inverse.consistency import operator_norm_squared
+    from jfb_inverse.models import ImplicitReconstructor, SmoothingResidualCNN
+
+    K = depth
+    cfg = benchlib.problem_config("deblur", patch=patch, batch=batch)
+    x, y, physics = benchlib.training_batch(cfg, device, seed=seed)
+    torch.manual_seed(seed)
+    reg = SmoothingResidualCNN(channels=cfg.data.channels, width=cfg.model.width, depth=cfg.model.depth)
+    # A non-trivial denoiser: the residual CNN's last layer starts at zero, give it small weights.
+    with torch.no_grad():
+        for p in reg.net[-1].parameters():
+            p.normal_(0.0, 0.01)
+    reg = reg.to(device)
+    reg_theirs = SmoothingResidualCNN(channels=cfg.data.channels, width=cfg.model.width, depth=cfg.model.depth).to(
+        device
+    )
+    reg_theirs.load_state_dict(reg.state_dict())
+    ours = ImplicitReconstructor(
+        reg,
+        step="gradient",
+        eta_init=eta,
+        learn_eta=True,
+        init="adjoint",
+        solver=Picard(tol=benchlib.TINY_TOL, max_iter=K),
+        eval_solver=Picard(tol=benchlib.TINY_TOL, max_iter=K + 1),
+        gradient=JFB(),
+    ).to(device)
+    img_size = (cfg.data.channels, patch, patch)
+    stepsize = eta / operator_norm_squared(physics, img_size, device)
+    theirs = dinv.optim.PGD(
+        data_fidelity=dinv.optim.data_fidelity.L2(),
+        prior=dinv.optim.prior.PnP(denoiser=NoiseLevelFree(reg_theirs)),
+        stepsize=stepsize,
+        max_iter=K,
+        early_stop=False,
+        DEQ=DEQConfig(jacobian_free=True),
+        trainable_params=["stepsize"],
+    ).to(device)
+    return ours, theirs, x, y, physics
+
+
+def run(
+    device: torch.device | str = "cpu",
+    quick: bool = False,
+    out: Path = benchlib.DEFAULT_OUT,
+    repeats: int | None = None,
+    depth: int | None = None,
+    plot: bool = True,
+) -> dict[str, Any]:
+    """Check equality, then time training steps and inference, alternating; write JSON + PNG."""
+    device = torch.device(device)
+    K = depth or (4 if quick else 20)
+    if quick:
+        patch, batch = 32, 2
+    elif device.type == "cuda":
+        patch, batch = 128, 16
+    else:
+        patch, batch = 64, 8
+    repeats = repeats or (2 if quick else 7)
+    info = benchlib.machine_info(device)
+    ours, theirs, x, y, physics = build_pair(device, patch, batch, K)
+
+    # --- equality check: outputs (train mode = K+1 applications, with grad) and JFB gradients.
+    ours.train()
+    theirs.train()
+    out_ours = ours(y, physics)
+    out_theirs = theirs(y, physics)
+    F.mse_loss(out_ours, x).backward()
+    F.mse_loss(out_theirs, x).backward()
+    out_ours, out_theirs = out_ours.detach(), out_theirs.detach()
+    grads_ours = [p.grad for p in ours.regularizer.parameters()]
+    grads_theirs = [p.grad for p in theirs.prior[0].denoiser.regularizer.parameters()]
+    grad_diff = max(float((a - b).abs().max()) for a, b in zip(grads_ours, grads_theirs, strict=True))
+    grad_scale = max(float(a.abs().max()) for a in grads_ours)
+    ours.eval()
+    theirs.eval()
+    with torch.no_grad():
+        inf_ours, inf_theirs = ours(y, physics), theirs(y, physics)
+    check = {
+        "train_output_max_abs_diff": float((out_ours - out_theirs).abs().max()),
+        "inference_output_max_abs_diff": float((inf_ours - inf_theirs).abs().max()),
+        "output_scale": float(out_ours.abs().max()),
+        "jfb_grad_max_abs_diff": grad_diff,
+        "jfb_grad_scale": grad_scale,
+    }
+    check["identical_to_float_tolerance"] = bool(
+        check["train_output_max_abs_diff"] <= 1e-4
+        and check["inference_output_max_abs_diff"] <= 1e-4
+        and grad_diff <= 1e-3 * max(grad_scale, 1e-12)
+    )
+
+    # --- timing, alternating.
+    opt_ours = torch.optim.Adam(ours.parameters(), lr=0.0)
+    opt_theirs = torch.optim.Adam(theirs.parameters(), lr=0.0)
+
+    def train_step(model: Any, opt: torch.optim.Optimizer) -> Any:
+        def step() -> None:
+            model.train()
+            opt.zero_grad(set_to_none=True)
+            F.mse_loss(model(y, physics), x).backward()
+            opt.step()
+
+        return step
+
+    def inference(model: Any) -> Any:
+        def infer() -> None:
+            model.eval()
+            with torch.no_grad():
+                model(y, physics)
+
+        return infer
+
+    train_times = benchlib.alternate(
+        {"ours": train_step(ours, opt_ours), "deepinv": train_step(theirs, opt_theirs)}, repeats, device
+    )
+    infer_times = benchlib.alternate({"ours": inference(ours), "deepinv": inference(theirs)}, repeats, device)
+    train = {k: benchlib.summary(v) for k, v in train_times.items()}
+    infer = {k: benchlib.summary(v) for k, v in infer_times.items()}
+    ratios = {
+        "training_step_ours_over_deepinv": benchlib.ratio(train["ours"]["median_s"], train["deepinv"]["median_s"]),
+        "inference_ours_over_deepinv": benchlib.ratio(infer["ours"]["median_s"], infer["deepinv"]["median_s"]),
+    }
+    payload = {
+        "benchmark": "vs_deepinv",
+        "machine": benchlib.finish_info(info),
+        "setup": {
+            "problem": "deblur (DEBLUR-G physics)",
+            "K": K,
+            "batch": batch,
+            "patch": patch,
+            "repeats": repeats,
+            "ours": "ImplicitReconstructor(step='gradient', init='adjoint', solver=Picard(tol=1e-30, max_iter=K), "
+            "eval_solver=Picard(tol=1e-30, max_iter=K+1), gradient=JFB())",
+            "deepinv": "deepinv.optim.PGD(L2(), PnP(denoiser), stepsize=eta/||A||^2, max_iter=K, early_stop=False, "
+            "DEQ=DEQConfig(jacobian_free=True), trainable_params=['stepsize'])",
+            "applications_of_T": {"training": K + 1, "inference": K + 1},
+        },
+        "check": check,
+        "training_step": train,
+        "inference": infer,
+        "ratios": ratios,
+        "targets": {
+            "training_step_ours_over_deepinv_le_0.9": {
+                "value": ratios["training_step_ours_over_deepinv"],
+                "target": 0.9,
+                "met": bool(ratios["training_step_ours_over_deepinv"] <= 0.9),
+            },
+            "inference_ours_over_deepinv_le_0.9": {
+                "value": ratios["inference_ours_over_deepinv"],
+                "target": 0.9,
+                "met": bool(ratios["inference_ours_over_deepinv"] <= 0.9),
+            },
+        },
+    }
+    out = Path(out)
+    benchlib.write_json(out, "vs_deepinv", payload)
+    if plot:
+        plot_pair(payload, out / "vs_deepinv.png")
+    return payload
+
+
+def plot_pair(payload: dict[str, Any], path: Path) -> None:
+    """Median training-step and inference times, ours against deepinv's."""
+    plt = benchlib.pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3.2))
+    for ax, key in zip(axes, ("training_step", "inference"), strict=True):
+        names = ["ours", "deepinv"]
+        vals = [payload[key][n]["median_s"] for n in names]
+        ax.bar(names, vals, color=["#1f77b4", "#999999"])
+        ax.set_title(f"{key.replace('_', ' ')}: ours/deepinv = {vals[0] / vals[1]:.2f}", fontsize=9)
+        ax.set_ylabel("median seconds")
+    s = payload["setup"]
+    fig.suptitle(f"vs deepinv DEQ-PGD (JFB), K={s['K']}, batch {s['batch']}x{s['patch']}^2", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    """Command line."""
+    parser = benchlib.base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--K", type=int, default=None, help="forward iterations (default 20; 4 with --quick)")
+    args = parser.parse_args()
+    device = benchlib.setup(args)
+    payload = run(device, args.quick, args.out, args.repeats, args.K)
+    print("  check:", payload["check"])
+    print("  ratios:", payload["ratios"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""Smoke tests of the benchmark scripts: they run at tiny sizes and return their documented keys.
+
+No timing assertions: benchmarks measure, tests check behaviour.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+pytestmark = pytest.mark.skipif(not (BENCH / "run_all.py").is_file(), reason="benchmarks/ not in this checkout")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _bench_path():
+    sys.path.insert(0, str(BENCH))
+    yield
+    sys.path.remove(str(BENCH))
+
+
+@pytest.fixture
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_training_step_counts_and_keys(tmp_path, _one_thread):
+    import training_step
+
+    payload = training_step.run("cpu", quick=True, out=tmp_path, repeats=1, depth=3, plot=False)
+    assert set(training_step.KEYS) <= payload.keys()
+    c = payload["contenders"]
+    assert set(c) == {"forward", "jfb", "jfbk5", "implicit_picard", "implicit_anderson", "unrolled"}
+    # The same forward solve of exactly K iterations; JFB adds one tracked application, JFB-5 five.
+    assert c["forward"]["counts"]["T_applications"] == 3
+    assert c["jfb"]["counts"]["T_applications"] == 4
+    assert c["jfbk5"]["counts"]["T_applications"] == 8
+    assert c["unrolled"]["counts"]["T_applications"] == 3
+    assert c["implicit_anderson"]["counts"]["vjps"] >= 1 and c["jfb"]["counts"]["vjps"] == 0
+    # Memory witness: unrolling saves K layers, JFB one.
+    assert c["unrolled"]["counts"]["saved_tensor_bytes"] > 2 * c["jfb"]["counts"]["saved_tensor_bytes"]
+    assert c["jfb"]["ratio_to_jfb"] == 1.0
+    assert (tmp_path / "training_step_deblur.json").is_file()
+
+
+def test_memory_point_in_process(_one_thread):
+    import memory
+
+    point = memory.measure_point("unrolled", 3, "deblur", torch.device("cpu"), 32, 2, None)
+    assert {"strategy", "K", "peak_mib", "saved_tensor_mib", "method"} <= point.keys()
+    assert point["saved_tensor_mib"] > 0
+
+
+def test_solver_convergence_keys(tmp_path, _one_thread):
+    import solver_convergence
+
+    payload = solver_convergence.run("cpu", quick=True, out=tmp_path, repeats=1, plot=False)
+    assert set(solver_convergence.KEYS) <= payload.keys()
+    assert set(payload["solvers"]) == {"picard", "anderson"}
+    assert set(payload["solvers"]["picard"]["iterations_to"]) == {"0.001", "0.0001"}
+
+
+def test_vs_deepinv_outputs_identical(tmp_path, _one_thread):
+    import vs_deepinv
+
+    payload = vs_deepinv.run("cpu", quick=True, out=tmp_path, repeats=1, depth=3, plot=False)
+    assert set(vs_deepinv.KEYS) <= payload.keys()
+    assert payload["check"]["identical_to_float_tolerance"], payload["check"]
+    assert payload["ratios"]["training_step_ours_over_deepinv"] > 0
+
+
+def test_time_to_quality_keys(tmp_path, _one_thread):
+    import time_to_quality
+
+    payload = time_to_quality.run("cpu", quick=True, out=tmp_path, budget_s=0.5, eval_every=100, plot=False)
+    assert set(time_to_quality.KEYS) <= payload.keys()
+    assert set(payload["curves"]) == {"jfb", "implicit"}
+    for curve in payload["curves"].values():
+        assert curve[0]["step"] == 0 and len(curve) >= 2
+
+
+def test_headline_table_from_results(tmp_path, _one_thread):
+    import run_all
+    import training_step
+
+    step = training_step.run("cpu", quick=True, out=tmp_path, repeats=1, depth=2, plot=False)
+    rows = run_all.headline_table({"step:deblur": step})
+    assert any("JFB step / forward solve" in r["measurement"] for r in rows)
+    summary = {"machine": step["machine"] | {"loadavg_end": None}, "options": {"quick": True}}
+    assert run_all.markdown_table(rows, summary).count("\n") >= 3
+
+
+def test_operator_counter_counts_outermost_calls():
+    import benchlib
+    import deepinv as dinv
+
+    physics = dinv.physics.BlurFFT(img_size=(1, 16, 16), filter=torch.ones(1, 1, 3, 3) / 9)
+    counter = benchlib.OperatorCounter(physics)
+    x = torch.rand(1, 1, 16, 16)
+    physics.A_adjoint(physics.A(x))
+    physics.A_adjoint_A(x)
+    counter.restore()
+    assert counter.counts == {"A": 1, "A_adjoint": 1, "A_adjoint_A": 1}
+    physics.A(x)  # restored: no longer counted
+    assert counter.counts["A"] == 1
+
+
+def test_solvers_run_under_inference_mode():
+    # Anderson writes into its buffers in place: it must work with inference tensors too.
+    from jfb_inverse.implicit import Anderson, Picard
+
+    f = lambda u: 0.5 * u + 1.0  # noqa: E731
+    with torch.inference_mode():
+        for solver in (Anderson(tol=1e-6, max_iter=50), Picard(tol=1e-6, max_iter=100)):
+            u, stats = solver.solve(f, torch.zeros(2, 3))
+            assert stats.all_converged and torch.allclose(u, torch.full((2, 3), 2.0), atol=1e-5)
+
+
+def test_tune_malloc_is_safe_to_call():
+    from jfb_inverse import runtime
+
+    assert isinstance(runtime.tune_malloc(), bool)
+    assert isinstance(runtime.release_memory(), bool)
