@@ -65,9 +65,9 @@ def profile_table(fn: Any, device: torch.device, rows: int = 15) -> tuple[str, l
     with profile(activities=activities) as prof:
         fn()
         benchlib.sync(device)
-    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     averages = prof.key_averages()
-    total = sum(getattr(e, key.replace("_total", "_total"), 0) for e in averages) or 1
+    total = sum(getattr(e, key, 0) for e in averages) or 1
     top = sorted(averages, key=lambda e: getattr(e, key), reverse=True)[:rows]
     table = averages.table(sort_by=key, row_limit=rows)
     return table, [

@@ -12,7 +12,7 @@ Train it from the command line (the checkpoint records the file path and the arg
 
     jfb-inverse train --operator examples/custom_operator.py:StripedSensor \\
         --operator-args '{"stride": 2, "length": 5}' --steps 200 --out runs/striped
-    jfb-inverse simulate --checkpoint runs/striped --input photo.png --output y.npy
+    jfb-inverse simulate --checkpoint runs/striped --input photo.png --output y.npy --trust-operator
     jfb-inverse reconstruct --checkpoint runs/striped --input y.npy --output x.png --trust-operator
 
 (``--trust-operator`` confirms that the checkpoint may import this file, which runs its code.)

@@ -7,10 +7,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
-
 from jfb_inverse.cli.app import app
 from jfb_inverse.datasets import load_builtin, save_image
+from typer.testing import CliRunner
 
 runner = CliRunner()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import deepinv as dinv
 import pytest
 import torch
@@ -80,7 +82,7 @@ def test_gradient_iteration_decreases_data_misfit(blur, data):
     for _ in range(20):
         misfits.append(float((blur.A(u) - y).square().sum()))
         u = step(u)
-    assert all(b <= a + 1e-6 for a, b in zip(misfits, misfits[1:], strict=False))
+    assert all(b <= a + 1e-6 for a, b in itertools.pairwise(misfits))
     assert misfits[-1] < 0.5 * misfits[0]
 
 

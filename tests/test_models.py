@@ -5,8 +5,8 @@ from __future__ import annotations
 import deepinv as dinv
 import torch
 from deepinv.physics.functional.blur import gaussian_blur
-
 from jfb_inverse.datasets import load_builtin
+
 from jfb_inverse.implicit import lipschitz_estimate
 from jfb_inverse.metrics import psnr
 from jfb_inverse.models import ImplicitReconstructor, SmoothingResidualCNN, build_model

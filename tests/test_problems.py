@@ -48,7 +48,7 @@ def test_invalid_values_are_one_line_errors(overrides, message):
 
 
 def test_unknown_problem_lists_choices():
-    with pytest.raises(ConfigError, match="unknown problem 'deblurr'.*deblur"):
+    with pytest.raises(ConfigError, match=r"unknown problem 'deblurr'.*deblur"):
         get_problem("deblurr")
 
 
