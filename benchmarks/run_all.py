@@ -154,6 +154,44 @@ def run_all(
     return summary
 
 
+def summarize(out: Path = benchlib.DEFAULT_OUT) -> dict[str, Any]:
+    """Rebuild ``summary.json`` / ``summary.md`` from the JSON files already in ``out`` (no measuring)."""
+    import json
+
+    out = Path(out)
+    results: dict[str, Any] = {}
+    patterns = {
+        "training_step_*.json": "step",
+        "memory_*.json": "memory",
+        "solver_convergence_*.json": "solver",
+        "time_to_quality_*.json": "quality",
+    }
+    for pattern, key in patterns.items():
+        for path in sorted(out.glob(pattern)):
+            payload = json.loads(path.read_text())
+            results[f"{key}:{payload['problem']}"] = payload
+    for name, key in (("vs_deepinv.json", "deepinv"), ("malloc.json", "malloc")):
+        if (out / name).is_file():
+            results[key] = json.loads((out / name).read_text())
+    machines = [r["machine"] for r in results.values() if isinstance(r, dict) and "machine" in r]
+    machine = dict(machines[0]) if machines else benchlib.finish_info(benchlib.machine_info("cpu"))
+    if machines:
+        machine["loadavg_end"] = machines[-1].get("loadavg_end")
+    table = headline_table(results)
+    summary = {
+        "machine": machine,
+        "options": {"quick": False, "summarized_from": sorted(results)},
+        "results": {k: _brief(v) for k, v in results.items()},
+        "skipped": {},
+        "errors": {},
+        "table": table,
+        "seconds": None,
+    }
+    benchlib.write_json(out, "summary", summary)
+    (out / "summary.md").write_text(markdown_table(table, summary) + "\n")
+    return summary
+
+
 def _brief(payload: Any) -> Any:
     """The headline parts of a benchmark payload (ratios, targets, summaries)."""
     if not isinstance(payload, dict):
@@ -305,7 +343,12 @@ def main() -> None:
     parser.add_argument("--problems", default="deblur,ct", help="problems for items 1-3 (default deblur,ct)")
     parser.add_argument("--checkpoint", default=None, help="trained deblur model (default: builtin or a short run)")
     parser.add_argument("--budget", type=float, default=None, help="time-to-quality seconds per training")
+    parser.add_argument("--summarize", action="store_true", help="only rebuild summary.md/json from --out's JSON files")
     args = parser.parse_args()
+    if args.summarize:
+        summary = summarize(args.out)
+        print(markdown_table(summary["table"], summary))
+        return
     summary = run_all(
         args.out,
         args.device,

@@ -91,8 +91,11 @@ def train(
     if resume:
         _, cfg = load_checkpoint(out / "model.pt")
         ensure_trusted(cfg, trust_operator or ([operator] if operator else []))
+        # The time budget belongs to one invocation, not to the definition: --max-minutes again if wanted.
+        run_control: dict[str, Any] = {"max_minutes": max_minutes}
         if steps is not None:
-            cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"steps": steps})})
+            run_control["steps"] = steps
+        cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update=run_control)})
     else:
         problem = _custom_operator(problem, operator, operator_args, overrides)
         cfg = config_from_file_or_problem(problem, config, overrides, preset)

@@ -53,8 +53,16 @@ def test_a_failing_rank_stops_the_whole_run(tmp_path):
     config = tmp_path / "run.toml"
     config.write_text(CONFIG.replace('problem = "deblur"\n', "").replace("steps = 4", "steps = 200"))
     result = run_train(
-        ["--config", str(config), "--operator", str(ROOT / "tests" / "ops_rank_failure.py") + ":FailsOnRankOne",
-         "--out", str(tmp_path / "fail"), "--nproc", "2"],
+        [
+            "--config",
+            str(config),
+            "--operator",
+            str(ROOT / "tests" / "ops_rank_failure.py") + ":FailsOnRankOne",
+            "--out",
+            str(tmp_path / "fail"),
+            "--nproc",
+            "2",
+        ],
         timeout=200,
     )
     assert result.returncode != 0
@@ -68,3 +76,21 @@ def test_nproc_is_stripped_from_worker_arguments(monkeypatch, flag):
     argv = ["jfb-inverse", "train", "--steps", "3", *([flag, "2"] if flag == "--nproc" else [flag]), "--out", "x"]
     monkeypatch.setattr(sys, "argv", argv)
     assert train_module._argv_without_nproc() == ["--steps", "3", "--out", "x"]
+
+
+def test_distributed_run_resumes(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text(CONFIG)
+    full = run_train(["--config", str(config), "--out", str(tmp_path / "full"), "--nproc", "2"])
+    assert full.returncode == 0, full.stderr[-2000:]
+    # Stops after its first step (time budget), then continues from the checkpoint on 2 ranks.
+    part = run_train(
+        ["--config", str(config), "--out", str(tmp_path / "part"), "--nproc", "2", "--max-minutes", "1e-9"]
+    )
+    assert part.returncode == 0, part.stderr[-2000:]
+    assert torch.load(tmp_path / "part" / "model.pt", weights_only=True)["step"] == 1
+    resumed = run_train(["--resume", "--out", str(tmp_path / "part"), "--nproc", "2"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = torch.load(tmp_path / "full" / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "part" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
