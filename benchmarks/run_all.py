@@ -73,6 +73,7 @@ def run_all(
     torch.set_num_threads(max(1, threads))
     if malloc_tuning:
         tune_malloc()
+    info = benchlib.machine_info(dev)
     items = list(only or ITEMS)
     unknown = sorted(set(items) - set(ITEMS))
     if unknown:
@@ -132,7 +133,7 @@ def run_all(
         attempt("hot_path", lambda: profile_hot_path.run(dev, quick, out, compile_it=not quick))
     table = headline_table(results)
     summary = {
-        "machine": benchlib.finish_info(benchlib.machine_info(dev)),
+        "machine": benchlib.finish_info(info),
         "options": {
             "device": device,
             "quick": quick,

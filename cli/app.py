@@ -74,6 +74,7 @@ def demo(
     console.print(table)
 
 
+from jfb_inverse.cli import benchmark as _benchmark  # noqa: E402
 from jfb_inverse.cli import evaluate as _evaluate  # noqa: E402
 from jfb_inverse.cli import reconstruct as _reconstruct  # noqa: E402
 from jfb_inverse.cli import train as _train  # noqa: E402
@@ -82,8 +83,14 @@ app.command(name="train")(_train.train)
 app.command(name="simulate")(_reconstruct.simulate)
 app.command(name="reconstruct")(_reconstruct.reconstruct)
 app.command(name="evaluate")(_evaluate.evaluate)
+app.command(name="benchmark")(_benchmark.benchmark)
 
 
 def main() -> None:
     """Console-script entry point."""
+    from jfb_inverse.runtime import tune_malloc
+
+    # glibc's default mmap threshold made inference 1.6-1.8x slower through page faults
+    # (benchmarks/results/malloc.json); JFB_INVERSE_MALLOC=0 opts out.
+    tune_malloc()
     app()

@@ -10,8 +10,9 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from jfb_inverse.errors import UserError
+from jfb_inverse.errors import ConfigError, UserError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -30,17 +31,25 @@ def user_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (UserError, FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-            if debug_enabled():
+        except (UserError, OSError) as exc:
+            # An OSError about a named file (missing, unreadable, not a folder, disk full, ...) is the
+            # user's to fix; one without a file name is a bug and keeps its traceback.
+            if debug_enabled() or (isinstance(exc, OSError) and exc.filename is None):
                 raise
             message = str(exc) if isinstance(exc, UserError) else f"{exc.strerror or exc}: {exc.filename}"
-            err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+            error(message)
             raise typer.Exit(code=2) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")
             raise typer.Exit(code=130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def error(message: str) -> None:
+    """``error: message`` on stderr, on one line; the message is never read as rich markup."""
+    line = " ".join(str(message).splitlines())
+    err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 def set_debug(value: bool) -> None:
@@ -60,9 +69,51 @@ def override_solver(model: Any, tol: float | None, max_iter: int | None) -> None
 
 def warn(message: str) -> None:
     """A yellow warning on stderr."""
-    err_console.print(f"[yellow]warning:[/] {message}", highlight=False)
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
+
+
+#: Sections of a definition file; each must be a table (``[training]``), never a plain value.
+CONFIG_SECTIONS = ("operator", "noise", "data", "model", "solver", "training")
+
+
+def check_config_file(path: Any) -> None:
+    """Read a ``--config`` file and refuse a section that is not a table (e.g. ``training = 5``).
+
+    Without this check such a section would be replaced silently by the section the command-line
+    options build (``--steps`` makes ``[training]``), or crash the merge of ``operator``.
+    """
+    from jfb_inverse.problems import load_config_file
+
+    values = load_config_file(path)
+    for name in CONFIG_SECTIONS:
+        if name in values and not isinstance(values[name], dict):
+            raise ConfigError(
+                f"config file {str(path)!r}: {name} must be a table of settings ([{name}] section), "
+                f"got {type(values[name]).__name__} {values[name]!r}"
+            )
 
 
 def stdout_is_terminal() -> bool:
     """Progress bars only on a terminal."""
     return sys.stdout.isatty()
+
+
+def check_finite(cfg: Any) -> None:
+    """Refuse NaN/Inf anywhere in a resolved definition (``sigma = inf`` in TOML, ``--lr inf``).
+
+    Such a value would make the run meaningless, and it cannot be stored: checkpoints keep the
+    definition as JSON, where it becomes ``null``, so the checkpoint would not load again.
+    """
+    import math
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"invalid problem definition: {where}: must be a finite number (got {value!r})")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{where}.{key}" if where else str(key))
+        elif isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                walk(item, f"{where}[{i}]")
+
+    walk(cfg.model_dump(), "")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
 from jfb_inverse.cli.common import console, override_solver, user_errors, warn
+from rich.markup import escape
 from rich.table import Table
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -41,8 +41,10 @@ def evaluate(
     from jfb_inverse.training.device import resolve_device
 
     for target in (json_path, figure):
-        if target is not None and not target.parent.exists():
+        if target is not None and not target.parent.is_dir():
             raise UserError(f"output folder {str(target.parent)!r} does not exist; create it first")
+        if target is not None and target.is_dir():
+            raise UserError(f"{str(target)!r} is a folder; give a file name")
     dev = resolve_device(device)
     model, cfg, physics = load_model(checkpoint, dev)
     ensure_trusted(cfg, trust_operator)
@@ -53,12 +55,14 @@ def evaluate(
     methods = list(report["mean"]["psnr"])
     table = Table("image", *methods, title=f"PSNR (dB) / SSIM, {cfg.problem}")
     for row in report["images"] + [{"name": "mean", **report["mean"]}]:
-        table.add_row(row["name"], *(f"{row['psnr'][m]:.2f} / {row['ssim'][m]:.3f}" for m in methods))
+        table.add_row(escape(row["name"]), *(f"{row['psnr'][m]:.2f} / {row['ssim'][m]:.3f}" for m in methods))
     console.print(table)
     console.print(f"fixed-point iterations per image: {ev.iterations}")
     if not all(ev.converged):
         warn("the forward solve did not reach its tolerance on some images (best iterate kept)")
     if json_path is not None:
-        json_path.write_text(json.dumps(report, indent=2))
+        from jfb_inverse.measurements import write_json
+
+        write_json(report, json_path)
     if figure is not None:
         comparison_figure(ev, figure)

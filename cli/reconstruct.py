@@ -6,10 +6,23 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import typer
-from jfb_inverse.cli.common import console, err_console, override_solver, stdout_is_terminal, user_errors, warn
+from jfb_inverse.cli.common import (
+    check_config_file,
+    check_finite,
+    console,
+    debug_enabled,
+    err_console,
+    override_solver,
+    stdout_is_terminal,
+    user_errors,
+    warn,
+)
+from rich.markup import escape
 from rich.progress import track
 
 Device = Literal["auto", "cpu", "cuda"]
+# A choice, not a free string: output names are built from it and must stay inside --output.
+OutputFormat = Literal["png", "tif", "npy"]
 
 
 @user_errors
@@ -30,13 +43,16 @@ def simulate(
     from jfb_inverse.datasets import load_image
 
     from jfb_inverse.errors import UserError
-    from jfb_inverse.measurements import write_array
+    from jfb_inverse.measurements import check_output_path, provenance, provenance_path, write_array, write_json
     from jfb_inverse.models.build import PhysicsCache
     from jfb_inverse.problems import config_from_file_or_problem
     from jfb_inverse.problems import simulate as simulate_measurements
     from jfb_inverse.problems.custom import ensure_trusted
     from jfb_inverse.problems.registry import resolve_config
 
+    check_output_path(output)
+    if not input.is_file():
+        raise UserError(f"input {str(input)!r} not found (or not a file); give a clean image (PNG/JPEG/TIFF/npy)")
     overrides = {"noise": {"sigma": noise_sigma}} if noise_sigma is not None else {}
     if checkpoint is not None:
         from jfb_inverse.training.checkpoint import load_checkpoint
@@ -48,17 +64,28 @@ def simulate(
     elif problem is None and config is None:
         raise UserError("say which operator to use: --problem NAME, --config FILE or --checkpoint FILE")
     else:
+        if config is not None:
+            check_config_file(config)
         cfg = (
             config_from_file_or_problem(problem, config, overrides)
             if config
             else resolve_config(problem or "", overrides=overrides)
         )
+    check_finite(cfg)
     x = load_image(input, channels=cfg.data.channels)
     physics = PhysicsCache(cfg, torch.device("cpu")).for_image(tuple(x.shape))
     gen = torch.Generator().manual_seed(seed)
     y = simulate_measurements(x[None], physics, cfg.noise, gen)[0]
     write_array(y, output)
-    console.print(f"{cfg.problem}: {tuple(x.shape)} image -> {tuple(y.shape)} measurement written to {output}")
+    try:  # how it was made, so that `reconstruct` can refuse a checkpoint of another operator
+        write_json(provenance(cfg, tuple(x.shape), seed), provenance_path(output))
+    except BaseException:
+        output.unlink(missing_ok=True)
+        raise
+    console.print(
+        f"{escape(cfg.problem)}: {tuple(x.shape)} image -> {tuple(y.shape)} measurement written to "
+        f"{escape(str(output))}"
+    )
 
 
 @user_errors
@@ -67,7 +94,7 @@ def reconstruct(
     input: Annotated[Path, typer.Option("--input", help="Measurement file (.npy/.png/.tif) or a folder of them.")],
     output: Annotated[Path, typer.Option("--output", help="Output file (.png/.tif/.npy) or folder.")],
     device: Annotated[Device, typer.Option(help="auto picks CUDA when present.")] = "auto",
-    format: Annotated[str, typer.Option(help="Output type in folder mode: png, tif or npy.")] = "png",
+    format: Annotated[OutputFormat, typer.Option(help="Output type in folder mode.")] = "png",
     trust_operator: Annotated[
         bool, typer.Option("--trust-operator", help="Import the checkpoint's custom operator (runs its code).")
     ] = False,
@@ -78,11 +105,19 @@ def reconstruct(
 ) -> None:
     """Reconstruct images from measurements with a trained model (any image size)."""
     from jfb_inverse.errors import UserError
-    from jfb_inverse.measurements import IMAGE_SUFFIXES
+    from jfb_inverse.measurements import IMAGE_SUFFIXES, check_output_path
     from jfb_inverse.problems.custom import ensure_trusted
     from jfb_inverse.training.checkpoint import load_model
     from jfb_inverse.training.device import resolve_device
 
+    # Cheap checks first: a wrong path fails in milliseconds, before the model is loaded.
+    if not input.exists():
+        raise UserError(f"input {str(input)!r} not found; give an existing .npy or image file, or a folder of them")
+    if input.is_dir():
+        if output.exists() and not output.is_dir():
+            raise UserError(f"--output {str(output)!r} must be a folder when --input is a folder")
+    else:
+        check_output_path(output)
     dev = resolve_device(device)
     model, cfg, physics = load_model(checkpoint, dev)
     ensure_trusted(cfg, trust_operator)
@@ -91,30 +126,42 @@ def reconstruct(
         files = sorted(p for p in input.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES | {".npy"})
         if not files:
             raise UserError(f"folder {str(input)!r} holds no .npy/.png/.tif measurements")
-        if output.exists() and not output.is_dir():
-            raise UserError(f"--output {str(output)!r} must be a folder when --input is a folder")
         output.mkdir(parents=True, exist_ok=True)
+        root = output.resolve()
         failures = 0
+        # One file at a time (bounded memory); a bad file is reported and skipped, the others go on.
         for path in track(files, description="reconstruct", console=console, disable=not stdout_is_terminal()):
+            target = output / f"{path.stem}.{format}"
             try:
-                _reconstruct_one(model, cfg, physics, path, output / f"{path.stem}.{format.lstrip('.')}", dev)
-            except UserError as exc:
+                if target.resolve().parent != root:  # never write outside --output (e.g. through a link)
+                    raise UserError(f"output {str(target)!r} would be outside {str(output)!r}")
+                _reconstruct_one(model, cfg, physics, path, target, dev, checkpoint=checkpoint)
+            except Exception as exc:
+                if debug_enabled():
+                    raise
                 failures += 1
-                err_console.print(f"[red]skipped[/] {path.name}: {exc}", highlight=False)
-        console.print(f"{len(files) - failures} of {len(files)} reconstructed into {output}")
+                reason = str(exc) if isinstance(exc, UserError) else f"unexpected {type(exc).__name__}: {exc}"
+                reason = " ".join(reason.splitlines())
+                err_console.print(f"[red]skipped[/] {escape(path.name)}: {escape(reason)}", highlight=False)
+        console.print(f"{len(files) - failures} of {len(files)} reconstructed into {escape(str(output))}")
         if failures:
             raise typer.Exit(code=1)
         return
-    _reconstruct_one(model, cfg, physics, input, output, dev, verbose=True)
+    _reconstruct_one(model, cfg, physics, input, output, dev, verbose=True, checkpoint=checkpoint)
 
 
-def _reconstruct_one(model, cfg, physics, path: Path, out_path: Path, dev, verbose: bool = False) -> None:
+def _reconstruct_one(
+    model, cfg, physics, path: Path, out_path: Path, dev, verbose: bool = False, checkpoint: str = "the checkpoint"
+) -> None:
     import torch
 
-    from jfb_inverse.measurements import check_fits, read_measurement, write_array
+    from jfb_inverse.measurements import check_fits, check_provenance, read_measurement, write_array
 
     y = read_measurement(path, cfg.data.channels).to(dev)
+    mismatch = check_provenance(path, cfg, checkpoint)  # raises for another operator kind
     check_fits(y, cfg, physics, str(path))
+    if mismatch:
+        warn(mismatch)
     with torch.inference_mode():
         x = model(y[None])[0]
     write_array(x.clamp(0, 1) if out_path.suffix.lower() != ".npy" else x, out_path)
@@ -126,6 +173,6 @@ def _reconstruct_one(model, cfg, physics, path: Path, out_path: Path, dev, verbo
         )
     if verbose and stats is not None:
         console.print(
-            f"{path.name} -> {out_path}: {int(stats.iterations.max())} fixed-point iterations, "
+            f"{escape(path.name)} -> {escape(str(out_path))}: {int(stats.iterations.max())} fixed-point iterations, "
             f"relative residual {float(stats.residual.max()):.2e} (tol {stats.tol:g})"
         )

@@ -6,13 +6,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
-from jfb_inverse.cli.common import console, user_errors, warn
+from jfb_inverse.cli.common import check_config_file, check_finite, console, user_errors, warn
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 Gradient = Literal["jfb", "jfbk", "implicit", "unrolled"]
 Precision = Literal["fp32", "bf16", "fp16"]
 Device = Literal["auto", "cpu", "cuda"]
+#: What a checkpoint must hold besides the weights to be resumed (written by the training loop).
+RESUME_STATE = ("optimizer", "scheduler", "step", "data", "noise_rng", "torch_rng")
 
 
 def _overrides(**values: Any) -> dict[str, Any]:
@@ -89,7 +92,13 @@ def train(
     if data is not None:
         overrides.setdefault("data", {}).update({"source": "folder", "path": str(data)})
     if resume:
-        _, cfg = load_checkpoint(out / "model.pt")
+        payload, cfg = load_checkpoint(out / "model.pt")
+        missing = sorted(set(RESUME_STATE) - set(payload))
+        if missing:
+            raise UserError(
+                f"{str(out / 'model.pt')!r} holds weights but no training state ({', '.join(missing)} missing), "
+                "so it cannot be resumed; start a new run with another --out"
+            )
         ensure_trusted(cfg, trust_operator or ([operator] if operator else []))
         # The time budget belongs to one invocation, not to the definition: --max-minutes again if wanted.
         run_control: dict[str, Any] = {"max_minutes": max_minutes}
@@ -97,8 +106,11 @@ def train(
             run_control["steps"] = steps
         cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update=run_control)})
     else:
+        if config is not None:
+            check_config_file(config)
         problem = _custom_operator(problem, operator, operator_args, overrides)
         cfg = config_from_file_or_problem(problem, config, overrides, preset)
+    check_finite(cfg)
     dev = distributed.init_distributed(resolve_device(device if device != "auto" else cfg.training.device))
     main_process = distributed.is_main_process()
     _check_writable(out)
@@ -141,7 +153,7 @@ def train(
     if not main_process:
         return
     distributed.shutdown_distributed()
-    console.print(f"trained {result.steps} steps in {result.seconds:.0f} s -> {out / 'model.pt'}")
+    console.print(f"trained {result.steps} steps in {result.seconds:.0f} s -> {escape(str(out / 'model.pt'))}")
     if result.skipped_steps:
         warn(f"{result.skipped_steps} steps had NaN/Inf loss or gradients and were skipped (learning rate halved)")
     from jfb_inverse.models.build import build_model
@@ -194,7 +206,7 @@ def _check_custom_operator(cfg: Any, dev: Any) -> None:
     with torch.no_grad():
         y_shape = tuple(physics.A(torch.zeros((1, *img_size), device=dev)).shape[1:])
     console.print(
-        f"operator {cfg.operator.target}: {img_size} image -> {y_shape} measurement, "
+        f"operator {escape(cfg.operator.target)}: {img_size} image -> {y_shape} measurement, "
         f"adjointness mismatch {mismatch:.1e} (tolerance {ADJOINT_TOL:.0e})"
     )
 
@@ -220,17 +232,20 @@ def _argv_without_nproc() -> list[str]:
 
 
 def _check_writable(out: Path) -> None:
-    from jfb_inverse.errors import UserError
-
-    parent = out if out.exists() else out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
+    """``--out`` is (or can become) a folder we can write, checked before any work is done."""
     import os
+
+    from jfb_inverse.errors import UserError
 
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {str(out)!r} is a file; give a folder")
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"cannot write to {str(parent)!r}; choose an --out folder you can write")
+    parent = out
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"--out {str(out)!r} is inside {str(parent)!r}, which is a file, not a folder; give a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to {str(parent)!r} (permission denied); choose an --out folder you can write")
 
 
 def _print_mean(report: dict[str, Any]) -> None:

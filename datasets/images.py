@@ -217,7 +217,9 @@ def load_image(path: str | Path, channels: int = 1) -> Tensor:
         try:
             array = np.load(path, allow_pickle=False)
         except (ValueError, OSError) as err:
-            raise UserError(f"{path}: not a readable .npy array ({err}); save it with numpy.save") from err
+            # numpy's own text advises unpickling "if you trust the file": never repeat that to a user.
+            reason = "it holds Python objects or is not a .npy file" if "allow_pickle" in str(err) else str(err)
+            raise UserError(f"{path}: not a readable .npy array ({reason}); save it with numpy.save") from err
         array = _npy_to_hwc(array, source)
     else:
         try:

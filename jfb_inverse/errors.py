@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+# Characters that str.splitlines() breaks on: escaped in messages so that an error is always one line,
+# even when it quotes a user's value (a config key, a file name) that holds a line break.
+_LINE_BREAKS = str.maketrans({c: repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"})
+
 
 class UserError(ValueError):
-    """Bad input from the user: the message names the problem and the fix."""
+    """Bad input from the user: the message names the problem and the fix, on one line."""
+
+    def __str__(self) -> str:
+        return super().__str__().translate(_LINE_BREAKS)
 
 
 class ConfigError(UserError):

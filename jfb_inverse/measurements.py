@@ -3,11 +3,24 @@
 Files: ``.npy`` holds the raw measurement, shape ``(H, W)`` or ``(C, ...)`` (no batch dimension;
 for CT ``(C, detectors, angles)``); ``.png``/``.tif`` are accepted for image-shaped measurements
 (blur, inpainting) and read in [0, 1].
+
+``simulate`` also writes a small provenance file next to each measurement (``y.npy`` ->
+``y.npy.json``: the problem, operator and noise that made it). ``reconstruct`` reads it when it is
+there and refuses a checkpoint whose operator is of another kind (a CT sinogram given to a deblurring
+model), and warns when only the operator's parameters differ. Measurements from elsewhere have no
+such file and are checked by shape only.
+
+Outputs are written atomically (a temporary file in the same folder, then a rename): an error or a
+kill never leaves a half-written file under the output name, and an existing symbolic link at the
+output name is replaced, not followed.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +32,9 @@ from jfb_inverse.models.build import PhysicsCache
 from jfb_inverse.problems.config import ProblemConfig
 
 IMAGE_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg"}
+#: Types ``write_array`` writes (JPEG is lossy: not offered for outputs).
+OUTPUT_SUFFIXES = {".npy", ".png", ".tif", ".tiff"}
+PROVENANCE_FORMAT = "jfb-inverse-measurement/1"
 
 
 def read_measurement(path: str | Path, channels: int) -> Tensor:
@@ -28,9 +44,14 @@ def read_measurement(path: str | Path, channels: int) -> Tensor:
         raise UserError(f"input {str(p)!r} not found; give an existing .npy or image file")
     if p.suffix.lower() == ".npy":
         try:
-            arr = np.load(p, allow_pickle=False)
+            with p.open("rb") as fh:
+                magic = fh.read(6)
+            if magic != b"\x93NUMPY":
+                raise ValueError("no .npy header: another kind of file, or an empty or damaged one")
+            arr = np.load(p, allow_pickle=False)  # never unpickles: object arrays are refused
         except (ValueError, OSError, EOFError) as exc:
-            raise UserError(f"{str(p)!r} is not a valid .npy array ({exc}); save it with numpy.save") from None
+            reason = "it holds Python objects, which are never loaded" if "allow_pickle" in str(exc) else str(exc)
+            raise UserError(f"{str(p)!r} is not a valid .npy array ({reason}); save it with numpy.save") from None
         if arr.dtype.kind not in "fiu" or arr.ndim not in (2, 3):
             raise UserError(
                 f"{str(p)!r} holds a {arr.dtype} array of shape {arr.shape}; expected a real (H, W) or (C, ...) array"
@@ -48,11 +69,27 @@ def read_measurement(path: str | Path, channels: int) -> Tensor:
 
 def check_fits(y: Tensor, cfg: ProblemConfig, physics: PhysicsCache, source: str) -> None:
     """Raise a :class:`UserError` unless ``y`` (C, ...) has the shape the operator produces."""
+    from jfb_inverse.problems.operators import image_shape_for
+
+    try:
+        img_size = image_shape_for(cfg.operator, tuple(y.shape))
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from None
+    except Exception as exc:
+        raise UserError(
+            f"{source}: a measurement of shape {tuple(y.shape)} does not fit the {cfg.problem!r} operator ({exc})"
+        ) from None
+    if img_size[0] != cfg.data.channels:
+        kind = "grey (1-channel)" if cfg.data.channels == 1 else f"{cfg.data.channels}-channel"
+        raise UserError(
+            f"{source}: measurement of shape {tuple(y.shape)} is of {img_size[0]}-channel images, but the checkpoint "
+            f"reconstructs {kind} images; give a measurement with {cfg.data.channels} channel(s)"
+        )
     try:
         phys, img_size = physics.for_measurement(tuple(y.shape))
         expected = tuple(phys.A(torch.zeros((1, *img_size), device=physics.device)).shape[1:])
-    except UserError:
-        raise
+    except UserError as exc:
+        raise UserError(f"{source}: {exc}") from None
     except Exception as exc:
         raise UserError(
             f"{source}: a measurement of shape {tuple(y.shape)} does not fit the {cfg.problem!r} operator ({exc})"
@@ -64,18 +101,104 @@ def check_fits(y: Tensor, cfg: ProblemConfig, physics: PhysicsCache, source: str
         )
 
 
-def write_array(x: Tensor, path: str | Path) -> None:
-    """Save a (C, ...) tensor as ``.npy`` (raw) or as an image file (clipped to [0, 1])."""
+def provenance_path(path: str | Path) -> Path:
+    """Where ``simulate`` records how the measurement at ``path`` was made: ``y.npy`` -> ``y.npy.json``."""
     p = Path(path)
-    if not p.parent.exists():
+    return p.with_name(p.name + ".json")
+
+
+def provenance(cfg: ProblemConfig, image_shape: tuple[int, ...], seed: int) -> dict[str, Any]:
+    """The provenance record of a simulated measurement."""
+    return {
+        "format": PROVENANCE_FORMAT,
+        "problem": cfg.problem,
+        "operator": cfg.operator.model_dump(mode="json"),
+        "noise": cfg.noise.model_dump(mode="json"),
+        "image_shape": list(image_shape),
+        "seed": seed,
+    }
+
+
+def check_provenance(path: str | Path, cfg: ProblemConfig, checkpoint: str) -> str | None:
+    """Compare the measurement's provenance file (if any) with the checkpoint's operator.
+
+    Another operator kind (or another custom operator) is a :class:`UserError`; the same kind with
+    other parameters returns a warning text; no file, or a file that is not ours, returns ``None``.
+    """
+    meta_path = provenance_path(path)
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return f"{meta_path.name} is not readable JSON; the measurement's operator was not checked"
+    ours = isinstance(meta, dict) and meta.get("format") == PROVENANCE_FORMAT
+    if not ours or not isinstance(meta.get("operator"), dict):
+        return None
+    made = meta["operator"]
+    have = cfg.operator.model_dump(mode="json")
+    name = Path(path).name
+    if made.get("kind") != have["kind"] or made.get("target") != have.get("target"):
+        what = made.get("target") or made.get("kind")
+        raise UserError(
+            f"{name} was simulated with the {what!r} operator of problem {meta.get('problem')!r}, but checkpoint "
+            f"{checkpoint!r} reconstructs problem {cfg.problem!r} ({have.get('target') or have['kind']!r} operator); "
+            f"use a checkpoint of that problem (or delete {meta_path.name} if it is stale)"
+        )
+    differ = sorted(k for k in set(made) | set(have) if made.get(k) != have.get(k))
+    if differ:
+        shown = ", ".join(f"{k} {made.get(k)!r} vs {have.get(k)!r}" for k in differ)
+        return f"{name} was simulated with other operator parameters than the checkpoint's ({shown})"
+    return None
+
+
+def check_output_path(path: str | Path, option: str = "--output") -> Path:
+    """Fail early, before any work, unless ``path`` names a writable file of a type we write."""
+    p = Path(path)
+    if p.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise UserError(f"{option} {str(p)!r}: unsupported output type {p.suffix!r}; use .npy, .png or .tif")
+    if p.is_dir():
+        raise UserError(f"{option} {str(p)!r} is a folder; give a file name such as {str(p / ('x' + p.suffix))!r}")
+    parent = p.parent
+    if not parent.exists():
+        raise UserError(f"output folder {str(parent)!r} does not exist; create it first")
+    if not parent.is_dir():
+        raise UserError(f"{option} {str(p)!r}: {str(parent)!r} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to folder {str(parent)!r} (permission denied); choose another {option}")
+    return p
+
+
+def write_array(x: Tensor, path: str | Path) -> None:
+    """Save a (C, ...) tensor as ``.npy`` (raw) or as an image file (clipped to [0, 1]), atomically."""
+    p = Path(path)
+    if not p.parent.is_dir():
         raise UserError(f"output folder {str(p.parent)!r} does not exist; create it first")
-    if p.suffix.lower() == ".npy":
-        tmp = p.with_name(p.name + ".tmp.npy")
-        np.save(tmp, x.detach().cpu().numpy().astype(np.float32))
-        tmp.replace(p)
-    elif p.suffix.lower() in IMAGE_SUFFIXES:
-        if x.dim() != 3 or x.shape[0] not in (1, 3):
-            raise UserError(f"{str(p)!r}: a measurement of shape {tuple(x.shape)} is not an image; write .npy instead")
-        save_image(x.detach().cpu().clamp(0, 1), p)
-    else:
+    suffix = p.suffix.lower()
+    if suffix in IMAGE_SUFFIXES and (x.dim() != 3 or x.shape[0] not in (1, 3)):
+        raise UserError(f"{str(p)!r}: a measurement of shape {tuple(x.shape)} is not an image; write .npy instead")
+    if suffix not in OUTPUT_SUFFIXES:
         raise UserError(f"{str(p)!r}: unsupported output type; use .npy, .png or .tif")
+    # Same folder (so the rename is atomic), same suffix (the writers pick the format by it), hidden.
+    tmp = p.with_name(f".{p.stem}.{os.getpid()}.tmp{p.suffix}")
+    try:
+        if suffix == ".npy":
+            np.save(tmp, x.detach().cpu().numpy().astype(np.float32))
+        else:
+            save_image(x.detach().cpu().clamp(0, 1), tmp)
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(data: Any, path: str | Path) -> None:
+    """Write JSON text atomically (temporary file in the same folder, then a rename)."""
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

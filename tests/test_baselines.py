@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -16,6 +17,16 @@ from skimage.transform import resize
 from jfb_inverse import baselines as B
 
 SIZE = 64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    # These are hundreds of small-tensor iterations: on a busy 2-core machine intra-op threads
+    # oversubscribe the cores and run some 20x slower than one thread. Restored afterwards.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _psnr(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:

@@ -79,6 +79,33 @@ class _BestIterate:
         return bool(all_finished)
 
 
+class _Trace:
+    """The residual of every iteration, written into one buffer allocated up front.
+
+    Why not a list of per-iteration tensors: small tensors that stay alive for the whole solve,
+    allocated between the large transient activations of each iteration, pin glibc's heap so that
+    freed memory cannot be reused or trimmed; the resident memory of a no-grad solve then grows
+    with the number of iterations (seen on CT: +2 MB per iteration).
+    """
+
+    def __init__(self, max_iter: int) -> None:
+        self.max_iter = max_iter
+        self.buffer: Tensor | None = None
+        self.count = 0
+
+    def append(self, res: Tensor) -> None:
+        if self.buffer is None:
+            self.buffer = res.new_empty(self.max_iter, *res.shape)
+        self.buffer[self.count] = res
+        self.count += 1
+
+    def tensor(self, like: Tensor) -> Tensor:
+        """The ``(iterations, B)`` trace (an empty one when nothing ran)."""
+        if self.buffer is None:
+            return like.new_zeros(0, like.shape[0])
+        return self.buffer[: self.count].clone()
+
+
 def _validate(u0: Tensor, tol: float, max_iter: int) -> None:
     if u0.dim() < 1 or u0.shape[0] == 0:
         raise ValueError(f"u0 must have a leading batch dimension, got shape {tuple(u0.shape)}")
@@ -90,7 +117,7 @@ def _validate(u0: Tensor, tol: float, max_iter: int) -> None:
 
 def _finish(
     best: _BestIterate,
-    trace: list[Tensor],
+    trace: _Trace,
     iterations: Tensor,
     evaluations: int,
     tol: float,
@@ -100,7 +127,7 @@ def _finish(
         iterations=iterations,
         residual=residual,
         converged=residual <= tol,
-        trace=torch.stack(trace) if trace else residual.new_zeros(0, residual.shape[0]),
+        trace=trace.tensor(residual),
         evaluations=evaluations,
         tol=tol,
     )
@@ -144,7 +171,7 @@ class Picard(FixedPointSolver):
         active = torch.ones(batch, dtype=torch.bool, device=u.device)
         iterations = torch.zeros(batch, dtype=torch.long, device=u.device)
         best = _BestIterate(u)
-        trace: list[Tensor] = []
+        trace = _Trace(self.max_iter)
         evaluations = 0
         per_sample = self.stop == "sample"
         diff: Tensor | None = None  # reused for f(u) - u: no allocation per iteration
@@ -219,7 +246,7 @@ class Anderson(FixedPointSolver):
         active = torch.ones(batch, dtype=torch.bool, device=u0.device)
         iterations = torch.zeros(batch, dtype=torch.long, device=u0.device)
         best = _BestIterate(u0, copy=True)
-        trace: list[Tensor] = []
+        trace = _Trace(self.max_iter)
         per_sample = self.stop == "sample"
         # Bordered system [[0, 1^T], [1, G G^T + lam I]] [mu; a] = [1; 0] (sum of weights = 1).
         H = x0.new_zeros(batch, m + 1, m + 1)  # noqa: N806

@@ -11,7 +11,7 @@ import json
 import os
 import pickle
 import tempfile
-import zipfile
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -71,19 +71,47 @@ def resolve_checkpoint_path(name: str | Path) -> Path:
     return path
 
 
+def _detail(exc: BaseException) -> str:
+    """The informative line of a load error (torch wraps the reason in paragraphs of advice)."""
+    boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue")
+    for line in str(exc).splitlines():
+        line = line.strip()
+        if "WeightsUnpickler error:" in line:
+            line = line.split("WeightsUnpickler error:", 1)[1].strip()
+        if line and not line.startswith(boilerplate):
+            return line
+    return type(exc).__name__
+
+
 def load_checkpoint(name: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], ProblemConfig]:
-    """Load a checkpoint safely (``weights_only=True``) and validate its definition."""
+    """Load a checkpoint safely (``weights_only=True``) and validate its definition.
+
+    A file holding anything but tensors and plain values (a pickle that would import or call code)
+    is refused before any of it runs; an empty, truncated or garbage file is reported as such.
+    """
     path = resolve_checkpoint_path(name)
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    # torch.save writes a zip archive ("PK"); old torch versions and plain pickles start with PROTO (0x80).
+    if not head.startswith((b"PK", b"\x80")):
+        what = "is empty" if not head else "is not a checkpoint (neither a torch zip archive nor a pickle)"
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} {what}: corrupted, truncated or another kind of file; "
+            "pass a model.pt written by `jfb-inverse train`"
+        )
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # A plain pickle of another protocol makes torch warn before it refuses the file: noise.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
-            f"checkpoint {str(path)!r} was refused: it holds objects other than weights ({str(exc).splitlines()[0]}); "
-            "only load checkpoints written by jfb-inverse"
+            f"checkpoint {str(path)!r} was refused and not loaded: it holds objects other than weights, which "
+            f"could run code ({_detail(exc)}); only load checkpoints written by jfb-inverse"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+    except Exception as exc:  # torch raises RuntimeError, EOFError, OSError, zipfile errors, ... on damaged files
         raise CheckpointError(
-            f"checkpoint {str(path)!r} is corrupted or truncated ({str(exc).splitlines()[0]}); "
+            f"checkpoint {str(path)!r} is corrupted or truncated ({type(exc).__name__}: {_detail(exc)}); "
             "use an intact model.pt (retrain or restore it)"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
