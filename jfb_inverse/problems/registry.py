@@ -155,9 +155,8 @@ def resolve_config(
         layer = dict(layer)
         if "problem" in layer and layer["problem"] != prob.name:
             raise ConfigError(f"config is for problem {layer['problem']!r}, not {prob.name!r}; drop one of the two")
-        if "operator" in layer and "kind" in layer["operator"] and layer["operator"]["kind"] != values["operator"].get(
-            "kind"
-        ):
+        section = layer.get("operator")
+        if isinstance(section, Mapping) and "kind" in section and section["kind"] != values["operator"].get("kind"):
             values["operator"] = {}  # a different operator kind replaces the whole section
         values = deep_merge(values, layer)
     try:
