@@ -77,9 +77,9 @@ def test_any_values_resolve_or_fail_with_one_line_config_error(ov):
     assert cfg.noise.sigma >= 0 and not math.isnan(cfg.noise.sigma)
     assert cfg.data.patch_size >= 16 and cfg.data.channels in (1, 3)
     assert cfg.solver.tol > 0 and cfg.solver.max_iter >= 1 and 0 < cfg.solver.alpha <= 1
-    # Checkpoints store the definition as JSON: it must come back the same (inf: see the xfail below).
-    if all(math.isfinite(v) for v in _floats(cfg.model_dump())):
-        assert ProblemConfig.model_validate_json(cfg.model_dump_json()) == cfg
+    # Checkpoints store the definition as JSON: it must come back the same (so no inf/NaN anywhere).
+    assert all(math.isfinite(v) for v in _floats(cfg.model_dump()))
+    assert ProblemConfig.model_validate_json(cfg.model_dump_json()) == cfg
 
 
 def _floats(value):
@@ -94,9 +94,9 @@ def _floats(value):
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.dictionaries(st.sampled_from(sorted(SECTIONS)), values, max_size=3))
+@given(st.dictionaries(st.sampled_from([*sorted(SECTIONS), "operator"]), values, max_size=3))
 def test_sections_of_any_type(ov):
-    """A section that is not a table (``training = 5``) fails cleanly too."""
+    """A section that is not a table (``training = 5``, ``operator = 5``) fails cleanly too."""
     try:
         resolve_config("deblur", overrides=ov)
     except ConfigError as exc:

@@ -319,7 +319,7 @@ def test_checkpoint_without_training_state_cannot_be_resumed(tmp_path):
         ("[training]\nsteps = 2.5\n", ["training.steps"]),
         ("[training]\nsteps = -5\n", ["training.steps: Input should be greater than 0"]),
         ("[noise]\nsigma = -0.1\n", ["noise.sigma: Input should be greater than or equal to 0"]),
-        ("[noise]\nsigma = inf\n", ["noise.sigma: must be a finite number"]),
+        ("[noise]\nsigma = inf\n", ["noise.sigma", "finite number", "inf"]),
         ("[training]\nlr = nan\n", ["training.lr"]),
         ("[training\nsteps = 1\n", ["not valid TOML"]),
         ("training = 5\n", ["training must be a table of settings", "got int 5"]),
@@ -348,7 +348,7 @@ def test_binary_and_missing_config_files(tmp_path):
 
 def test_infinite_option_value_is_refused(tmp_path):
     args = ["train", "--problem", "deblur", "--lr", "inf", "--out", tmp_path / "run", "--device", "cpu"]
-    expect_refusal(tmp_path, args, "training.lr: must be a finite number")
+    expect_refusal(tmp_path, args, "training.lr", "finite number")
 
 
 @pytest.mark.parametrize("command", ["train", "simulate"])
