@@ -738,21 +738,26 @@ def interrupted_runs(tmp_path_factory):
     kill = subprocess.Popen(_train_cmd(kill_run, kill_config), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True, env=_env())  # fmt: skip
     kill_target = random.Random().randint(10, 30)
-    term_seconds = killed_at = None
+    term_sent = term_seconds = killed_at = None
     try:
         deadline = time.monotonic() + 240
         while (term_seconds is None or killed_at is None) and time.monotonic() < deadline:
-            if term_seconds is None and (_checkpoint_step(term_run / "model.pt") or 0) >= 5:
-                sent = time.monotonic()
+            # Never block on one process here: the other keeps training meanwhile (on an idle machine
+            # the tiny run finished all its steps while this loop waited for the SIGTERM'd one).
+            if term_sent is None and (_checkpoint_step(term_run / "model.pt") or 0) >= 5:
                 term.send_signal(signal.SIGTERM)
-                _, term_stderr = term.communicate(timeout=60)
-                term_seconds = time.monotonic() - sent
+                term_sent = time.monotonic()
+            elif term_sent is not None and term_seconds is None and term.poll() is not None:
+                term_seconds = time.monotonic() - term_sent
             if killed_at is None and (_checkpoint_step(kill_run / "model.pt") or 0) >= kill_target:
                 killed_at = _kill_now(kill, kill_run, KILL_STEPS)
-            for proc in (term, kill):
-                assert proc.returncode is not None or proc.poll() is None, proc.communicate()
+            if term_sent is None:
+                assert term.poll() is None, term.communicate()
+            if killed_at is None:
+                assert kill.poll() is None, kill.communicate()
             time.sleep(0.02)
         assert term_seconds is not None and killed_at is not None, "no checkpoints within 240 s"
+        _, term_stderr = term.communicate(timeout=60)
     finally:
         for proc in (term, kill):
             if proc.poll() is None:

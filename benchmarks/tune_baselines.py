@@ -1,0 +1,67 @@
+"""Re-derive the classical baselines' deblurring parameters (``jfb_inverse.baselines.DEBLUR_DEFAULTS``).
+
+Grid search with :func:`jfb_inverse.baselines.tune` on the built-in TRAINING images only
+(``datasets.images.BUILTIN_TRAIN``, grey, centre-cropped and resized to 128 x 128), DEBLUR-G
+measurements with noise seed 0. The held-out images (``BUILTIN_TEST``) are never looked at.
+
+    python benchmarks/tune_baselines.py [--out benchmarks/results/tune_baselines.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from jfb_inverse.datasets.images import BUILTIN_TRAIN, load_builtin
+
+from jfb_inverse import baselines as B
+from jfb_inverse.problems.noise import simulate
+from jfb_inverse.problems.operators import build_physics
+from jfb_inverse.problems.registry import resolve_config
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=RESULTS / "tune_baselines.json")
+    parser.add_argument("--size", type=int, default=128)
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    cfg = resolve_config("deblur")
+    images = torch.stack([load_builtin(name, channels=1, size=args.size) for name in BUILTIN_TRAIN])
+    physics = build_physics(cfg.operator, tuple(images.shape[1:]), "cpu")
+
+    def make(x: torch.Tensor):
+        return simulate(x, physics, cfg.noise, torch.Generator().manual_seed(0)), physics
+
+    grids = {
+        "wiener": (B.wiener, {"nsr": [float(10**k) for k in np.arange(-4, -1 + 1e-9, 0.125)]}),
+        "tv": (
+            B.tv_reconstruction,
+            {"lam": [float(f"{10**k:.2g}") for k in np.arange(-4, -2 + 1e-9, 0.125)], "n_iter": [1000]},
+        ),
+    }
+    report: dict = {"images": list(BUILTIN_TRAIN), "size": args.size, "noise_seed": 0, "methods": {}}
+    for name, (method, grid) in grids.items():
+        start = time.perf_counter()
+        result = B.tune(method, images, make, grid)
+        report["methods"][name] = {
+            "best": result.best,
+            "best_psnr": round(result.best_psnr, 3),
+            "seconds": round(time.perf_counter() - start, 1),
+            "table": [[params, round(score, 3)] for params, score in result.table],
+        }
+        print(f"{name}: best {result.best} -> {result.best_psnr:.2f} dB on {len(BUILTIN_TRAIN)} training images")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
