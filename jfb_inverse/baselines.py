@@ -38,15 +38,16 @@ Baseline = Callable[[Tensor, LinearPhysics], Tensor]
 # --- tuned defaults -------------------------------------------------------------------------
 
 # DEBLUR-G (Gaussian blur sigma 2 px, circular boundary, Gaussian noise sigma 0.01, grey 128 x 128):
-# found by `tune` (grid search, best mean PSNR, noise seed 0) on the scikit-image training images
-# coffee, chelsea, rocket, hubble_deep_field, immunohistochemistry, moon, page, text (grey,
-# centre-cropped, resized to 128 x 128); camera, astronaut, coins, brick and grass were held out.
-#   wiener / tikhonov: nsr = lam in 10^k, k = -4 ... -1 in steps of 1/8 -> 1e-2 (27.49 dB; the
+# found by `tune` (grid search, best mean PSNR, noise seed 0) on the 13 built-in TRAINING images
+# (datasets.images.BUILTIN_TRAIN, grey, centre-cropped, resized to 128 x 128); the held-out images
+# camera, astronaut, coins and rocket were never looked at. Reproduce with
+# `python benchmarks/tune_baselines.py` (benchmarks/results/tune_baselines.json has every grid point).
+#   wiener / tikhonov: nsr = lam in 10^k, k = -4 ... -1 in steps of 1/8 -> 1e-2 (26.86 dB; the
 #     two are the same estimator, see `wiener`).
-#   tv: lam in 10^k, k = -4 ... -2 in steps of 1/8, n_iter in {200, 500, 1000} -> lam 5.6e-4 at
-#     every n_iter; n_iter = 200 scored 28.49 dB, 1000 scored 28.38 dB. We keep 1000: it is the
-#     TV minimiser (objective within ~5e-4 of its limit), while 200 stops early from the blurred
-#     image, a start-dependent extra regulariser that was 0.3 dB worse on the held-out images.
+#   tv: lam in 10^k, k = -4 ... -2 in steps of 1/8, n_iter = 1000 -> lam 5.6e-4 (27.45 dB;
+#     4.2e-4 and 7.5e-4 score 27.44 and 27.41). 1000 iterations reach the TV minimiser (objective
+#     within ~5e-4 of its limit); an earlier search also tried n_iter 200, which stops early from
+#     the blurred image, a start-dependent extra regulariser that was 0.3 dB worse held out.
 DEBLUR_DEFAULTS: dict[str, dict[str, Any]] = {
     "wiener": {"nsr": 1e-2},
     "tikhonov": {"lam": 1e-2},
