@@ -348,6 +348,17 @@ def write_json(out_dir: Path, name: str, payload: dict[str, Any]) -> Path:
     return path
 
 
+def save(
+    out_dir: Path | str, name: str, payload: dict[str, Any], plot: Callable[[dict[str, Any], Path], None] | None
+) -> dict[str, Any]:
+    """Write ``name.json`` and, when ``plot`` is given, ``name.png`` drawn by ``plot(payload, path)``."""
+    out = Path(out_dir)
+    write_json(out, name, payload)
+    if plot is not None:
+        plot(payload, out / f"{name}.png")
+    return payload
+
+
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.tolist()

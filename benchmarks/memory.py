@@ -213,11 +213,7 @@ def run(
         "points": points,
         "targets": targets,
     }
-    out = Path(out)
-    benchlib.write_json(out, f"memory_{problem}", payload)
-    if plot:
-        plot_memory(payload, out / f"memory_{problem}.png")
-    return payload
+    return benchlib.save(out, f"memory_{problem}", payload, plot_memory if plot else None)
 
 
 def plot_memory(payload: dict[str, Any], path: Path) -> None:

@@ -145,10 +145,7 @@ def run(
             }
         },
     }
-    benchlib.write_json(out, f"solver_convergence_{problem}", payload)
-    if plot:
-        plot_traces(payload, out / f"solver_convergence_{problem}.png")
-    return payload
+    return benchlib.save(out, f"solver_convergence_{problem}", payload, plot_traces if plot else None)
 
 
 def plot_traces(payload: dict[str, Any], path: Path) -> None:

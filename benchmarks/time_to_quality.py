@@ -151,11 +151,7 @@ def run(
         "curves": curves,
         "summary": summary,
     }
-    out = Path(out)
-    benchlib.write_json(out, f"time_to_quality_{problem}", payload)
-    if plot:
-        plot_curves(payload, out / f"time_to_quality_{problem}.png")
-    return payload
+    return benchlib.save(out, f"time_to_quality_{problem}", payload, plot_curves if plot else None)
 
 
 def plot_curves(payload: dict[str, Any], path: Path) -> None:

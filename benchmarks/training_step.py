@@ -214,11 +214,7 @@ def run(
         "ratios": ratios,
         "targets": targets,
     }
-    out = Path(out)
-    benchlib.write_json(out, f"training_step_{problem}", payload)
-    if plot:
-        plot_step_times(payload, out / f"training_step_{problem}.png")
-    return payload
+    return benchlib.save(out, f"training_step_{problem}", payload, plot_step_times if plot else None)
 
 
 def plot_step_times(payload: dict[str, Any], path: Path) -> None:

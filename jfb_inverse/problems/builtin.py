@@ -54,6 +54,16 @@ register_problem(
     },
 )
 
+# What the image-domain problems below share with deblurring (noise 0.01, grey 64x64 training
+# patches, an HQS map with a Tikhonov start, 600 steps); each adds its operator.
+_IMAGE_DOMAIN: dict = {
+    "noise": {"kind": "gaussian", "sigma": 0.01},
+    "data": {"source": "builtin", "channels": 1, "patch_size": 64, "eval_size": 128},
+    "model": {"step": "prox", "width": 32, "depth": 5, "eta_init": 3.0, "init": "tikhonov", "init_lam": 0.01},
+    "solver": {"name": "anderson", "tol": 1e-3, "max_iter": 30},
+    "training": {"steps": 600, "batch_size": 8, "lr": 2e-3},
+}
+
 # Inpainting: half of the pixels missing (one random mask per image size), noise sigma 0.01.
 # The physics is SVD-diagonal, so the proximal step and the Tikhonov start are closed forms.
 register_problem(
@@ -61,11 +71,7 @@ register_problem(
     "Inpainting: 50% of the pixels missing at random (fixed mask), noise sigma 0.01",
     {
         "operator": {"kind": "inpainting", "missing": 0.5, "mask_seed": 0},
-        "noise": {"kind": "gaussian", "sigma": 0.01},
-        "data": {"source": "builtin", "channels": 1, "patch_size": 64, "eval_size": 128},
-        "model": {"step": "prox", "width": 32, "depth": 5, "eta_init": 3.0, "init": "tikhonov", "init_lam": 0.01},
-        "solver": {"name": "anderson", "tol": 1e-3, "max_iter": 30},
-        "training": {"steps": 600, "batch_size": 8, "lr": 2e-3},
+        **_IMAGE_DOMAIN,
     },
     presets={"quick": _QUICK},
 )
@@ -77,11 +83,7 @@ register_problem(
     "Super-resolution x2: Gaussian blur sigma 1 px then downsampling, noise sigma 0.01",
     {
         "operator": {"kind": "superres", "factor": 2, "sigma": 1.0},
-        "noise": {"kind": "gaussian", "sigma": 0.01},
-        "data": {"source": "builtin", "channels": 1, "patch_size": 64, "eval_size": 128},
-        "model": {"step": "prox", "width": 32, "depth": 5, "eta_init": 3.0, "init": "tikhonov", "init_lam": 0.01},
-        "solver": {"name": "anderson", "tol": 1e-3, "max_iter": 30},
-        "training": {"steps": 600, "batch_size": 8, "lr": 2e-3},
+        **_IMAGE_DOMAIN,
     },
     presets={"quick": _QUICK},
 )
@@ -94,11 +96,7 @@ register_problem(
     "Single-coil Cartesian MRI x4: 25% of k-space columns, 8% centre fully sampled, noise sigma 0.01",
     {
         "operator": {"kind": "mri", "acceleration": 4, "center_fraction": 0.08, "mask_seed": 0},
-        "noise": {"kind": "gaussian", "sigma": 0.01},
-        "data": {"source": "builtin", "channels": 1, "patch_size": 64, "eval_size": 128},
-        "model": {"step": "prox", "width": 32, "depth": 5, "eta_init": 3.0, "init": "tikhonov", "init_lam": 0.01},
-        "solver": {"name": "anderson", "tol": 1e-3, "max_iter": 30},
-        "training": {"steps": 600, "batch_size": 8, "lr": 2e-3},
+        **_IMAGE_DOMAIN,
     },
     presets={"quick": _QUICK},
 )
@@ -112,11 +110,8 @@ register_problem(
     "Your own operator: --operator path/to/ops.py:ClassName [--operator-args JSON]",
     {
         "operator": {"kind": "custom", "target": PLACEHOLDER_TARGET},
-        "noise": {"kind": "gaussian", "sigma": 0.01},
-        "data": {"source": "builtin", "channels": 1, "patch_size": 64, "eval_size": 128},
-        "model": {"step": "gradient", "width": 32, "depth": 5, "eta_init": 1.0, "init": "tikhonov", "init_lam": 0.01},
-        "solver": {"name": "anderson", "tol": 1e-3, "max_iter": 30},
-        "training": {"steps": 600, "batch_size": 8, "lr": 2e-3},
+        **_IMAGE_DOMAIN,
+        "model": {**_IMAGE_DOMAIN["model"], "step": "gradient", "eta_init": 1.0},
     },
     presets={"quick": _QUICK},
 )
