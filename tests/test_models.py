@@ -9,7 +9,7 @@ from jfb_inverse.datasets import load_builtin
 
 from jfb_inverse.implicit import lipschitz_estimate
 from jfb_inverse.metrics import psnr
-from jfb_inverse.models import ImplicitReconstructor, SmoothingResidualCNN, build_model
+from jfb_inverse.models import ImplicitReconstructor, SmoothingResidualCNN, SmoothingResidualUNet, build_model
 from jfb_inverse.problems import resolve_config
 
 
@@ -55,6 +55,34 @@ def test_untrained_map_is_contractive():
     y = physics.A(torch.rand(1, 1, 32, 32))
     fn, u0 = model.fixed_point_map(y, physics)
     assert float(lipschitz_estimate(fn, u0, n_iter=30).max()) < 1.0
+
+
+def test_unet_regularizer_starts_as_the_smoother_and_keeps_any_size():
+    unet = SmoothingResidualUNet(width=8)
+    dilated = SmoothingResidualCNN(width=8, depth=3)
+    for h, w in ((37, 50), (64, 64), (5, 9)):
+        v = torch.rand(2, 1, h, w)
+        with torch.no_grad():
+            out = unet(v)
+            assert out.shape == v.shape
+            # the last layer starts at zero: the untrained D is the same linear smoother as the CNN's
+            torch.testing.assert_close(out, dilated(v))
+
+
+def test_unet_model_trains_and_its_untrained_map_is_contractive():
+    cfg = resolve_config("deblur", overrides={"model": {"arch": "unet", "width": 8}})
+    model, cache = build_model(cfg)
+    assert isinstance(model.regularizer, SmoothingResidualUNet)
+    physics = cache.for_image((1, 32, 32))
+    y = physics.A(torch.rand(1, 1, 32, 32))
+    fn, u0 = model.fixed_point_map(y, physics)
+    assert float(lipschitz_estimate(fn, u0, n_iter=30).max()) < 1.0
+    model.train()
+    x = torch.rand(2, 1, 36, 44)
+    physics = cache.for_image((1, 36, 44))
+    (model(physics.A(x), physics) - x).square().mean().backward()
+    grads = [p.grad for p in model.regularizer.net.parameters()]
+    assert all(g is not None for g in grads) and float(model.regularizer.net.last.weight.grad.abs().sum()) > 0
 
 
 def test_plugin_inside_deepinv_test_and_trainer(tmp_path):

@@ -58,6 +58,71 @@ class SmoothingResidualCNN(nn.Module):
         return torch.lerp(v, smooth.to(v.dtype), self.smoothing.to(v.dtype)) + self.net(v)
 
 
+class SmoothingResidualUNet(SmoothingResidualCNN):
+    """``D(v) = v - w (v - G v) + N(v)`` with ``N`` a small three-scale U-Net (last layer zero).
+
+    Each scale has two 3x3 convolutions; channels double as the resolution halves, so every scale
+    costs about the same and the receptive field (~70 px) is far wider than the dilated CNN's at a
+    similar cost per pixel. Inputs of any size are padded (replicate) to a multiple of 4 and cropped
+    back. ``depth`` is not used: the U-Net has a fixed shape.
+    """
+
+    def __init__(
+        self,
+        channels: int = 1,
+        width: int = 16,
+        spectral_norm: bool = False,
+        smoothing_init: float = 0.5,
+    ) -> None:
+        super().__init__(channels, width=width, depth=2, spectral_norm=False, smoothing_init=smoothing_init)
+        w = width
+
+        def block(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(c_out, c_out, 3, padding=1),
+                nn.ReLU(inplace=True),
+            )
+
+        last = nn.Conv2d(w, channels, 3, padding=1)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.net = _UNet(
+            enc1=block(channels, w),
+            enc2=block(w, 2 * w, stride=2),
+            mid=block(2 * w, 4 * w, stride=2),
+            up2=nn.ConvTranspose2d(4 * w, 2 * w, 2, stride=2),
+            dec2=block(4 * w, 2 * w),
+            up1=nn.ConvTranspose2d(2 * w, w, 2, stride=2),
+            dec1=block(2 * w, w),
+            last=last,
+        )
+        if spectral_norm:
+            spectral_normalize(self.net)
+
+
+class _UNet(nn.Module):
+    """The three-scale body of :class:`SmoothingResidualUNet` (skip connections by concatenation)."""
+
+    def __init__(self, **layers: nn.Module) -> None:
+        super().__init__()
+        for name, layer in layers.items():
+            self.add_module(name, layer)
+
+    def forward(self, v: Tensor) -> Tensor:
+        h, w = v.shape[-2:]
+        pad_h, pad_w = -h % 4, -w % 4
+        if pad_h or pad_w:
+            v = F.pad(v, (0, pad_w, 0, pad_h), mode="replicate")
+        e1 = self.enc1(v)
+        e2 = self.enc2(e1)
+        m = self.mid(e2)
+        d2 = self.dec2(torch.cat([self.up2(m), e2], dim=1))
+        d1 = self.dec1(torch.cat([self.up1(d2), e1], dim=1))
+        return self.last(d1)[..., :h, :w]
+
+
 def _dilations(n: int) -> list[int]:
     """Dilations rising then falling: 1, 2, 4, ..., 4, 2, 1 (length ``n``)."""
     up = [2**i for i in range((n + 1) // 2)]

@@ -152,10 +152,12 @@ class ModelConfig(_Strict):
     ``step``: ``prox`` (``T(u) = D(prox_{eta f}(u))``, HQS), ``gradient`` (``T(u) = D(u - eta A^T(Au - y))``,
     PGD) or ``ffpn`` (``T(u) = v - eta A^T(Av - y)``, ``v = D(u)``). ``eta`` is learned, starting at
     ``eta_init`` (in units of ``1/||A||^2`` for the gradient steps). ``init``: the starting point,
-    ``tikhonov`` (closed form or CG, weight ``init_lam``) or ``adjoint`` (``A^T y``).
+    ``tikhonov`` (closed form or CG, weight ``init_lam``) or ``adjoint`` (``A^T y``). ``arch``: the
+    regulariser's CNN, ``dilated`` (``depth`` layers, dilations 1, 2, 4, ...) or ``unet`` (three scales).
     """
 
     step: Literal["prox", "gradient", "ffpn", "filtered"] = "prox"
+    arch: Literal["dilated", "unet"] = "dilated"
     width: PositiveInt = 32
     depth: Annotated[int, Field(ge=2)] = 5
     spectral_norm: bool = False
