@@ -6,7 +6,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 from rich.console import Console
@@ -17,6 +17,15 @@ from jfb_inverse.errors import ConfigError, UserError
 console = Console()
 err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Options several commands share, declared once so their names and help stay the same everywhere.
+Device = Literal["auto", "cpu", "cuda"]
+DeviceOption = Annotated[Device, typer.Option(help="auto picks CUDA when present.")]
+TrustOperatorOption = Annotated[
+    bool, typer.Option("--trust-operator", help="Import the checkpoint's custom operator (runs its code).")
+]
+TolOption = Annotated[float | None, typer.Option(min=0, help="Override the fixed-point tolerance of the checkpoint.")]
+MaxIterOption = Annotated[int | None, typer.Option(min=1, help="Override the fixed-point iteration cap.")]
 
 
 def debug_enabled() -> bool:

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
-from jfb_inverse.cli.common import console, override_solver, user_errors, warn
+from jfb_inverse.cli.common import (
+    DeviceOption,
+    MaxIterOption,
+    TolOption,
+    TrustOperatorOption,
+    console,
+    override_solver,
+    user_errors,
+    warn,
+)
 from rich.markup import escape
 from rich.table import Table
-
-Device = Literal["auto", "cpu", "cuda"]
 
 
 @user_errors
@@ -20,14 +27,10 @@ def evaluate(
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON.")] = None,
     figure: Annotated[Path | None, typer.Option(help="Write a side-by-side PNG.")] = None,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
-    device: Annotated[Device, typer.Option(help="auto picks CUDA when present.")] = "auto",
-    trust_operator: Annotated[
-        bool, typer.Option("--trust-operator", help="Import the checkpoint's custom operator (runs its code).")
-    ] = False,
-    tol: Annotated[
-        float | None, typer.Option(min=0, help="Override the fixed-point tolerance of the checkpoint.")
-    ] = None,
-    max_iter: Annotated[int | None, typer.Option(min=1, help="Override the fixed-point iteration cap.")] = None,
+    device: DeviceOption = "auto",
+    trust_operator: TrustOperatorOption = False,
+    tol: TolOption = None,
+    max_iter: MaxIterOption = None,
 ) -> None:
     """Simulate measurements of clean images, reconstruct with the model and baselines, report PSNR/SSIM."""
     from jfb_inverse.datasets import load_folder

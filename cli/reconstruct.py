@@ -7,6 +7,10 @@ from typing import Annotated, Literal
 
 import typer
 from jfb_inverse.cli.common import (
+    DeviceOption,
+    MaxIterOption,
+    TolOption,
+    TrustOperatorOption,
     check_config_file,
     check_finite,
     console,
@@ -20,7 +24,6 @@ from jfb_inverse.cli.common import (
 from rich.markup import escape
 from rich.progress import track
 
-Device = Literal["auto", "cpu", "cuda"]
 # A choice, not a free string: output names are built from it and must stay inside --output.
 OutputFormat = Literal["png", "tif", "npy"]
 
@@ -34,9 +37,7 @@ def simulate(
     checkpoint: Annotated[str | None, typer.Option(help="Take the definition from a checkpoint.")] = None,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     noise_sigma: Annotated[float | None, typer.Option(min=0, help="Override the noise level.")] = None,
-    trust_operator: Annotated[
-        bool, typer.Option("--trust-operator", help="Import the checkpoint's custom operator (runs its code).")
-    ] = False,
+    trust_operator: TrustOperatorOption = False,
 ) -> None:
     """Simulate measurements of a clean image with a problem's operator and noise."""
     import torch
@@ -93,15 +94,11 @@ def reconstruct(
     checkpoint: Annotated[str, typer.Option(help="model.pt from `train`, or builtin:NAME.")],
     input: Annotated[Path, typer.Option("--input", help="Measurement file (.npy/.png/.tif) or a folder of them.")],
     output: Annotated[Path, typer.Option("--output", help="Output file (.png/.tif/.npy) or folder.")],
-    device: Annotated[Device, typer.Option(help="auto picks CUDA when present.")] = "auto",
+    device: DeviceOption = "auto",
     format: Annotated[OutputFormat, typer.Option(help="Output type in folder mode.")] = "png",
-    trust_operator: Annotated[
-        bool, typer.Option("--trust-operator", help="Import the checkpoint's custom operator (runs its code).")
-    ] = False,
-    tol: Annotated[
-        float | None, typer.Option(min=0, help="Override the fixed-point tolerance of the checkpoint.")
-    ] = None,
-    max_iter: Annotated[int | None, typer.Option(min=1, help="Override the fixed-point iteration cap.")] = None,
+    trust_operator: TrustOperatorOption = False,
+    tol: TolOption = None,
+    max_iter: MaxIterOption = None,
 ) -> None:
     """Reconstruct images from measurements with a trained model (any image size)."""
     from jfb_inverse.errors import UserError

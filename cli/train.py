@@ -6,14 +6,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
-from jfb_inverse.cli.common import check_config_file, check_finite, console, user_errors, warn
+from jfb_inverse.cli.common import DeviceOption, check_config_file, check_finite, console, user_errors, warn
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 Gradient = Literal["jfb", "jfbk", "implicit", "unrolled"]
 Precision = Literal["fp32", "bf16", "fp16"]
-Device = Literal["auto", "cpu", "cuda"]
 #: What a checkpoint must hold besides the weights to be resumed (written by the training loop).
 RESUME_STATE = ("optimizer", "scheduler", "step", "data", "noise_rng", "torch_rng")
 
@@ -41,7 +40,7 @@ def train(
     out: Annotated[Path, typer.Option(help="Output folder (model.pt, history.jsonl, training.png).")] = Path(
         "runs/latest"
     ),
-    device: Annotated[Device, typer.Option(help="auto picks CUDA when present.")] = "auto",
+    device: DeviceOption = "auto",
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     gradient: Annotated[Gradient | None, typer.Option(help="Gradient strategy.")] = None,
     max_minutes: Annotated[float | None, typer.Option(min=0, help="Stop after this many minutes.")] = None,
