@@ -60,6 +60,9 @@ def train(
     precision: Annotated[
         Precision | None, typer.Option(help="Autocast precision of the learned regulariser (GPU: bf16 is fastest).")
     ] = None,
+    lipschitz_every: Annotated[
+        int | None, typer.Option(min=0, help="Log T's Lipschitz estimate every N steps; warn above 1 (0: off).")
+    ] = None,
     nproc: Annotated[
         int, typer.Option(min=1, help="Processes for distributed training (launches torchrun; one per GPU).")
     ] = 1,
@@ -87,6 +90,7 @@ def train(
         training__max_minutes=max_minutes,
         training__device=None if device == "auto" else device,
         training__precision=precision,
+        training__lipschitz_every=lipschitz_every,
     )
     if data is not None:
         overrides.setdefault("data", {}).update({"source": "folder", "path": str(data)})
@@ -139,6 +143,11 @@ def train(
                 task,
                 info=f"loss {record['loss']:.2e}  psnr {record['psnr']:.2f}  iters {record['iterations']:.1f}",
             )
+            if record.get("lipschitz", 0.0) > 1.0:
+                warn(
+                    f"T is not contractive at step {record['step']}: Lipschitz estimate {record['lipschitz']:.2f} > 1 "
+                    "(JFB's descent guarantee needs < 1); consider model.spectral_norm = true or a lower --lr"
+                )
             if record["not_converged_steps"]:
                 warn(f"{record['not_converged_steps']} steps before step {record['step']} hit max_iter before tol")
 

@@ -111,3 +111,16 @@ def test_user_errors_are_one_line_exit_2(args, message, monkeypatch):
 def test_problems_command_lists_deblur():
     result = invoke("problems")
     assert result.exit_code == 0 and "deblur" in result.output
+
+
+def test_train_warns_when_the_map_is_not_contractive(tmp_path):
+    # A gradient step of 5 / ||A||^2 makes T expansive (Lipschitz 4, see test_training): the monitor says so.
+    config = tmp_path / "run.toml"
+    config.write_text('[data]\npatch_size = 32\neval_size = 32\n[model]\nstep = "gradient"\neta_init = 5.0\n'
+                      "width = 8\ndepth = 3\n[training]\nbatch_size = 2\nlog_every = 2\n")  # fmt: skip
+    result = invoke("train", "--problem", "deblur", "--config", str(config), "--steps", "2", "--lipschitz-every", "2",
+                    "--out", str(tmp_path / "run"), "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "not contractive at step 2" in " ".join(result.output.split())
+    record = json.loads((tmp_path / "run" / "history.jsonl").read_text().splitlines()[0])
+    assert record["lipschitz"] > 1.0

@@ -91,3 +91,30 @@ def test_a_single_nan_step_is_skipped_and_training_goes_on(tmp_path, monkeypatch
     assert result.steps == 12 and result.skipped_steps == 1
     base_lr = load_checkpoint(tmp_path / "model.pt")[0]["scheduler"]["base_lrs"][0]
     assert base_lr == pytest.approx(cfg.training.lr / 2)
+
+
+def test_contractivity_monitor_logs_lipschitz_and_leaves_training_unchanged(tmp_path):
+    base = {**TINY, "training": {**TINY["training"], "steps": 6}}
+    plain = resolve_config("deblur", overrides=base)
+    monitored = resolve_config("deblur", overrides={**base, "training": {**base["training"], "lipschitz_every": 3}})
+    train(plain, tmp_path / "plain")
+    train(monitored, tmp_path / "monitored")
+    a, b = weights(tmp_path / "plain" / "model.pt"), weights(tmp_path / "monitored" / "model.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # monitoring draws no random numbers, takes no step
+    records = [json.loads(line) for line in (tmp_path / "monitored" / "history.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [3, 6]
+    # a 6-step network is still about the untrained map, a contraction (tested in test_models)
+    assert all(0.0 < r["lipschitz"] < 1.0 for r in records)
+    assert all("lipschitz" not in json.loads(line) for line in (tmp_path / "plain" / "history.jsonl").open())
+
+
+def test_lipschitz_at_fixed_point_sees_an_expansive_map():
+    # A gradient step with eta = 5 / ||A||^2 multiplies the blur's top singular direction by 1 - 5 = -4.
+    cfg = resolve_config("deblur", overrides={**TINY, "model": {**TINY["model"], "step": "gradient", "eta_init": 5.0}})
+    from jfb_inverse.models import build_model
+
+    model, cache = build_model(cfg)
+    physics = cache.for_image((1, 32, 32))
+    y = physics.A(torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0)))
+    # DC: blur 1, step 1 - 5 = -4, smoother 1, CNN residual 0 (zero-initialised last layer): exactly 4.
+    assert loop.lipschitz_at_fixed_point(model, y, physics, n_iter=30) == pytest.approx(4.0, abs=0.02)

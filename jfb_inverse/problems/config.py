@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
 
 
 class _Strict(BaseModel):
@@ -183,7 +192,10 @@ class TrainingConfig(_Strict):
     """Optimisation: Adam with cosine decay; ``gradient`` picks the gradient strategy.
 
     ``precision``: autocast dtype of the learned regulariser (``bf16``/``fp16``); the consistency
-    step, the fixed-point residual and the solver's mixing stay in fp32.
+    step, the fixed-point residual and the solver's mixing stay in fp32. ``lipschitz_every``: every
+    that many steps, estimate the Lipschitz constant of ``T`` at the fixed point of the first training
+    sample (power iteration) and log it as ``lipschitz`` in history.jsonl (0: off). Above 1, JFB's
+    descent guarantee is gone and the CLI warns.
     """
 
     steps: PositiveInt = 600
@@ -198,6 +210,7 @@ class TrainingConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     max_minutes: PositiveFloat | None = None
+    lipschitz_every: NonNegativeInt = 0
 
 
 class ProblemConfig(_Strict):

@@ -34,6 +34,7 @@ import torch.distributed as dist
 from torch.nn import functional as F
 
 from jfb_inverse.errors import UserError
+from jfb_inverse.implicit import lipschitz_estimate
 from jfb_inverse.metrics import psnr
 from jfb_inverse.models.build import build_model
 from jfb_inverse.problems.config import ProblemConfig
@@ -105,6 +106,15 @@ def _all_finite(tensors: Iterator[torch.Tensor]) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
+def lipschitz_at_fixed_point(model: torch.nn.Module, y: torch.Tensor, physics: Any, n_iter: int = 10) -> float:
+    """Lipschitz estimate of the model's ``T`` at the fixed point of the measurements ``y`` (largest
+    over the batch). Uses no global RNG state, so monitoring never changes the training stream."""
+    with torch.no_grad():
+        fn, u0 = model.fixed_point_map(y, physics)
+        u, _ = model.solver.solve(fn, u0)
+    return float(lipschitz_estimate(fn, u, n_iter=n_iter).max())
+
+
 def train(
     cfg: ProblemConfig,
     out_dir: str | Path,
@@ -164,6 +174,7 @@ def train(
     window: list[dict[str, float]] = window_state
     skipped = 0
     bad_in_a_row = 0
+    lipschitz: float | None = None  # the latest contractivity estimate, logged with the next record
     step = first_step - 1
 
     def seconds() -> float:
@@ -236,6 +247,8 @@ def train(
                     "skipped": float(not finite),
                 }
             )
+            if t.lipschitz_every and (step + 1) % t.lipschitz_every == 0 and is_main:
+                lipschitz = lipschitz_at_fixed_point(model, y[:1], physics)
             if on_step is not None:
                 on_step(step)
             last = step + 1 == t.steps
@@ -247,6 +260,9 @@ def train(
                 record["eta"] = float(model.eta.detach())
                 record["not_converged_steps"] = sum(w["converged"] < 1 for w in window)
                 record["skipped_steps"] = int(sum(w["skipped"] for w in window))
+                if lipschitz is not None:
+                    record["lipschitz"] = lipschitz
+                    lipschitz = None
                 window.clear()
                 history.append(record)
                 if is_main:
