@@ -71,14 +71,17 @@ def check_fits(y: Tensor, cfg: ProblemConfig, physics: PhysicsCache, source: str
     """Raise a :class:`UserError` unless ``y`` (C, ...) has the shape the operator produces."""
     from jfb_inverse.problems.operators import image_shape_for
 
+    def does_not_fit(exc: Exception) -> UserError:
+        if isinstance(exc, UserError):
+            return UserError(f"{source}: {exc}")
+        return UserError(
+            f"{source}: a measurement of shape {tuple(y.shape)} does not fit the {cfg.problem!r} operator ({exc})"
+        )
+
     try:
         img_size = image_shape_for(cfg.operator, tuple(y.shape))
-    except UserError as exc:
-        raise UserError(f"{source}: {exc}") from None
     except Exception as exc:
-        raise UserError(
-            f"{source}: a measurement of shape {tuple(y.shape)} does not fit the {cfg.problem!r} operator ({exc})"
-        ) from None
+        raise does_not_fit(exc) from None
     if img_size[0] != cfg.data.channels:
         kind = "grey (1-channel)" if cfg.data.channels == 1 else f"{cfg.data.channels}-channel"
         raise UserError(
@@ -88,12 +91,8 @@ def check_fits(y: Tensor, cfg: ProblemConfig, physics: PhysicsCache, source: str
     try:
         phys, img_size = physics.for_measurement(tuple(y.shape))
         expected = tuple(phys.A(torch.zeros((1, *img_size), device=physics.device)).shape[1:])
-    except UserError as exc:
-        raise UserError(f"{source}: {exc}") from None
     except Exception as exc:
-        raise UserError(
-            f"{source}: a measurement of shape {tuple(y.shape)} does not fit the {cfg.problem!r} operator ({exc})"
-        ) from None
+        raise does_not_fit(exc) from None
     if expected != tuple(y.shape):
         raise UserError(
             f"{source}: measurement shape {tuple(y.shape)} does not fit the {cfg.problem!r} operator "
