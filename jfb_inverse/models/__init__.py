@@ -2,6 +2,13 @@
 
 from jfb_inverse.models.build import PhysicsCache, build_model
 from jfb_inverse.models.reconstructor import ImplicitReconstructor
-from jfb_inverse.models.regularizers import SmoothingResidualCNN, SmoothingResidualUNet
+from jfb_inverse.models.regularizers import SmoothingResidual, SmoothingResidualCNN, SmoothingResidualUNet
 
-__all__ = ["ImplicitReconstructor", "PhysicsCache", "SmoothingResidualCNN", "SmoothingResidualUNet", "build_model"]
+__all__ = [
+    "ImplicitReconstructor",
+    "PhysicsCache",
+    "SmoothingResidual",
+    "SmoothingResidualCNN",
+    "SmoothingResidualUNet",
+    "build_model",
+]

@@ -9,7 +9,7 @@ from deepinv.physics import LinearPhysics
 
 from jfb_inverse.implicit import Anderson, FixedPointSolver, Picard, make_gradient
 from jfb_inverse.models.reconstructor import ImplicitReconstructor
-from jfb_inverse.models.regularizers import SmoothingResidualCNN, SmoothingResidualUNet
+from jfb_inverse.models.regularizers import SmoothingResidual, SmoothingResidualCNN, SmoothingResidualUNet
 from jfb_inverse.problems.config import ProblemConfig, SolverConfig, TrainingConfig
 from jfb_inverse.problems.noise import attach_noise_model
 from jfb_inverse.problems.operators import build_physics, image_shape_for
@@ -67,7 +67,7 @@ def build_model(cfg: ProblemConfig, device: torch.device | str = "cpu") -> tuple
     train_solver, eval_solver = make_solvers(cfg.solver)
     m = cfg.model
     channels = cfg.data.channels
-    regularizer: SmoothingResidualCNN
+    regularizer: SmoothingResidual
     if m.arch == "unet":
         regularizer = SmoothingResidualUNet(channels, width=m.width, spectral_norm=m.spectral_norm)
     else:
