@@ -58,7 +58,7 @@ def test_layers_override_in_order(tmp_path):
     cfg = config_from_file_or_problem(None, path, overrides={"training": {"steps": 3}}, preset="full")
     assert cfg.training.steps == 3  # command line beats file beats preset
     assert cfg.training.lr == 0.01  # file beats defaults
-    assert cfg.training.batch_size == 16  # preset beats defaults
+    assert cfg.training.lipschitz_every == 500  # preset beats defaults
     assert cfg.noise.sigma == 0.03
 
 
