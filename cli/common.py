@@ -105,24 +105,3 @@ def check_config_file(path: Any) -> None:
 def stdout_is_terminal() -> bool:
     """Progress bars only on a terminal."""
     return sys.stdout.isatty()
-
-
-def check_finite(cfg: Any) -> None:
-    """Refuse NaN/Inf anywhere in a resolved definition (``sigma = inf`` in TOML, ``--lr inf``).
-
-    Such a value would make the run meaningless, and it cannot be stored: checkpoints keep the
-    definition as JSON, where it becomes ``null``, so the checkpoint would not load again.
-    """
-    import math
-
-    def walk(value: Any, where: str) -> None:
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"invalid problem definition: {where}: must be a finite number (got {value!r})")
-        if isinstance(value, dict):
-            for key, item in value.items():
-                walk(item, f"{where}.{key}" if where else str(key))
-        elif isinstance(value, list | tuple):
-            for i, item in enumerate(value):
-                walk(item, f"{where}[{i}]")
-
-    walk(cfg.model_dump(), "")

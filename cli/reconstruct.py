@@ -12,7 +12,6 @@ from jfb_inverse.cli.common import (
     TolOption,
     TrustOperatorOption,
     check_config_file,
-    check_finite,
     console,
     debug_enabled,
     err_console,
@@ -72,7 +71,6 @@ def simulate(
             if config
             else resolve_config(problem or "", overrides=overrides)
         )
-    check_finite(cfg)
     x = load_image(input, channels=cfg.data.channels)
     physics = PhysicsCache(cfg, torch.device("cpu")).for_image(tuple(x.shape))
     gen = torch.Generator().manual_seed(seed)

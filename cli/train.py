@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
-from jfb_inverse.cli.common import DeviceOption, check_config_file, check_finite, console, user_errors, warn
+from jfb_inverse.cli.common import DeviceOption, check_config_file, console, user_errors, warn
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -113,7 +113,6 @@ def train(
             check_config_file(config)
         problem = _custom_operator(problem, operator, operator_args, overrides)
         cfg = config_from_file_or_problem(problem, config, overrides, preset)
-    check_finite(cfg)
     dev = distributed.init_distributed(resolve_device(device if device != "auto" else cfg.training.device))
     main_process = distributed.is_main_process()
     _check_writable(out)

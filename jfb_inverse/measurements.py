@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from jfb_inverse.atomic import atomic_path, atomic_write_bytes
 from jfb_inverse.datasets import load_image, save_image
 from jfb_inverse.errors import UserError
 from jfb_inverse.models.build import PhysicsCache
@@ -178,26 +179,14 @@ def write_array(x: Tensor, path: str | Path) -> None:
         raise UserError(f"{str(p)!r}: a measurement of shape {tuple(x.shape)} is not an image; write .npy instead")
     if suffix not in OUTPUT_SUFFIXES:
         raise UserError(f"{str(p)!r}: unsupported output type; use .npy, .png or .tif")
-    # Same folder (so the rename is atomic), same suffix (the writers pick the format by it), hidden.
-    tmp = p.with_name(f".{p.stem}.{os.getpid()}.tmp{p.suffix}")
-    try:
+    with atomic_path(p) as tmp:
         if suffix == ".npy":
             np.save(tmp, x.detach().cpu().numpy().astype(np.float32))
         else:
             save_image(x.detach().cpu().clamp(0, 1), tmp)
-        os.replace(tmp, p)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_json(data: Any, path: str | Path) -> None:
     """Write JSON text atomically (temporary file in the same folder, then a rename)."""
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, p)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    text = (json.dumps(data, indent=2) + "\n").encode()
+    atomic_write_bytes(path, lambda fh: fh.write(text))

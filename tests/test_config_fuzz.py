@@ -113,3 +113,11 @@ def test_operator_section_of_another_type(operator):
 def test_infinite_values_are_refused_so_checkpoints_round_trip(ov):
     with pytest.raises(ConfigError, match="finite"):
         resolve_config("deblur", overrides=ov)
+
+
+@pytest.mark.parametrize("args", [{"scale": math.inf}, {"taps": [1.0, math.nan]}, {"inner": {"gain": -math.inf}}])
+def test_infinite_custom_operator_arguments_are_refused(args):
+    # Free-form constructor arguments are not typed floats, so allow_inf_nan does not see them.
+    ov = {"operator": {"target": "ops.py:Blur", "args": args}}
+    with pytest.raises(ConfigError, match=r"operator\.args\.\w+.* must be a finite number"):
+        resolve_config("custom", overrides=ov)

@@ -7,6 +7,7 @@ next to every checkpoint and can be given back with ``--config``.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -19,6 +20,18 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+
+def _require_finite(value: Any, where: str) -> None:
+    """Raise ``ValueError`` for an inf/NaN anywhere inside ``value`` (nested dicts and lists)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where} must be a finite number (got {value!r})")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _require_finite(item, f"{where}.{key}")
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _require_finite(item, f"{where}[{i}]")
 
 
 class _Strict(BaseModel):
@@ -108,6 +121,13 @@ class CustomOperator(_Strict):
     def _three_dims(cls, value: list[int] | None) -> list[int] | None:
         if value is not None and len(value) != 3:
             raise ValueError(f"operator.img_size must be [C, H, W], got {value}")
+        return value
+
+    @field_validator("args")
+    @classmethod
+    def _finite_args(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Free-form values escape allow_inf_nan; inf/NaN would not survive the checkpoint's JSON.
+        _require_finite(value, "operator.args")
         return value
 
     @field_validator("target")

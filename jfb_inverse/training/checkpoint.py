@@ -8,9 +8,7 @@ RNG states). ``builtin:NAME`` names a model shipped inside the package.
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import tempfile
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -20,26 +18,12 @@ import tomli_w
 import torch
 from pydantic import ValidationError
 
+from jfb_inverse.atomic import atomic_write_bytes
 from jfb_inverse.errors import CheckpointError
 from jfb_inverse.problems.config import ProblemConfig
 from jfb_inverse.problems.registry import format_validation_error
 
 FORMAT = "jfb-inverse-checkpoint/1"
-
-
-def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(path: str | Path, cfg: ProblemConfig, state_dict: dict[str, Any], **training_state: Any) -> None:
