@@ -54,12 +54,14 @@ class NoiseLevelFree(nn.Module):
 
 
 def build_pair(device: torch.device, patch: int, batch: int, depth: int, eta: float = 1.0, seed: int = 0):
-    """``(ours, theirs, x, y, physics)`` with identical denoiser weights, step, start and iterations."""
+    """``(ours, ours_same_layout, theirs, x, y, physics)``: identical denoiser weights, step, start and
+    iterations. ``ours`` lays the denoiser out as the package does (``model.memory_format="auto"``:
+    channels-last on the CPU); ``ours_same_layout`` keeps PyTorch's default layout, as deepinv's."""
     import deepinv as dinv
     from deepinv.optim import DEQConfig
 
     from jfb_inverse.consistency import operator_norm_squared
-    from jfb_inverse.models import ImplicitReconstructor, SmoothingResidualCNN
+    from jfb_inverse.models import ImplicitReconstructor, SmoothingResidualCNN, apply_memory_format
 
     K = depth
     cfg = benchlib.problem_config("deblur", patch=patch, batch=batch)
@@ -75,16 +77,23 @@ def build_pair(device: torch.device, patch: int, batch: int, depth: int, eta: fl
         device
     )
     reg_theirs.load_state_dict(reg.state_dict())
-    ours = ImplicitReconstructor(
-        reg,
-        step="gradient",
-        eta_init=eta,
-        learn_eta=True,
-        init="adjoint",
-        solver=Picard(tol=benchlib.TINY_TOL, max_iter=K),
-        eval_solver=Picard(tol=benchlib.TINY_TOL, max_iter=K + 1),
-        gradient=JFB(),
-    ).to(device)
+    reg_same = SmoothingResidualCNN(channels=cfg.data.channels, width=cfg.model.width, depth=cfg.model.depth).to(device)
+    reg_same.load_state_dict(reg.state_dict())
+    apply_memory_format(reg, "auto", device)
+
+    def implicit(regularizer: nn.Module) -> ImplicitReconstructor:
+        return ImplicitReconstructor(
+            regularizer,
+            step="gradient",
+            eta_init=eta,
+            learn_eta=True,
+            init="adjoint",
+            solver=Picard(tol=benchlib.TINY_TOL, max_iter=K),
+            eval_solver=Picard(tol=benchlib.TINY_TOL, max_iter=K + 1),
+            gradient=JFB(),
+        ).to(device)
+
+    ours, ours_same = implicit(reg), implicit(reg_same)
     img_size = (cfg.data.channels, patch, patch)
     stepsize = eta / operator_norm_squared(physics, img_size, device)
     theirs = dinv.optim.PGD(
@@ -96,7 +105,7 @@ def build_pair(device: torch.device, patch: int, batch: int, depth: int, eta: fl
         DEQ=DEQConfig(jacobian_free=True),
         trainable_params=["stepsize"],
     ).to(device)
-    return ours, theirs, x, y, physics
+    return ours, ours_same, theirs, x, y, physics
 
 
 def run(
@@ -118,7 +127,7 @@ def run(
         patch, batch = 64, 8
     repeats = repeats or (2 if quick else 7)
     info = benchlib.machine_info(device)
-    ours, theirs, x, y, physics = build_pair(device, patch, batch, K)
+    ours, ours_same, theirs, x, y, physics = build_pair(device, patch, batch, K)
 
     # --- equality check: outputs (train mode = K+1 applications, with grad) and JFB gradients.
     ours.train()
@@ -152,6 +161,7 @@ def run(
     # --- timing, alternating.
     opt_ours = torch.optim.Adam(ours.parameters(), lr=0.0)
     opt_theirs = torch.optim.Adam(theirs.parameters(), lr=0.0)
+    opt_same = torch.optim.Adam(ours_same.parameters(), lr=0.0)
 
     def train_step(model: Any, opt: torch.optim.Optimizer) -> Any:
         def step() -> None:
@@ -171,14 +181,31 @@ def run(
         return infer
 
     train_times = benchlib.alternate(
-        {"ours": train_step(ours, opt_ours), "deepinv": train_step(theirs, opt_theirs)}, repeats, device
+        {
+            "ours": train_step(ours, opt_ours),
+            "ours_same_layout": train_step(ours_same, opt_same),
+            "deepinv": train_step(theirs, opt_theirs),
+        },
+        repeats,
+        device,
     )
-    infer_times = benchlib.alternate({"ours": inference(ours), "deepinv": inference(theirs)}, repeats, device)
+    infer_times = benchlib.alternate(
+        {"ours": inference(ours), "ours_same_layout": inference(ours_same), "deepinv": inference(theirs)},
+        repeats,
+        device,
+    )
     train = {k: benchlib.summary(v) for k, v in train_times.items()}
     infer = {k: benchlib.summary(v) for k, v in infer_times.items()}
     ratios = {
         "training_step_ours_over_deepinv": benchlib.ratio(train["ours"]["median_s"], train["deepinv"]["median_s"]),
         "inference_ours_over_deepinv": benchlib.ratio(infer["ours"]["median_s"], infer["deepinv"]["median_s"]),
+        # The engines alone: the same layout on both sides (the computation is then the same).
+        "training_step_same_layout_over_deepinv": benchlib.ratio(
+            train["ours_same_layout"]["median_s"], train["deepinv"]["median_s"]
+        ),
+        "inference_same_layout_over_deepinv": benchlib.ratio(
+            infer["ours_same_layout"]["median_s"], infer["deepinv"]["median_s"]
+        ),
     }
     payload = {
         "benchmark": "vs_deepinv",
@@ -189,7 +216,9 @@ def run(
             "batch": batch,
             "patch": patch,
             "repeats": repeats,
-            "ours": "ImplicitReconstructor(step='gradient', init='adjoint', solver=Picard(tol=1e-30, max_iter=K), "
+            "ours": "the package's layout (model.memory_format='auto': channels-last on CPU); "
+            "ours_same_layout: PyTorch's default layout, as deepinv's; both "
+            "ImplicitReconstructor(step='gradient', init='adjoint', solver=Picard(tol=1e-30, max_iter=K), "
             "eval_solver=Picard(tol=1e-30, max_iter=K+1), gradient=JFB())",
             "deepinv": "deepinv.optim.PGD(L2(), PnP(denoiser), stepsize=eta/||A||^2, max_iter=K, early_stop=False, "
             "DEQ=DEQConfig(jacobian_free=True), trainable_params=['stepsize'])",
@@ -224,10 +253,10 @@ def plot_pair(payload: dict[str, Any], path: Path) -> None:
     plt = benchlib.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(7, 3.2))
     for ax, key in zip(axes, ("training_step", "inference"), strict=True):
-        names = ["ours", "deepinv"]
+        names = ["ours", "ours_same_layout", "deepinv"]
         vals = [payload[key][n]["median_s"] for n in names]
-        ax.bar(names, vals, color=["#1f77b4", "#999999"])
-        ax.set_title(f"{key.replace('_', ' ')}: ours/deepinv = {vals[0] / vals[1]:.2f}", fontsize=9)
+        ax.bar(["ours", "ours (same\nlayout)", "deepinv"], vals, color=["#1f77b4", "#9ecae1", "#999999"])
+        ax.set_title(f"{key.replace('_', ' ')}: ours/deepinv = {vals[0] / vals[2]:.2f}", fontsize=9)
         ax.set_ylabel("median seconds")
     s = payload["setup"]
     fig.suptitle(f"vs deepinv DEQ-PGD (JFB), K={s['K']}, batch {s['batch']}x{s['patch']}^2", fontsize=9)

@@ -14,6 +14,9 @@ Builtin images
 Phantoms
     Random ellipse phantoms for CT-like problems, generated from a seed:
     :func:`ellipse_phantoms`.
+Dead leaves
+    Synthetic images of occluding disks with natural-image statistics, generated from a seed:
+    :func:`dead_leaves` (mixed into training batches with ``data.dead_leaves``).
 User folders
     A user's own PNG/JPEG/TIFF/``.npy`` images: :func:`load_image`, :func:`load_folder`, and
     :func:`save_image` to write results.
@@ -22,6 +25,7 @@ Training batches come from :class:`PatchSampler` (random crops with dihedral aug
 or directly from :func:`ellipse_phantoms`.
 """
 
+from jfb_inverse.datasets.dead_leaves import dead_leaves
 from jfb_inverse.datasets.images import (
     BUILTIN_NAMES,
     BUILTIN_PHANTOMS,
@@ -43,6 +47,7 @@ __all__ = [
     "BUILTIN_TRAIN",
     "IMAGE_SUFFIXES",
     "PatchSampler",
+    "dead_leaves",
     "ellipse_phantoms",
     "load_builtin",
     "load_folder",

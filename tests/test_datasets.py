@@ -15,12 +15,14 @@ from jfb_inverse.datasets import (
     BUILTIN_TEST,
     BUILTIN_TRAIN,
     PatchSampler,
+    dead_leaves,
     ellipse_phantoms,
     load_builtin,
     load_folder,
     load_image,
     save_image,
 )
+from jfb_inverse.datasets.dead_leaves import _topmost_disk
 from jfb_inverse.datasets.images import _BUNDLED_FILES
 from skimage.color import rgb2gray
 
@@ -190,6 +192,59 @@ def test_ellipse_phantoms_shape_range_and_determinism() -> None:
 def test_ellipse_phantoms_rejects_bad_sizes() -> None:
     with pytest.raises(ValueError, match="positive"):
         ellipse_phantoms(0, 64, seed=0)
+
+
+# --- dead leaves --------------------------------------------------------------------------------
+
+
+def test_topmost_disk_matches_brute_force() -> None:
+    # Disks of every size class, against a direct per-pixel search for the first covering disk.
+    gen = torch.Generator().manual_seed(0)
+    s, n = 40, 300
+    radius = 0.3 + 25 * torch.rand(n, generator=gen) ** 3
+    cx, cy = torch.rand(n, generator=gen) * 60 - 10, torch.rand(n, generator=gen) * 60 - 10
+    centre = torch.arange(s) + 0.5
+    dx = centre.view(1, 1, s) - cx.view(-1, 1, 1)
+    dy = centre.view(1, s, 1) - cy.view(-1, 1, 1)
+    inside = dx * dx + dy * dy <= (radius * radius).view(-1, 1, 1)
+    expected = torch.where(inside.any(0), inside.to(torch.uint8).argmax(0), n)
+    assert torch.equal(_topmost_disk(cx, cy, radius, s), expected)
+
+
+def test_dead_leaves_shape_range_determinism_and_coverage() -> None:
+    rng_state = torch.random.get_rng_state()
+    x = dead_leaves(3, 64, seed=1)
+    assert torch.equal(torch.random.get_rng_state(), rng_state)
+    assert x.shape == (3, 1, 64, 64) and x.dtype == torch.float32
+    assert x.min() >= 0.0 and x.max() <= 1.0
+    assert torch.equal(x, dead_leaves(3, 64, seed=1))
+    assert not torch.equal(x, dead_leaves(3, 64, seed=2))
+    # Many objects at many scales: lots of distinct levels and strong edges, but also flat areas.
+    grad = (x[..., 1:, :] - x[..., :-1, :]).abs()
+    assert x.unique().numel() > 500
+    assert (grad > 0.2).float().mean() > 0.01 and (grad < 0.02).float().mean() > 0.3
+
+
+def test_dead_leaves_rejects_bad_parameters() -> None:
+    with pytest.raises(UserError, match="r_min"):
+        dead_leaves(2, 64, seed=0, r_min=20.0, r_max=10.0)
+
+
+def test_training_batches_mix_in_dead_leaves_and_resume_exactly() -> None:
+    from jfb_inverse.problems.config import DataConfig
+    from jfb_inverse.training.data import TrainingSource
+
+    data = DataConfig(dead_leaves=0.5, patch_size=32)
+    source = TrainingSource(data, batch_size=4, seed=0, device=torch.device("cpu"))
+    first = source.sample()
+    assert first.shape == (4, 1, 32, 32)
+    state = source.state_dict()
+    expected = source.sample()
+    again = TrainingSource(data, batch_size=4, seed=0, device=torch.device("cpu"))
+    again.load_state_dict(state)
+    assert torch.equal(again.sample(), expected)
+    with pytest.raises(ValueError, match="dead_leaves"):
+        DataConfig(source="phantoms", dead_leaves=0.5)
 
 
 # --- patch sampler ------------------------------------------------------------------------------

@@ -117,7 +117,41 @@ def test_plugin_inside_deepinv_test_and_trainer(tmp_path):
         non_blocking_transfers=False,
     )
     trained = trainer.train()
-    results = dinv.test(trained, loader, physics, metrics=dinv.metric.PSNR(), online_measurements=True,
-                        device="cpu", show_progress_bar=False, verbose=False)
+    results = dinv.test(
+        trained,
+        loader,
+        physics,
+        metrics=dinv.metric.PSNR(),
+        online_measurements=True,
+        device="cpu",
+        show_progress_bar=False,
+        verbose=False,
+    )
     psnr_key = next(k for k in results if "PSNR" in k and "std" not in k and "no learning" not in k.lower())
     assert results[psnr_key] > 20
+
+
+def test_memory_format_changes_the_layout_not_the_reconstruction():
+    # auto = channels-last on the CPU; the same weights in PyTorch's default layout give the same
+    # reconstruction to float rounding.
+    cfg = resolve_config("deblur")
+    fast, physics = build_model(cfg, "cpu")
+    plain, _ = build_model(
+        cfg.model_copy(update={"model": cfg.model.model_copy(update={"memory_format": "contiguous"})})
+    )
+    middle = fast.regularizer.net[2].weight  # 32 -> 32 channels: the layouts differ
+    assert middle.is_contiguous(memory_format=torch.channels_last) and not middle.is_contiguous()
+    assert plain.regularizer.net[2].weight.is_contiguous()
+    torch.manual_seed(0)
+    for p in fast.regularizer.net[-1].parameters():  # a non-zero residual net
+        torch.nn.init.normal_(p, 0.0, 0.01)
+    plain.load_state_dict(fast.state_dict())
+    assert plain.regularizer.net[2].weight.is_contiguous()  # loading keeps the module's layout
+    x = load_builtin("camera", channels=1, size=64)[None]
+    y = physics.for_image((1, 64, 64))(x)
+    fast.eval()
+    plain.eval()
+    with torch.no_grad():
+        a, b = fast(y), plain(y)
+    assert (a - b).abs().max() < 1e-4
+    assert fast.last_stats.iterations.tolist() == plain.last_stats.iterations.tolist()

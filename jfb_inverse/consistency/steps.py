@@ -58,9 +58,7 @@ class GradientStep(_BaseStep):
 class RelaxedProjection(GradientStep):
     """F-FPN's relaxed projection ``v - (eta / ||A||^2) M A^T (A v - y)``; ``M`` defaults to identity."""
 
-    def __init__(
-        self, physics: LinearPhysics, img_size: tuple[int, ...], preconditioner: Step | None = None
-    ) -> None:
+    def __init__(self, physics: LinearPhysics, img_size: tuple[int, ...], preconditioner: Step | None = None) -> None:
         super().__init__(physics, img_size)
         self.preconditioner = preconditioner
 

@@ -37,9 +37,7 @@ class GradientStrategy(ABC):
     """Interface: return the equilibrium (with the strategy's autograd graph) and its stats."""
 
     @abstractmethod
-    def __call__(
-        self, fn: FixedPointMap, u0: Tensor, solver: FixedPointSolver
-    ) -> tuple[Tensor, SolverStats]:
+    def __call__(self, fn: FixedPointMap, u0: Tensor, solver: FixedPointSolver) -> tuple[Tensor, SolverStats]:
         """Solve ``u = fn(u)`` from ``u0`` and attach the strategy's graph to the result."""
 
 
@@ -56,9 +54,7 @@ class JFB(GradientStrategy):
     extra application of T and the memory of one layer, whatever the number of iterations.
     """
 
-    def __call__(
-        self, fn: FixedPointMap, u0: Tensor, solver: FixedPointSolver
-    ) -> tuple[Tensor, SolverStats]:
+    def __call__(self, fn: FixedPointMap, u0: Tensor, solver: FixedPointSolver) -> tuple[Tensor, SolverStats]:
         """Solve without autograd, then apply ``fn`` once with autograd at the fixed point."""
         u_star, stats = _solve_detached(fn, u0, solver)
         if not torch.is_grad_enabled():
@@ -77,9 +73,7 @@ class JFBk(GradientStrategy):
         if self.k < 1:
             raise ValueError(f"JFBk needs k >= 1, got {self.k}")
 
-    def __call__(
-        self, fn: FixedPointMap, u0: Tensor, solver: FixedPointSolver
-    ) -> tuple[Tensor, SolverStats]:
+    def __call__(self, fn: FixedPointMap, u0: Tensor, solver: FixedPointSolver) -> tuple[Tensor, SolverStats]:
         """Solve without autograd, then apply ``fn`` ``k`` times with autograd."""
         u, stats = _solve_detached(fn, u0, solver)
         if not torch.is_grad_enabled():
@@ -100,9 +94,7 @@ class Unrolled(GradientStrategy):
         if self.K < 1:
             raise ValueError(f"Unrolled needs K >= 1, got {self.K}")
 
-    def __call__(
-        self, fn: FixedPointMap, u0: Tensor, solver: FixedPointSolver
-    ) -> tuple[Tensor, SolverStats]:
+    def __call__(self, fn: FixedPointMap, u0: Tensor, solver: FixedPointSolver) -> tuple[Tensor, SolverStats]:
         """Apply ``fn`` ``K`` times with autograd (inference falls back to the solver)."""
         if not torch.is_grad_enabled():
             return solver.solve(fn, u0)
@@ -159,13 +151,9 @@ class ImplicitDiff(GradientStrategy):
         elif self.solver == "anderson":
             self._backward_solver = Anderson(tol=self.tol, max_iter=self.max_iter)
         else:
-            raise ValueError(
-                f"unknown backward solver {self.solver!r}; use 'picard', 'anderson' or a FixedPointSolver"
-            )
+            raise ValueError(f"unknown backward solver {self.solver!r}; use 'picard', 'anderson' or a FixedPointSolver")
 
-    def __call__(
-        self, fn: FixedPointMap, u0: Tensor, solver: FixedPointSolver
-    ) -> tuple[Tensor, SolverStats]:
+    def __call__(self, fn: FixedPointMap, u0: Tensor, solver: FixedPointSolver) -> tuple[Tensor, SolverStats]:
         """Solve without autograd, apply ``fn`` once with autograd and attach the implicit backward."""
         u_star, stats = _solve_detached(fn, u0, solver)
         if not torch.is_grad_enabled():

@@ -1,6 +1,6 @@
 """Learned regularisers and the ``ImplicitReconstructor`` (a deepinv ``Reconstructor``)."""
 
-from jfb_inverse.models.build import PhysicsCache, build_model
+from jfb_inverse.models.build import PhysicsCache, apply_memory_format, build_model
 from jfb_inverse.models.reconstructor import ImplicitReconstructor
 from jfb_inverse.models.regularizers import SmoothingResidual, SmoothingResidualCNN, SmoothingResidualUNet
 
@@ -10,5 +10,6 @@ __all__ = [
     "SmoothingResidual",
     "SmoothingResidualCNN",
     "SmoothingResidualUNet",
+    "apply_memory_format",
     "build_model",
 ]

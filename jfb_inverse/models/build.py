@@ -15,6 +15,21 @@ from jfb_inverse.problems.noise import attach_noise_model
 from jfb_inverse.problems.operators import build_physics, image_shape_for
 
 
+def apply_memory_format(module: torch.nn.Module, memory_format: str, device: torch.device) -> torch.nn.Module:
+    """Lay ``module``'s convolution weights out channels-last when asked (``auto``: on the CPU only);
+    convolutions follow their weights' layout, so activations go NHWC too. A weight with one input
+    channel is restrided as well (its strides are what makes the first convolution pick NHWC), but
+    buffers are left alone: torch.distributed's buffer broadcast refuses a (1, 1, k, k) buffer with
+    channels-last strides as overlapping."""
+    if memory_format == "channels_last" or (memory_format == "auto" and device.type == "cpu"):
+        for layer in module.modules():
+            if isinstance(layer, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                # empty_like + copy_, not .contiguous(): that returns a 1-input-channel weight as it is.
+                w = layer.weight.data
+                layer.weight.data = torch.empty_like(w, memory_format=torch.channels_last).copy_(w)
+    return module
+
+
 def make_solvers(cfg: SolverConfig) -> tuple[FixedPointSolver, FixedPointSolver]:
     """The training solver and the (tighter) evaluation solver of a definition."""
     if cfg.name == "anderson":
@@ -72,6 +87,7 @@ def build_model(cfg: ProblemConfig, device: torch.device | str = "cpu") -> tuple
         regularizer = SmoothingResidualUNet(channels, width=m.width, spectral_norm=m.spectral_norm)
     else:
         regularizer = SmoothingResidualCNN(channels, width=m.width, depth=m.depth, spectral_norm=m.spectral_norm)
+    apply_memory_format(regularizer, m.memory_format, device)
     model = ImplicitReconstructor(
         regularizer,
         step=m.step,

@@ -160,10 +160,13 @@ class DataConfig(_Strict):
     ``source``: ``builtin`` (scikit-image's bundled images, fixed split), ``phantoms`` (random
     ellipses, fresh each step), ``folder`` (``path``: a folder of PNG/JPEG/TIFF images) or ``mixed``
     (phantoms and builtin images). Evaluation always uses the held-out split (``eval_size`` px).
+    ``dead_leaves``: the fraction of each image batch drawn from synthetic dead-leaves images
+    (occluding disks with natural-image statistics, a fixed bank generated from the seed).
     """
 
     source: Literal["builtin", "phantoms", "folder", "mixed"] = "builtin"
     path: str | None = None
+    dead_leaves: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     channels: Literal[1, 3] = 1
     patch_size: Annotated[int, Field(ge=16)] = 64
     eval_size: Annotated[int, Field(ge=16)] = 128
@@ -172,6 +175,10 @@ class DataConfig(_Strict):
     def _folder_needs_path(self) -> DataConfig:
         if self.source == "folder" and not self.path:
             raise ValueError("data.source 'folder' needs data.path (a folder of images), e.g. --data DIR")
+        if self.dead_leaves > 0 and self.source == "phantoms":
+            raise ValueError(
+                "data.dead_leaves mixes synthetic images into image batches; use source 'builtin' or 'folder'"
+            )
         return self
 
 
@@ -183,6 +190,9 @@ class ModelConfig(_Strict):
     ``eta_init`` (in units of ``1/||A||^2`` for the gradient steps). ``init``: the starting point,
     ``tikhonov`` (closed form or CG, weight ``init_lam``) or ``adjoint`` (``A^T y``). ``arch``: the
     regulariser's CNN, ``dilated`` (``depth`` layers, dilations 1, 2, 4, ...) or ``unet`` (three scales).
+    ``memory_format``: the layout of the regulariser's convolutions; ``auto`` is channels-last (NHWC)
+    on the CPU, where oneDNN's convolutions run faster in it (benchmarks/profile_hot_path.py), and
+    PyTorch's default elsewhere. The weights and results are the same in either layout.
     """
 
     step: Literal["prox", "gradient", "ffpn", "filtered"] = "prox"
@@ -194,6 +204,7 @@ class ModelConfig(_Strict):
     learn_eta: bool = True
     init: Literal["tikhonov", "adjoint"] = "tikhonov"
     init_lam: PositiveFloat = 0.01
+    memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
 
 
 class SolverConfig(_Strict):

@@ -191,5 +191,5 @@ def config_from_file_or_problem(
     file_values = load_config_file(config_path) if config_path else {}
     name = problem or file_values.get("problem")
     if not name:
-        raise ConfigError("no problem given; pass --problem NAME or set `problem = \"NAME\"` in the config file")
+        raise ConfigError('no problem given; pass --problem NAME or set `problem = "NAME"` in the config file')
     return resolve_config(str(name), file_values, overrides, preset)

@@ -8,13 +8,24 @@ import torch
 from skimage.transform import rescale
 from torch import Tensor
 
-from jfb_inverse.datasets import BUILTIN_TEST, BUILTIN_TRAIN, PatchSampler, ellipse_phantoms, load_builtin, load_folder
+from jfb_inverse.datasets import (
+    BUILTIN_TEST,
+    BUILTIN_TRAIN,
+    PatchSampler,
+    dead_leaves,
+    ellipse_phantoms,
+    load_builtin,
+    load_folder,
+)
 from jfb_inverse.errors import UserError
 from jfb_inverse.problems.config import DataConfig
 
 # Held-out phantoms use a seed far from any training seed (training draws seed + step).
 EVAL_PHANTOM_SEED = 10_000_019
 EVAL_PHANTOMS = 4
+# The dead-leaves bank: enough distinct 256-px images that patches rarely repeat (0.1 s each).
+DEAD_LEAVES_BANK = 48
+DEAD_LEAVES_SIZE = 256
 
 
 def _multiscale(images: list[Tensor], sizes: tuple[float, ...], patch: int) -> list[Tensor]:
@@ -40,7 +51,14 @@ class TrainingSource:
         self.device = device
         self.draws = 0
         self.sampler: PatchSampler | None = None
-        if data.source in ("builtin", "folder", "mixed"):
+        self.synthetic: PatchSampler | None = None
+        n_synthetic = round(data.dead_leaves * batch_size)
+        if n_synthetic and data.source in ("builtin", "folder", "mixed"):
+            side = max(DEAD_LEAVES_SIZE, data.patch_size)
+            bank = dead_leaves(DEAD_LEAVES_BANK, side, seed=seed * 1_000_003 + 7)
+            bank = bank.expand(-1, data.channels, -1, -1)
+            self.synthetic = PatchSampler(list(bank), data.patch_size, n_synthetic, seed=seed + 1, device=device)
+        if data.source in ("builtin", "folder", "mixed") and n_synthetic < batch_size:
             if data.source == "folder":
                 images = [x for _, x in load_folder(data.path or "", channels=data.channels)]
                 usable = [x for x in images if min(x.shape[-2:]) >= data.patch_size]
@@ -54,7 +72,11 @@ class TrainingSource:
                 images = [load_builtin(n, channels=data.channels) for n in BUILTIN_TRAIN]
                 images = [x for x in images if min(x.shape[-2:]) >= data.patch_size]
             self.sampler = PatchSampler(
-                _multiscale(images, (0.5, 0.25), data.patch_size), data.patch_size, batch_size, seed=seed, device=device
+                _multiscale(images, (0.5, 0.25), data.patch_size),
+                data.patch_size,
+                batch_size - n_synthetic,
+                seed=seed,
+                device=device,
             )
 
     def sample(self) -> Tensor:
@@ -64,18 +86,24 @@ class TrainingSource:
         if use_phantoms:
             x = ellipse_phantoms(self.batch_size, self.data.patch_size, seed=self.seed * 1_000_003 + self.draws)
             return x.to(self.device).expand(-1, self.data.channels, -1, -1).contiguous()
-        assert self.sampler is not None
-        return self.sampler.sample()
+        parts = [s.sample() for s in (self.synthetic, self.sampler) if s is not None]
+        return torch.cat(parts) if len(parts) > 1 else parts[0]
 
     def state_dict(self) -> dict[str, Any]:
         """Position in the data stream, for exact resumption."""
-        return {"draws": self.draws, "sampler": self.sampler.state_dict() if self.sampler else None}
+        return {
+            "draws": self.draws,
+            "sampler": self.sampler.state_dict() if self.sampler else None,
+            "synthetic": self.synthetic.state_dict() if self.synthetic else None,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume the data stream saved by :meth:`state_dict`."""
         self.draws = int(state["draws"])
         if self.sampler is not None and state.get("sampler") is not None:
             self.sampler.load_state_dict(state["sampler"])
+        if self.synthetic is not None and state.get("synthetic") is not None:
+            self.synthetic.load_state_dict(state["synthetic"])
 
 
 def evaluation_images(data: DataConfig) -> list[tuple[str, Tensor]]:
