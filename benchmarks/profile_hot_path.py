@@ -7,10 +7,11 @@
    time, against the time of one application of the deblur T at the same size (the share the
    solver's bookkeeping costs).
 3. ``torch.no_grad`` against ``torch.inference_mode`` for an inference forward (interleaved).
-4. Opt-in speed-ups of the regulariser, outside the library's defaults: ``channels_last`` weights
-   and ``torch.compile`` (``module.compile()``, keeps state-dict keys), measured against the plain
-   module on one application of D (interleaved), with the one-off compile time and the max output
-   difference. ``--no-compile`` skips compiling (it takes tens of seconds on CPU).
+4. The regulariser's layout and compilation, on one application of D (interleaved): ``plain``
+   (PyTorch's default NCHW layout), ``channels_last`` (what the package uses on the CPU,
+   ``model.memory_format="auto"``) and ``compiled`` (channels-last plus ``torch.compile``, not in
+   the package), with the one-off compile time and the max output difference. ``--no-compile``
+   skips compiling (it takes tens of seconds on CPU).
 
     python benchmarks/profile_hot_path.py [--device cpu|cuda] [--quick] [--no-compile]
 """
@@ -153,15 +154,17 @@ def grad_modes(device: torch.device, quick: bool, model: Any, cache: Any, cfg: A
 
 
 def regularizer_variants(device: torch.device, quick: bool, model: Any, compile_it: bool) -> dict[str, Any]:
-    """Plain vs channels_last vs compiled regulariser: one application, forward and forward+backward."""
+    """Plain (NCHW) vs channels_last vs compiled regulariser: one application, forward and forward+backward."""
+    from jfb_inverse.models import apply_memory_format
+
     batch, size = (2, 32) if quick else (8, 64)
     v = torch.rand(batch, 1, size, size, device=device)
-    plain = model.regularizer
+    plain = apply_memory_format(copy.deepcopy(model.regularizer), "contiguous", device)
     variants: dict[str, Any] = {"plain": plain}
-    variants["channels_last"] = copy.deepcopy(plain).to(memory_format=torch.channels_last)
+    variants["channels_last"] = apply_memory_format(copy.deepcopy(plain), "channels_last", device)
     notes: dict[str, Any] = {}
     if compile_it:
-        compiled = copy.deepcopy(plain)
+        compiled = copy.deepcopy(variants["channels_last"])
         compiled.compile()
         start = time.perf_counter()
         try:

@@ -15,7 +15,10 @@ Everything identical on both sides:
   a Picard solve of K+1 iterations, so both output ``T^(K+1)(A^T y)``.
 
 Before timing, both outputs (and both JFB gradients) are compared on the same input; the max
-absolute differences are reported. A training step is ``zero_grad + forward + MSE + backward +
+absolute differences are reported. ``ours`` lays the denoiser's convolutions out as the package
+does (``model.memory_format="auto"``: channels-last on the CPU, where oneDNN runs them faster);
+``ours_same_layout`` keeps PyTorch's default layout, deepinv's, and isolates the two engines.
+A training step is ``zero_grad + forward + MSE + backward +
 Adam.step`` (lr=0 so both stay identical); inference runs under ``torch.no_grad``. Ours and
 deepinv's alternate in one process; medians and the ratio ours/deepinv are reported.
 

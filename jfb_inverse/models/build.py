@@ -16,17 +16,21 @@ from jfb_inverse.problems.operators import build_physics, image_shape_for
 
 
 def apply_memory_format(module: torch.nn.Module, memory_format: str, device: torch.device) -> torch.nn.Module:
-    """Lay ``module``'s convolution weights out channels-last when asked (``auto``: on the CPU only);
-    convolutions follow their weights' layout, so activations go NHWC too. A weight with one input
-    channel is restrided as well (its strides are what makes the first convolution pick NHWC), but
-    buffers are left alone: torch.distributed's buffer broadcast refuses a (1, 1, k, k) buffer with
-    channels-last strides as overlapping."""
-    if memory_format == "channels_last" or (memory_format == "auto" and device.type == "cpu"):
-        for layer in module.modules():
-            if isinstance(layer, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
-                # empty_like + copy_, not .contiguous(): that returns a 1-input-channel weight as it is.
-                w = layer.weight.data
-                layer.weight.data = torch.empty_like(w, memory_format=torch.channels_last).copy_(w)
+    """Lay ``module``'s convolution weights out channels-last (``channels_last``, or ``auto`` on the
+    CPU) or in PyTorch's default layout (``contiguous``, or ``auto`` elsewhere), in place.
+
+    Convolutions follow their weights' layout, so the activations follow too. A weight with one
+    input channel is restrided as well (its strides make the first convolution pick NHWC), but
+    buffers are left alone: torch.distributed's buffer broadcast refuses a (1, 1, k, k) buffer
+    with channels-last strides as overlapping.
+    """
+    channels_last = memory_format == "channels_last" or (memory_format == "auto" and device.type == "cpu")
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    for layer in module.modules():
+        if isinstance(layer, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            # empty_like + copy_, not .contiguous(): that returns a 1-input-channel weight as it is.
+            w = layer.weight.data
+            layer.weight.data = torch.empty_like(w, memory_format=layout).copy_(w)
     return module
 
 
