@@ -9,6 +9,8 @@ Here they complement the 13 bundled training images, which are mostly textures a
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from torch.nn import functional as F
@@ -57,14 +59,13 @@ def dead_leaves(
     s = size * ss
     lo, hi = r_min ** (1 - alpha), r_max ** (1 - alpha)
     if disks is None:
-        # E[pi r^2] under the power law, over the grown square: about 6 coverings leave
-        # e^-6 = 0.25% of the image to the background.
-        m2 = (
-            (alpha - 1) / (2 - alpha) * (r_max ** (3 - alpha) - r_min ** (3 - alpha)) / (hi - lo) * -1
-            if alpha != 3
-            else 2 * torch.log(torch.tensor(r_max / r_min)).item() / (r_min**-2 - r_max**-2)
-        )
-        disks = int(6 * (size + 2 * r_max) ** 2 / (torch.pi * m2)) + 1
+        # E[r^2] under the power law; 6 times the grown square's area over E[pi r^2] disks leave
+        # about e^-6 = 0.25% of the image to the background.
+        if alpha == 3:
+            m2 = 2 * math.log(r_max / r_min) / (lo - hi)
+        else:
+            m2 = (alpha - 1) * (r_max ** (3 - alpha) - r_min ** (3 - alpha)) / ((3 - alpha) * (lo - hi))
+        disks = int(6 * (size + 2 * r_max) ** 2 / (math.pi * m2)) + 1
     gen = torch.Generator().manual_seed(seed)
     out = torch.empty(n, 1, s, s, device=device)
     for i in range(n):
@@ -94,9 +95,8 @@ def _topmost_disk(cx: Tensor, cy: Tensor, radius: Tensor, s: int) -> Tensor:
     # Rasterise each disk in its bounding box, grouped by radius in octaves: under the power law
     # an octave of radius R holds ~1/R^2 of the disks with windows of ~R^2 pixels, so every octave
     # costs about the same and the whole image costs O(disks), not O(disks * pixels).
-    upper = 1.0
-    while True:
-        lower, upper = upper / 2 if upper > 1.0 else 0.0, upper
+    lower, upper, largest = 0.0, 1.0, float(radius.max())
+    while lower < largest:
         group = (radius > lower) & (radius <= upper)
         if group.any():
             w = int(upper) + 1
@@ -108,6 +108,5 @@ def _topmost_disk(cx: Tensor, cy: Tensor, radius: Tensor, s: int) -> Tensor:
             keep = (dx * dx + dy * dy <= (gr * gr).view(-1, 1, 1)) & (px >= 0) & (px < s) & (py >= 0) & (py < s)
             flat = (py * s + px).expand_as(keep)[keep]
             top.scatter_reduce_(0, flat, gid.view(-1, 1, 1).expand_as(keep)[keep], reduce="amin")
-        if upper >= float(radius.max()):
-            return top.view(s, s)
-        upper *= 2
+        lower, upper = upper, 2 * upper
+    return top.view(s, s)
