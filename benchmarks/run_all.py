@@ -307,6 +307,11 @@ def headline_table(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "<= 0.9",
                 r["inference_ours_over_deepinv"] <= 0.9,
             )
+            if "training_step_same_layout_over_deepinv" in r:
+                add(
+                    "ours in deepinv's (NCHW) layout / deepinv: training step; inference",
+                    f"{r['training_step_same_layout_over_deepinv']} / {r['inference_same_layout_over_deepinv']}",
+                )
             add(
                 "ours vs deepinv: max |output difference| (train / inference)",
                 f"{c['train_output_max_abs_diff']:.1e} / {c['inference_output_max_abs_diff']:.1e}",
