@@ -14,7 +14,7 @@ Each point (strategy, K) runs in a FRESH subprocess, so no allocator state carri
 The forward solve is Picard with tol 1e-30 (exactly K iterations); ImplicitDiff's backward is
 Anderson (tol 1e-4, at most 50 VJPs); Unrolled backpropagates through K iterations.
 
-    python benchmarks/memory.py [--device cpu|cuda] [--quick] [--problem deblur|ct]
+    python benchmarks/memory.py [--device cpu|cuda] [--quick] [--problem deblur|ct] [--samples 3]
 """
 
 from __future__ import annotations
@@ -143,38 +143,49 @@ def run(
     checkpoint: str | None = None,
     threads: int = 1,
     plot: bool = True,
+    samples: int | None = None,
 ) -> dict[str, Any]:
-    """Measure every (strategy, K) point in its own subprocess; write ``memory_<problem>.json`` / ``.png``."""
+    """Measure every (strategy, K) point in its own subprocess, ``samples`` times (rounds over all
+    points, default 3, 1 with ``quick``), and keep each point's median peak; write
+    ``memory_<problem>.json`` / ``.png``. One RSS sample jitters by tens of MiB on CPU."""
     device = torch.device(device)
     info = benchlib.machine_info(device)
     patch, batch = _sizes(device, quick)
-    points = []
+    samples = samples or (1 if quick else 3)
+    raw: dict[tuple[str, int], list[dict[str, Any]]] = {}
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     env["JFB_INVERSE_MALLOC"] = "0"
-    for K in depths(quick):
-        for strategy in STRATEGIES:
-            cmd = [
-                sys.executable,
-                str(Path(__file__).resolve()),
-                "--worker",
-                f"{strategy}:{K}",
-                "--device",
-                str(device),
-                "--problem",
-                problem,
-                "--threads",
-                str(threads),
-                "--patch",
-                str(patch),
-                "--batch",
-                str(batch),
-            ]
-            if checkpoint is not None:
-                cmd += ["--checkpoint", checkpoint]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-            if proc.returncode != 0:
-                raise RuntimeError(f"memory worker {strategy}:{K} failed:\n{proc.stderr[-2000:]}")
-            points.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    rounds = [(K, strategy) for _ in range(samples) for K in depths(quick) for strategy in STRATEGIES]
+    for K, strategy in rounds:
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--worker",
+            f"{strategy}:{K}",
+            "--device",
+            str(device),
+            "--problem",
+            problem,
+            "--threads",
+            str(threads),
+            "--patch",
+            str(patch),
+            "--batch",
+            str(batch),
+        ]
+        if checkpoint is not None:
+            cmd += ["--checkpoint", checkpoint]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"memory worker {strategy}:{K} failed:\n{proc.stderr[-2000:]}")
+        raw.setdefault((strategy, K), []).append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    points = []
+    for runs in raw.values():
+        peaks = sorted(r["peak_mib"] for r in runs)
+        point = dict(runs[0])
+        point["peak_mib"] = peaks[len(peaks) // 2]
+        point["peak_mib_samples"] = [r["peak_mib"] for r in runs]
+        points.append(point)
     by = {(p["strategy"], p["K"]): p for p in points}
     ks = depths(quick)
     k_ref = 40 if 40 in ks else ks[len(ks) // 2]
@@ -207,7 +218,8 @@ def run(
             "patch": patch,
             "forward_solver": "Picard, tol 1e-30 (exactly K iterations)",
             "implicit_backward": "Anderson, tol 1e-4, max 50",
-            "isolation": "one fresh subprocess per point; glibc default thresholds in the workers",
+            "isolation": "one fresh subprocess per point and sample; glibc default thresholds in the workers",
+            "samples": samples,
             "weights": points[0].get("weights"),
         },
         "points": points,
@@ -255,6 +267,7 @@ def main() -> None:
     parser = benchlib.base_parser(__doc__.splitlines()[0])
     parser.add_argument("--problem", default="deblur")
     parser.add_argument("--checkpoint", default=None)
+    parser.add_argument("--samples", type=int, default=None, help="subprocess samples per point (default 3)")
     parser.add_argument("--worker", default=None, help=argparse_hidden())
     parser.add_argument("--patch", type=int, default=None, help=argparse_hidden())
     parser.add_argument("--batch", type=int, default=None, help=argparse_hidden())
@@ -267,7 +280,7 @@ def main() -> None:
         print(json.dumps(result))
         return
     device = benchlib.setup(args)
-    payload = run(device, args.quick, args.out, args.problem, args.checkpoint, args.threads)
+    payload = run(device, args.quick, args.out, args.problem, args.checkpoint, args.threads, samples=args.samples)
     for p in payload["points"]:
         print(
             f"  {p['strategy']:9s} K={p['K']:4d}  peak {p['peak_mib']:9.1f} MiB  saved {p['saved_tensor_mib']:9.1f} MiB"
