@@ -23,8 +23,21 @@ def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     config = out / "run.toml"
     config.write_text("[data]\npatch_size = 32\neval_size = 48\n[training]\nbatch_size = 4\nlog_every = 5\n")
-    result = invoke("train", "--problem", "deblur", "--config", str(config), "--steps", "20", "--out", str(out),
-                    "--device", "cpu", "--seed", "1")
+    result = invoke(
+        "train",
+        "--problem",
+        "deblur",
+        "--config",
+        str(config),
+        "--steps",
+        "20",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--seed",
+        "1",
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -46,13 +59,31 @@ def test_train_writes_all_outputs(trained):
 def test_simulate_then_reconstruct_non_square(trained, tmp_path):
     clean = load_builtin("camera", size=None)[:, 100:148, 200:280]  # 48 x 80
     save_image(clean, tmp_path / "clean.png")
-    result = invoke("simulate", "--checkpoint", str(trained / "model.pt"), "--input", str(tmp_path / "clean.png"),
-                    "--output", str(tmp_path / "y.npy"), "--seed", "3")
+    result = invoke(
+        "simulate",
+        "--checkpoint",
+        str(trained / "model.pt"),
+        "--input",
+        str(tmp_path / "clean.png"),
+        "--output",
+        str(tmp_path / "y.npy"),
+        "--seed",
+        "3",
+    )
     assert result.exit_code == 0, result.output
     y = np.load(tmp_path / "y.npy")
     assert y.shape == (1, 48, 80)
-    result = invoke("reconstruct", "--checkpoint", str(trained / "model.pt"), "--input", str(tmp_path / "y.npy"),
-                    "--output", str(tmp_path / "x.npy"), "--device", "cpu")
+    result = invoke(
+        "reconstruct",
+        "--checkpoint",
+        str(trained / "model.pt"),
+        "--input",
+        str(tmp_path / "y.npy"),
+        "--output",
+        str(tmp_path / "x.npy"),
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     assert "fixed-point iterations" in result.output
     x = np.load(tmp_path / "x.npy")
@@ -66,8 +97,17 @@ def test_reconstruct_folder_skips_bad_files(trained, tmp_path):
     src.mkdir()
     np.save(src / "a.npy", np.random.default_rng(0).random((1, 40, 40)).astype(np.float32))
     np.save(src / "b.npy", np.full((1, 40, 40), np.nan, dtype=np.float32))
-    result = invoke("reconstruct", "--checkpoint", str(trained), "--input", str(src), "--output",
-                    str(tmp_path / "out"), "--device", "cpu")
+    result = invoke(
+        "reconstruct",
+        "--checkpoint",
+        str(trained),
+        "--input",
+        str(src),
+        "--output",
+        str(tmp_path / "out"),
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 1
     assert (tmp_path / "out" / "a.png").is_file() and not (tmp_path / "out" / "b.png").exists()
     assert "NaN" in result.output
@@ -78,8 +118,19 @@ def test_evaluate_json_schema_and_figure(trained, tmp_path):
     folder.mkdir()
     for name in ("camera", "coins"):
         save_image(load_builtin(name, size=48), folder / f"{name}.png")
-    result = invoke("evaluate", "--checkpoint", str(trained / "model.pt"), "--images", str(folder), "--json",
-                    str(tmp_path / "r.json"), "--figure", str(tmp_path / "f.png"), "--device", "cpu")
+    result = invoke(
+        "evaluate",
+        "--checkpoint",
+        str(trained / "model.pt"),
+        "--images",
+        str(folder),
+        "--json",
+        str(tmp_path / "r.json"),
+        "--figure",
+        str(tmp_path / "f.png"),
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "r.json").read_text())
     assert [r["name"] for r in report["images"]] == ["camera.png", "coins.png"]

@@ -16,8 +16,9 @@ from jfb_inverse.implicit import JFB, Anderson, ImplicitDiff, JFBk, Unrolled, fi
 def run(strategy, w, b, target, solver=None):
     w = w.clone().requires_grad_()
     b = b.clone().requires_grad_()
-    u, stats = fixed_point(lambda u: u @ w.T + b, torch.zeros_like(b), solver or Anderson(tol=1e-12, max_iter=500),
-                           strategy)
+    u, stats = fixed_point(
+        lambda u: u @ w.T + b, torch.zeros_like(b), solver or Anderson(tol=1e-12, max_iter=500), strategy
+    )
     loss = 0.5 * ((u - target) ** 2).sum()
     loss.backward()
     return w.grad, b.grad, stats

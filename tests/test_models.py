@@ -6,6 +6,7 @@ import deepinv as dinv
 import torch
 from deepinv.physics.functional.blur import gaussian_blur
 from jfb_inverse.datasets import load_builtin
+from torch.nn import functional as F
 
 from jfb_inverse.implicit import lipschitz_estimate
 from jfb_inverse.metrics import psnr
@@ -155,3 +156,22 @@ def test_memory_format_changes_the_layout_not_the_reconstruction():
         a, b = fast(y), plain(y)
     assert (a - b).abs().max() < 1e-4
     assert fast.last_stats.iterations.tolist() == plain.last_stats.iterations.tolist()
+
+
+def test_spectral_norm_model_starts_as_the_smoother_and_learns_its_residual():
+    # A zero last layer cannot be spectrally normalised (norm 0 -> NaN); the residual starts at
+    # zero through its gain instead, and the gain is what the first gradient reaches.
+    cfg = resolve_config("deblur", overrides={"model": {"spectral_norm": True}})
+    model, physics = build_model(cfg, "cpu")
+    plain, _ = build_model(resolve_config("deblur"), "cpu")
+    x = load_builtin("camera", channels=1, size=32)[None]
+    y = physics.for_image((1, 32, 32))(x)
+    model.eval()
+    plain.eval()
+    with torch.no_grad():
+        a, b = model(y), plain(y)
+    assert torch.isfinite(a).all() and model.last_stats.all_converged
+    assert (a - b).abs().max() < 1e-5  # both are the untrained smoother iteration
+    model.train()
+    F.mse_loss(model(y), x).backward()
+    assert model.regularizer.residual_gain.grad.abs() > 0

@@ -99,8 +99,11 @@ def test_register_problem_decorator_and_validation():
 
 
 def test_entry_point_plugins_are_loaded(monkeypatch):
-    plugin = registry_module.Problem("plugin-blur", "from a plugin", {"problem": "plugin-blur",
-                                     "operator": {"kind": "blur", "kernel": "box", "size": 5}})
+    plugin = registry_module.Problem(
+        "plugin-blur",
+        "from a plugin",
+        {"problem": "plugin-blur", "operator": {"kind": "blur", "kernel": "box", "size": 5}},
+    )
     monkeypatch.setattr("tests.plugin_problem.PROBLEM", plugin, raising=False)
     ep = EntryPoint(name="plugin-blur", value="tests.plugin_problem:PROBLEM", group=registry_module.ENTRY_POINT_GROUP)
     monkeypatch.setattr(registry_module, "entry_points", lambda group: [ep])

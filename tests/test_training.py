@@ -41,8 +41,10 @@ def test_resume_after_a_crash_gives_bitwise_the_same_weights(tmp_path):
     train(cfg, tmp_path / "part", resume=True)
     full, part = weights(tmp_path / "full" / "model.pt"), weights(tmp_path / "part" / "model.pt")
     assert all(torch.equal(full[k], part[k]) for k in full)
-    losses = [[json.loads(line)["loss"] for line in (tmp_path / d / "history.jsonl").read_text().splitlines()]
-              for d in ("full", "part")]
+    losses = [
+        [json.loads(line)["loss"] for line in (tmp_path / d / "history.jsonl").read_text().splitlines()]
+        for d in ("full", "part")
+    ]
     assert losses[0] == losses[1] and len(losses[0]) == 4
 
 

@@ -15,13 +15,20 @@ class SmoothingResidual(nn.Module):
     ``G`` is the 3x3 binomial filter and ``w`` a learned weight in (0, 1); ``N``'s last layer starts
     at zero, so the untrained ``D`` is a mild linear smoother: inside the fixed-point map this makes
     the untrained network a classical regularised iteration (Tikhonov with a smoothness penalty)
-    that converges, rather than an unregularised one that amplifies noise.
+    that converges, rather than an unregularised one that amplifies noise. With ``spectral_norm``
+    every layer of ``N`` is normalised, which a zero weight cannot be (its norm is 0: the layer
+    would output NaN), so ``N`` keeps its last layer's usual random start and is scaled by a
+    learned gain that starts at zero instead.
     """
 
     def __init__(self, net: nn.Module, channels: int, spectral_norm: bool = False, smoothing_init: float = 0.5) -> None:
         super().__init__()
         self.net = net
+        self.residual_gain: nn.Parameter | None = None
         if spectral_norm:
+            last = [m for m in net.modules() if isinstance(m, nn.Conv2d)][-1]
+            last.reset_parameters()
+            self.residual_gain = nn.Parameter(torch.zeros(()))
             spectral_normalize(self.net)
         smoothing_init = min(max(smoothing_init, 1e-4), 1 - 1e-4)
         self.smoothing_logit = nn.Parameter(torch.logit(torch.tensor(smoothing_init)))
@@ -39,7 +46,10 @@ class SmoothingResidual(nn.Module):
         """Apply ``D`` to a batch (B, C, H, W) of any size."""
         smooth = F.conv2d(F.pad(v, (1, 1, 1, 1), mode="replicate"), self.kernel, groups=self.channels)
         # Under autocast the conv returns bf16/fp16: the linear part is blended in v's dtype.
-        return torch.lerp(v, smooth.to(v.dtype), self.smoothing.to(v.dtype)) + self.net(v)
+        residual = self.net(v)
+        if self.residual_gain is not None:
+            residual = residual * self.residual_gain.to(residual.dtype)
+        return torch.lerp(v, smooth.to(v.dtype), self.smoothing.to(v.dtype)) + residual
 
 
 def _zero_conv(c_in: int, c_out: int) -> nn.Conv2d:
