@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import torch
-from jfb_inverse.datasets.images import BUILTIN_TRAIN, load_builtin
+from jfb_inverse.datasets.images import BUILTIN_TRAIN, load_builtin, load_image
 
 from jfb_inverse.evaluation import evaluate
 from jfb_inverse.problems.registry import deep_merge, resolve_config
@@ -33,24 +33,13 @@ def validation_images() -> list[tuple[str, torch.Tensor]]:
     touching the held-out images: matplotlib's ``grace_hopper`` and scikit-image's ``clock``
     (its motion blur mostly vanishes at 128 px), grey, central square at 128 px."""
     import matplotlib
-    import skimage.io
-    from skimage.color import rgb2gray
     from skimage.data import data_dir
-    from skimage.transform import resize
 
     paths = {
         "grace_hopper": Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg",
         "clock": Path(data_dir) / "clock_motion.png",
     }
-    out = []
-    for name, path in paths.items():
-        a = skimage.io.imread(path)
-        a = rgb2gray(a[..., :3]) if a.ndim == 3 else a / 255.0
-        h, w = a.shape
-        c = min(h, w)
-        a = a[(h - c) // 2 : (h - c) // 2 + c, (w - c) // 2 : (w - c) // 2 + c]
-        out.append((name, torch.from_numpy(resize(a, (128, 128), anti_aliasing=True)).float()[None]))
-    return out
+    return [(name, load_image(path, channels=1, size=128)) for name, path in paths.items()]
 
 
 def main() -> None:

@@ -162,13 +162,17 @@ def load_builtin(name: str, channels: int = 1, size: int | None = None) -> Tenso
     """
     if name not in _BUNDLED_FILES:
         raise UserError(f"unknown builtin image {name!r}; valid names: {', '.join(BUILTIN_NAMES)}")
-    if size is not None and (not isinstance(size, int) or size < 1):
-        raise UserError(f"size must be a positive integer or None, got {size!r}")
+    _check_size(size)
     source = f"builtin image {name!r}"
     array = _to_channels(_to_unit_float(_read_bundled(name), source), channels, source)
     if size is not None:
         array = _center_square_resize(array, size)
     return torch.from_numpy(array)
+
+
+def _check_size(size: int | None) -> None:
+    if size is not None and (not isinstance(size, int) or size < 1):
+        raise UserError(f"size must be a positive integer or None, got {size!r}")
 
 
 def _check_readable(path: Path) -> None:
@@ -197,14 +201,15 @@ def _npy_to_hwc(array: np.ndarray, source: str) -> np.ndarray:
     raise UserError(f"{source}: .npy array has shape {array.shape}; save it as (H, W), (C, H, W) or (H, W, C)")
 
 
-def load_image(path: str | Path, channels: int = 1) -> Tensor:
+def load_image(path: str | Path, channels: int = 1, size: int | None = None) -> Tensor:
     """Read an image file as a (C, H, W) float32 tensor.
 
     PNG, JPEG and TIFF are read with :func:`skimage.io.imread`; ``.npy`` files may hold an
     (H, W) array, or a 3-D array taken as (C, H, W) when its first axis has at most 4 entries,
     else as (H, W, C) when its last axis has at most 4. uint8 and uint16 pixels are scaled to
     [0, 1]; float pixels are kept unchanged (not clipped). Colour is converted to grey by
-    luminance and grey repeated to RGB as ``channels`` asks; an alpha channel is dropped.
+    luminance and grey repeated to RGB as ``channels`` asks; an alpha channel is dropped. ``size``
+    crops the central square and resizes it as :func:`load_builtin` does.
 
     Examples
     --------
@@ -212,6 +217,7 @@ def load_image(path: str | Path, channels: int = 1) -> Tensor:
     """
     path = Path(path)
     _check_readable(path)
+    _check_size(size)
     source = str(path)
     if path.suffix.lower() == ".npy":
         try:
@@ -235,7 +241,8 @@ def load_image(path: str | Path, channels: int = 1) -> Tensor:
                 f"{path}: image has shape {array.shape}, expected (H, W) or (H, W, C); "
                 "multi-page or volume files are not supported"
             )
-    return torch.from_numpy(_to_channels(_to_unit_float(array, source), channels, source))
+    array = _to_channels(_to_unit_float(array, source), channels, source)
+    return torch.from_numpy(array if size is None else _center_square_resize(array, size))
 
 
 def save_image(x: Tensor, path: str | Path) -> None:

@@ -126,6 +126,14 @@ def test_load_npy_layouts_and_integer_scaling(tmp_path: Path) -> None:
     assert torch.equal(load_image(tmp_path / "u16.npy"), torch.ones(1, 6, 6))
 
 
+def test_load_image_size_crops_and_resizes_like_load_builtin(tmp_path: Path) -> None:
+    native = load_builtin("coffee", channels=1)  # 400 x 600: not square
+    save_image(native, tmp_path / "coffee.npy")
+    assert torch.allclose(load_image(tmp_path / "coffee.npy", size=96), load_builtin("coffee", size=96))
+    with pytest.raises(UserError, match="size"):
+        load_image(tmp_path / "coffee.npy", size=0)
+
+
 def test_load_image_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"no such image file.*missing\.png"):
         load_image(tmp_path / "missing.png")

@@ -132,14 +132,19 @@ def test_plugin_inside_deepinv_test_and_trainer(tmp_path):
     assert results[psnr_key] > 20
 
 
+def _reconstruct_camera(physics, size: int, *models):
+    """``camera`` at ``size`` px, its measurement, and each model's reconstruction (eval mode)."""
+    x = load_builtin("camera", channels=1, size=size)[None]
+    y = physics.for_image((1, size, size))(x)
+    with torch.no_grad():
+        return x, y, [m.eval()(y) for m in models]
+
+
 def test_memory_format_changes_the_layout_not_the_reconstruction():
     # auto = channels-last on the CPU; the same weights in PyTorch's default layout give the same
     # reconstruction to float rounding.
-    cfg = resolve_config("deblur")
-    fast, physics = build_model(cfg, "cpu")
-    plain, _ = build_model(
-        cfg.model_copy(update={"model": cfg.model.model_copy(update={"memory_format": "contiguous"})})
-    )
+    fast, physics = build_model(resolve_config("deblur"), "cpu")
+    plain, _ = build_model(resolve_config("deblur", overrides={"model": {"memory_format": "contiguous"}}), "cpu")
     middle = fast.regularizer.net[2].weight  # 32 -> 32 channels: the layouts differ
     assert middle.is_contiguous(memory_format=torch.channels_last) and not middle.is_contiguous()
     assert plain.regularizer.net[2].weight.is_contiguous()
@@ -148,12 +153,7 @@ def test_memory_format_changes_the_layout_not_the_reconstruction():
         torch.nn.init.normal_(p, 0.0, 0.01)
     plain.load_state_dict(fast.state_dict())
     assert plain.regularizer.net[2].weight.is_contiguous()  # loading keeps the module's layout
-    x = load_builtin("camera", channels=1, size=64)[None]
-    y = physics.for_image((1, 64, 64))(x)
-    fast.eval()
-    plain.eval()
-    with torch.no_grad():
-        a, b = fast(y), plain(y)
+    _, _, (a, b) = _reconstruct_camera(physics, 64, fast, plain)
     assert (a - b).abs().max() < 1e-4
     assert fast.last_stats.iterations.tolist() == plain.last_stats.iterations.tolist()
 
@@ -164,12 +164,7 @@ def test_spectral_norm_model_starts_as_the_smoother_and_learns_its_residual():
     cfg = resolve_config("deblur", overrides={"model": {"spectral_norm": True}})
     model, physics = build_model(cfg, "cpu")
     plain, _ = build_model(resolve_config("deblur"), "cpu")
-    x = load_builtin("camera", channels=1, size=32)[None]
-    y = physics.for_image((1, 32, 32))(x)
-    model.eval()
-    plain.eval()
-    with torch.no_grad():
-        a, b = model(y), plain(y)
+    x, y, (a, b) = _reconstruct_camera(physics, 32, model, plain)
     assert torch.isfinite(a).all() and model.last_stats.all_converged
     assert (a - b).abs().max() < 1e-5  # both are the untrained smoother iteration
     model.train()
