@@ -57,7 +57,7 @@ log "training"
 cap_min=$(python3 -c "print($BUDGET_S * 1.1 / 60)")
 for v in "${!STEPS[@]}"; do
   # SIGINT after the budget and a margin: the trainer then checkpoints and exits cleanly.
-  timeout -s INT $((BUDGET_S + 90)) python3 -m jfb_inverse.cli train --config "$REPO/benchmarks/configs/$v.json" \
+  timeout -s INT $((BUDGET_S + 60)) python3 -m jfb_inverse.cli train --config "$REPO/benchmarks/configs/$v.json" \
     --preset full --steps "${STEPS[$v]}" --device "$DEVICE" --out "/tmp/runs/$v" --max-minutes "$cap_min" \
     --lipschitz-every 100 > "/tmp/train_$v.log" 2>&1 &
 done
