@@ -30,8 +30,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/lo
 python3 -c "import torch, deepinv, jfb_inverse.cli; print('torch', torch.__version__, 'deepinv', deepinv.__version__)" \
   >> "$OUT/log.txt" 2>&1 || { log "imports failed"; exit 1; }
 
-log "calibration (${CAL_S} s each, all at once)"
-for v in $VARIANTS; do
+declare -A STEPS
+if [ -n "${FIXED_STEPS:-}" ]; then for v in $VARIANTS; do STEPS[$v]=$FIXED_STEPS; done; fi
+[ -z "${FIXED_STEPS:-}" ] && log "calibration (${CAL_S} s each, all at once)"
+for v in $([ -z "${FIXED_STEPS:-}" ] && echo $VARIANTS); do
   python3 - "$REPO/benchmarks/configs/$v.json" "/tmp/cal/$v" "$CAL_S" "$DEVICE" > "/tmp/cal_$v.log" 2>&1 <<'EOF' &
 import json, sys
 from jfb_inverse.problems import config_from_file_or_problem
@@ -45,8 +47,7 @@ print(json.dumps({"steps_per_s": last["step"] / last["seconds"], **last}))
 EOF
 done
 wait
-declare -A STEPS
-for v in $VARIANTS; do
+for v in $([ -z "${FIXED_STEPS:-}" ] && echo $VARIANTS); do
   rate=$(tail -1 "/tmp/cal_$v.log" | python3 -c "import json,sys; print(json.load(sys.stdin)['steps_per_s'])" 2>/dev/null)
   if [ -z "$rate" ]; then log "calibration of $v failed:"; tail -5 "/tmp/cal_$v.log" >> "$OUT/log.txt"; continue; fi
   STEPS[$v]=$(python3 -c "print(max(20, int($rate * $BUDGET_S * 0.85)))")
