@@ -60,7 +60,7 @@ for v in "${!STEPS[@]}"; do
   # SIGINT after the budget and a margin: the trainer then checkpoints and exits cleanly.
   timeout -s INT $((BUDGET_S + 60)) python3 -m jfb_inverse.cli train --config "$REPO/benchmarks/configs/$v.json" \
     --preset full --steps "${STEPS[$v]}" --device "$DEVICE" --out "/tmp/runs/$v" --max-minutes "$cap_min" \
-    --lipschitz-every 100 > "/tmp/train_$v.log" 2>&1 &
+    --lipschitz-every "${LIPSCHITZ_EVERY:-0}" > "/tmp/train_$v.log" 2>&1 &
 done
 if [ "$DEVICE" = cuda ]; then
   mkdir -p /tmp/t && cp -r "$REPO/tests" /tmp/t/ && (cd /tmp/t && timeout 150 python3 -m pytest -q -m gpu \

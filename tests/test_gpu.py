@@ -47,3 +47,11 @@ def test_everything_follows_the_device_and_bf16_matches_fp32():
         assert outputs[precision].device.type == "cuda" and outputs[precision].dtype == torch.float32
     gap = (psnr(outputs["fp32"].clamp(0, 1), x) - psnr(outputs["bf16"].clamp(0, 1), x)).abs().max()
     assert float(gap) < 0.2
+
+
+def test_lipschitz_monitor_runs_on_cuda_ct(tmp_path):
+    # The GPU session of 2026-11-27 found cuDNN's grid sampler (CT's Radon transform) refusing the
+    # double backward the estimate uses: the monitor stopped a CT training run on its first call.
+    cfg = resolve_config("ct", overrides={**SMALL, "training": {**SMALL["training"], "lipschitz_every": 5}})
+    result = train(cfg, tmp_path, device="cuda")
+    assert result.history[-1]["lipschitz"] > 0

@@ -120,3 +120,31 @@ def test_lipschitz_at_fixed_point_sees_an_expansive_map():
     y = physics.A(torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0)))
     # DC: blur 1, step 1 - 5 = -4, smoother 1, CNN residual 0 (zero-initialised last layer): exactly 4.
     assert loop.lipschitz_at_fixed_point(model, y, physics, n_iter=30) == pytest.approx(4.0, abs=0.02)
+
+
+def test_lipschitz_estimate_through_the_ct_radon_transform_matches_the_dense_jacobian():
+    # CT's Radon transform is a grid sampler: the estimate's double backward must pass through it
+    # (on CUDA only with cuDNN off; tests/test_gpu.py checks that path). Reference: the spectral
+    # norm of T's full Jacobian at the fixed point, built column by column by central differences.
+    from jfb_inverse.implicit import lipschitz_estimate
+    from jfb_inverse.models import build_model
+
+    n = 16
+    cfg = resolve_config("ct", overrides={"data": {"patch_size": n, "eval_size": n}})
+    torch.manual_seed(0)
+    model, cache = build_model(cfg)
+    physics = cache.for_image((1, n, n))
+    y = physics.A(torch.rand(1, 1, n, n, generator=torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        fn, u0 = model.fixed_point_map(y, physics)
+        u, _ = model.solver.solve(fn, u0)
+        estimate = float(lipschitz_estimate(fn, u, n_iter=100))
+        eps = 1e-2
+        columns = []
+        for i in range(n * n):
+            e = torch.zeros(n * n)
+            e[i] = eps
+            e = e.view(1, 1, n, n)
+            columns.append(((fn(u + e) - fn(u - e)) / (2 * eps)).flatten())
+        jacobian = torch.stack(columns, 1).double()
+    assert estimate == pytest.approx(float(torch.linalg.matrix_norm(jacobian, 2)), rel=0.01)

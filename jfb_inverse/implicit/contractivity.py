@@ -42,7 +42,9 @@ def lipschitz_estimate(fn: FixedPointMap, u: Tensor, n_iter: int = 20, seed: int
     """
     generator = torch.Generator(device=u.device).manual_seed(seed)
     u = u.detach().requires_grad_()
-    with torch.enable_grad():
+    # cuDNN's grid sampler (CT's Radon transform on CUDA) has no double backward; the native
+    # kernel, used with cuDNN off, has. Only this estimate pays for the slower convolutions.
+    with torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
         out = fn(u)
         # J v by the double-VJP trick: d/dw <J^T w, v> = J v, needs no forward-mode support.
         w = torch.zeros_like(out, requires_grad=True)
