@@ -16,9 +16,9 @@ import argparse
 import json
 
 import torch
+from jfb_inverse.datasets.phantoms import ellipse_phantoms
 from recipe_ablation import validation_images
 
-from jfb_inverse.datasets.phantoms import ellipse_phantoms
 from jfb_inverse.evaluation import evaluate
 from jfb_inverse.problems import ProblemConfig
 from jfb_inverse.training.checkpoint import load_model
