@@ -63,6 +63,13 @@ def train(
     lipschitz_every: Annotated[
         int | None, typer.Option(min=0, help="Log T's Lipschitz estimate every N steps; warn above 1 (0: off).")
     ] = None,
+    init_from: Annotated[
+        str | None,
+        typer.Option(
+            help="Fine-tune: start from these weights (model.pt, run folder or builtin:NAME); the network "
+            "settings default to theirs."
+        ),
+    ] = None,
     nproc: Annotated[
         int, typer.Option(min=1, help="Processes for distributed training (launches torchrun; one per GPU).")
     ] = 1,
@@ -91,10 +98,13 @@ def train(
         training__device=None if device == "auto" else device,
         training__precision=precision,
         training__lipschitz_every=lipschitz_every,
+        training__init_from=init_from,
     )
     if data is not None:
         overrides.setdefault("data", {}).update({"source": "folder", "path": str(data)})
     if resume:
+        if init_from is not None:
+            raise UserError("--init-from starts a new run from other weights; drop it to --resume this one")
         payload, cfg = load_checkpoint(out / "model.pt")
         missing = sorted(set(RESUME_STATE) - set(payload))
         if missing:

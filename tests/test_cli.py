@@ -149,6 +149,9 @@ def test_evaluate_json_schema_and_figure(trained, tmp_path):
         (["train", "--problem", "deblur", "--device", "cuda"], "no CUDA GPU"),
         (["reconstruct", "--checkpoint", "missing.pt", "--input", "y.npy", "--output", "x.png"], "not found"),
         (["simulate", "--problem", "deblur", "--input", "missing.png", "--output", "y.npy"], "missing.png"),
+        (["train", "--problem", "deblur", "--init-from", "missing.pt"], "'missing.pt' not found"),
+        (["train", "--problem", "deblur", "--init-from", "builtin:nope"], "no built-in model 'nope'"),
+        (["train", "--resume", "--init-from", "builtin:deblur"], "drop it to --resume"),
     ],
 )
 def test_user_errors_are_one_line_exit_2(args, message, monkeypatch):

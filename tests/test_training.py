@@ -148,3 +148,29 @@ def test_lipschitz_estimate_through_the_ct_radon_transform_matches_the_dense_jac
             columns.append(((fn(u + e) - fn(u - e)) / (2 * eps)).flatten())
         jacobian = torch.stack(columns, 1).double()
     assert estimate == pytest.approx(float(torch.linalg.matrix_norm(jacobian, 2)), rel=0.01)
+
+
+def test_init_from_starts_at_the_source_weights_with_its_network(tmp_path):
+    # builtin:ct's regulariser is a U-Net, CT's default a dilated CNN: the source's network wins
+    # unless the definition says otherwise, and the run starts from its weights (lr ~0: stays there).
+    fine_tune = {"training": {"steps": 1, "batch_size": 2, "lr": 1e-12, "init_from": "builtin:ct"}}
+    cfg = resolve_config("ct", overrides={"data": {"patch_size": 32, "eval_size": 32}, **fine_tune})
+    assert cfg.model.arch == "unet" and cfg.model.width == 32
+    train(cfg, tmp_path)
+    source, _ = load_checkpoint("builtin:ct")
+    tuned, saved_cfg = load_checkpoint(tmp_path / "model.pt")
+    assert saved_cfg.training.init_from == "builtin:ct"  # the provenance is in the definition
+    gaps = [float((tuned["state_dict"][k] - v).abs().max()) for k, v in source["state_dict"].items()]
+    assert max(gaps) < 1e-6
+    assert float(tuned["state_dict"]["regularizer.net.last.weight"].abs().max()) > 1e-3  # not a fresh zero layer
+
+
+def test_init_from_with_another_network_fails_before_writing(tmp_path):
+    cfg = resolve_config("deblur", overrides={**TINY, "training": {**TINY["training"], "init_from": "builtin:deblur"}})
+    assert cfg.model.width == 8  # the definition's own model settings beat the source's
+    with pytest.raises(
+        loop.UserError,
+        match=r"do not fit this run's network \(Unexpected key\(s\) in state_dict: 4, .*drop --init-from",
+    ):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

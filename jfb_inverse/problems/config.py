@@ -226,7 +226,10 @@ class TrainingConfig(_Strict):
     step, the fixed-point residual and the solver's mixing stay in fp32. ``lipschitz_every``: every
     that many steps, estimate the Lipschitz constant of ``T`` at the fixed point of the first training
     sample (power iteration) and log it as ``lipschitz`` in history.jsonl (0: off). Above 1, JFB's
-    descent guarantee is gone and the CLI warns.
+    descent guarantee is gone and the CLI warns. ``init_from``: start from the weights of a
+    checkpoint (a ``model.pt``, a run folder or ``builtin:NAME``) instead of the untrained network,
+    to fine-tune it on other data or another operator; the ``model`` section then defaults to the
+    source's, so its weights fit.
     """
 
     steps: PositiveInt = 600
@@ -242,6 +245,7 @@ class TrainingConfig(_Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     max_minutes: PositiveFloat | None = None
     lipschitz_every: NonNegativeInt = 0
+    init_from: str | None = None
 
 
 class ProblemConfig(_Strict):

@@ -18,7 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from jfb_inverse.errors import ConfigError
+from jfb_inverse.errors import ConfigError, UserError
 from jfb_inverse.problems.config import ProblemConfig
 
 ENTRY_POINT_GROUP = "jfb_inverse.problems"
@@ -151,6 +151,16 @@ def resolve_config(
             choices = ", ".join(sorted(prob.presets)) or "none"
             raise ConfigError(f"problem {prob.name!r} has no preset {preset!r}; presets: {choices}")
         values = deep_merge(values, prob.presets[preset])
+    source = _init_from(config, overrides)
+    if source is not None:
+        # Fine-tuning: the network is the source's unless the config or the command line says otherwise.
+        from jfb_inverse.training.checkpoint import load_checkpoint
+
+        try:
+            source_model = load_checkpoint(source)[1].model
+        except UserError as exc:
+            raise ConfigError(f"training.init_from: {exc}") from None
+        values = deep_merge(values, {"model": source_model.model_dump()})
     for layer in (config or {}, overrides or {}):
         layer = dict(layer)
         if "problem" in layer and layer["problem"] != prob.name:
@@ -163,6 +173,16 @@ def resolve_config(
         return ProblemConfig.model_validate(values)
     except ValidationError as exc:
         raise ConfigError(f"invalid problem definition: {format_validation_error(exc)}") from None
+
+
+def _init_from(*layers: Mapping[str, Any] | None) -> str | None:
+    """``training.init_from`` as the last layer that sets it says (``None``: train from scratch)."""
+    source = None
+    for layer in layers:
+        training = (layer or {}).get("training")
+        if isinstance(training, Mapping) and isinstance(training.get("init_from"), str):
+            source = training["init_from"]  # any other type is left to the validation's error
+    return source
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

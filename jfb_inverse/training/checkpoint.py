@@ -118,7 +118,31 @@ def load_model(name: str | Path, device: torch.device | str = "cpu") -> tuple[An
         model.load_state_dict(payload["state_dict"])
     except (RuntimeError, KeyError) as exc:
         raise CheckpointError(
-            f"checkpoint {str(name)!r} does not match its own definition ({str(exc).splitlines()[0]}); "
+            f"checkpoint {str(name)!r} does not match its own definition ({_first_mismatch(exc)}); "
             "it was written by another version or edited"
         ) from None
     return model.eval(), cfg, physics
+
+
+def load_initial_weights(model: torch.nn.Module, name: str | Path, device: torch.device | str = "cpu") -> None:
+    """Copy a checkpoint's weights into ``model`` (``training.init_from``): the start of a fine-tune."""
+    payload, _ = load_checkpoint(name, map_location=device)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except (RuntimeError, KeyError) as exc:
+        raise CheckpointError(
+            f"the weights of {str(name)!r} do not fit this run's network ({_first_mismatch(exc)}); "
+            "keep the source's model settings and image channels, or drop --init-from"
+        ) from None
+
+
+def _first_mismatch(exc: BaseException) -> str:
+    """The first specific line of a ``load_state_dict`` error (torch lists every key on its own line)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    specific = [line for line in lines[1:] if not line.startswith("Error(s) in loading")]
+    first = (specific or lines or [type(exc).__name__])[0].rstrip(".")
+    if "key(s) in state_dict:" in first:  # "Missing key(s) in state_dict: "a", "b", ...": name one, count all
+        head, keys = first.split(":", 1)
+        names = [k.strip().strip('"') for k in keys.split(",") if k.strip()]
+        first = f"{head.strip()}: {len(names)}, e.g. {names[0]!r}" if names else head.strip()
+    return first

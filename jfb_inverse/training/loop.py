@@ -39,7 +39,7 @@ from jfb_inverse.metrics import psnr
 from jfb_inverse.models.build import build_model
 from jfb_inverse.problems.config import ProblemConfig
 from jfb_inverse.problems.noise import simulate
-from jfb_inverse.training.checkpoint import load_checkpoint, save_checkpoint
+from jfb_inverse.training.checkpoint import load_checkpoint, load_initial_weights, save_checkpoint
 from jfb_inverse.training.data import TrainingSource
 
 LogCallback = Callable[[dict[str, Any]], None]
@@ -133,6 +133,8 @@ def train(
         raise UserError(f"batch size {t.batch_size} does not split over {world} processes; use a multiple of {world}")
     torch.manual_seed(t.seed)
     model, physics_cache = build_model(cfg, device)
+    if t.init_from is not None and not resume:
+        load_initial_weights(model, t.init_from, device)
     model.train()
     source = TrainingSource(cfg.data, t.batch_size, t.seed, device)
     img_size = (cfg.data.channels, cfg.data.patch_size, cfg.data.patch_size)
