@@ -17,6 +17,7 @@ from jfb_inverse.problems import (
     resolve_config,
 )
 from jfb_inverse.problems import registry as registry_module
+from jfb_inverse.training.checkpoint import load_checkpoint
 
 
 def test_deblur_reference_defaults():
@@ -115,3 +116,15 @@ def test_entry_point_plugins_are_loaded(monkeypatch):
 def test_resolved_definition_round_trips_through_json():
     cfg = resolve_config("deblur", preset="full")
     assert ProblemConfig.model_validate_json(cfg.model_dump_json()) == cfg
+
+
+def test_motion_example_resolves_for_fine_tuning():
+    # examples/motion.toml is the README's fine-tuning example: it must load, and with the shipped
+    # deblur model as the source its network must be that model's.
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "motion.toml"
+    cfg = config_from_file_or_problem(None, path, overrides={"training": {"init_from": "builtin:deblur"}})
+    assert (cfg.operator.kernel, cfg.operator.length, cfg.operator.angle) == ("motion", 11, 30.0)
+    source = load_checkpoint("builtin:deblur")[1]
+    assert cfg.model == source.model
