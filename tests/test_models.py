@@ -170,3 +170,15 @@ def test_spectral_norm_model_starts_as_the_smoother_and_learns_its_residual():
     model.train()
     F.mse_loss(model(y), x).backward()
     assert model.regularizer.residual_gain.grad.abs() > 0
+
+
+def test_fixed_smoother_stays_fp32_under_bf16_autocast():
+    # bf16 rounds the smoothed image by ~0.4%: a fixed-point residual could then never reach 1e-3.
+    # With N's zero-initialised last layer, D is the smoother blend alone, so under autocast it
+    # must match fp32 to float rounding.
+    d = SmoothingResidualCNN(channels=1, width=8, depth=3)
+    v = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    reference = d(v)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = d(v)
+    assert float((low.float() - reference).abs().max()) < 1e-6
