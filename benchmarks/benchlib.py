@@ -224,14 +224,18 @@ def available_problems() -> list[str]:
 
 
 def problem_config(problem: str, patch: int | None = None, batch: int | None = None) -> Any:
-    """The resolved definition of a registered problem, with the benchmark's patch size / batch."""
+    """The resolved definition of a registered problem, with the benchmark's patch size / batch.
+
+    Precision fp32: the benchmarks compare strategies and engines doing the same arithmetic
+    (deepinv runs fp32); precision ``auto`` would train in bf16 on a CPU with native bf16.
+    """
     from jfb_inverse.problems import resolve_config
 
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = {"training": {"precision": "fp32"}}
     if patch is not None:
         overrides["data"] = {"patch_size": patch}
     if batch is not None:
-        overrides["training"] = {"batch_size": batch}
+        overrides["training"]["batch_size"] = batch
     return resolve_config(problem, overrides=overrides)
 
 

@@ -38,7 +38,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "fine_tune_motion.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    quiet = {"training": {"steps": args.steps, "log_every": 50, "checkpoint_every": 100_000}}
+    # fp32 as recorded in results/fine_tune_motion.json (measured before precision auto existed).
+    quiet = {"training": {"steps": args.steps, "log_every": 50, "checkpoint_every": 100_000, "precision": "fp32"}}
     runs = {"scratch": {}, "fine_tuned": {"training": {"init_from": args.source}}}
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -64,6 +65,7 @@ def main() -> None:
         "steps": args.steps,
         "source": args.source,
         "threads": args.threads,
+        "precision": "fp32",
         "runs": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

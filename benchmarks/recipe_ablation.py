@@ -21,6 +21,7 @@ import torch
 from jfb_inverse.datasets.images import BUILTIN_TRAIN, load_builtin, load_image
 
 from jfb_inverse.evaluation import evaluate
+from jfb_inverse.models.precision import effective_precision
 from jfb_inverse.problems.registry import deep_merge, resolve_config
 from jfb_inverse.training.checkpoint import load_model
 from jfb_inverse.training.loop import train
@@ -66,6 +67,8 @@ def main() -> None:
         "train_images_psnr": round(ev.report["mean"]["psnr"]["model"], 3),
         "iterations": ev.iterations,
         "validation_psnr": {k: round(v, 3) for k, v in val.report["mean"]["psnr"].items()},
+        # What training ran in: precision auto is bf16 on a CPU with native bf16 (earlier lines: fp32).
+        "precision": effective_precision(cfg.training.precision, torch.device("cpu"), training=True),
     }
     print(json.dumps(result))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 Gradient = Literal["jfb", "jfbk", "implicit", "unrolled"]
-Precision = Literal["fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 #: What a checkpoint must hold besides the weights to be resumed (written by the training loop).
 RESUME_STATE = ("optimizer", "scheduler", "step", "data", "noise_rng", "torch_rng")
 
@@ -58,7 +58,11 @@ def train(
         bool, typer.Option("--trust-operator", help="Allow --resume to import the checkpoint's custom operator.")
     ] = False,
     precision: Annotated[
-        Precision | None, typer.Option(help="Autocast precision of the learned regulariser (GPU: bf16 is fastest).")
+        Precision | None,
+        typer.Option(
+            help="Autocast precision of the learned regulariser; auto: bf16 when training on a CPU with "
+            "native bf16, else fp32."
+        ),
     ] = None,
     lipschitz_every: Annotated[
         int | None, typer.Option(min=0, help="Log T's Lipschitz estimate every N steps; warn above 1 (0: off).")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import deepinv as dinv
+import pytest
 import torch
 from deepinv.physics.functional.blur import gaussian_blur
 from jfb_inverse.datasets import load_builtin
@@ -178,7 +179,31 @@ def test_fixed_smoother_stays_fp32_under_bf16_autocast():
     # must match fp32 to float rounding.
     d = SmoothingResidualCNN(channels=1, width=8, depth=3)
     v = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
-    reference = d(v)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        low = d(v)
+    with torch.no_grad():
+        reference = d(v)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = d(v)
     assert float((low.float() - reference).abs().max()) < 1e-6
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_for_training_on_a_native_bf16_cpu(monkeypatch, native):
+    import jfb_inverse.models.precision as precision
+
+    monkeypatch.setattr(precision, "native_bf16_cpu", lambda: native)
+    model, cache = build_model(resolve_config("deblur", overrides={"model": {"width": 8, "depth": 3}}))
+    assert model.precision == "auto"  # the default
+    seen: list[torch.dtype] = []
+    model.regularizer.net[0].register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    y = torch.rand(1, 1, 32, 32)
+    physics = cache.for_image((1, 32, 32))
+    for training in (True, False):
+        model.train(training)
+        seen.clear()
+        with torch.no_grad():
+            out = model(y, physics)
+        assert out.dtype == torch.float32
+        assert set(seen) == {torch.bfloat16 if (training and native) else torch.float32}
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert precision.effective_precision("auto", cuda, training=True) == "fp32"
+    assert precision.effective_precision("bf16", cpu, training=False) == "bf16"  # asked for: always

@@ -15,6 +15,7 @@ from jfb_inverse.consistency import make_step
 from jfb_inverse.implicit import JFB, Anderson, FixedPointSolver, GradientStrategy, fixed_point
 from jfb_inverse.implicit.solvers import FixedPointMap
 from jfb_inverse.implicit.stats import SolverStats
+from jfb_inverse.models.precision import Precision, effective_precision
 
 StepKind = Literal["prox", "gradient", "ffpn", "filtered"]
 PhysicsFactory = Callable[[tuple[int, ...]], tuple[LinearPhysics, tuple[int, int, int]]]
@@ -59,7 +60,7 @@ class ImplicitReconstructor(Reconstructor):
         eval_solver: FixedPointSolver | None = None,
         gradient: GradientStrategy | None = None,
         physics_factory: PhysicsFactory | None = None,
-        precision: Literal["fp32", "bf16", "fp16"] = "fp32",
+        precision: Precision = "fp32",
     ) -> None:
         super().__init__()
         self.regularizer = regularizer
@@ -112,11 +113,13 @@ class ImplicitReconstructor(Reconstructor):
         return fn, u0
 
     def _regularizer_in_precision(self, device: torch.device) -> Callable[[Tensor], Tensor]:
-        """``D`` under autocast when a lower precision is asked for; its output is cast back to fp32
-        so the consistency step and the solver's residuals and mixing stay in fp32."""
-        if self.precision == "fp32":
+        """``D`` under autocast when a lower precision is asked for (``auto``: see
+        :mod:`jfb_inverse.models.precision`); its output is cast back to fp32 so the consistency
+        step and the solver's residuals and mixing stay in fp32."""
+        precision = effective_precision(self.precision, device, self.training)
+        if precision == "fp32":
             return self.regularizer
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16
         reg = self.regularizer
 
         def low_precision(v: Tensor) -> Tensor:

@@ -222,7 +222,9 @@ class SolverConfig(_Strict):
 class TrainingConfig(_Strict):
     """Optimisation: Adam with cosine decay; ``gradient`` picks the gradient strategy.
 
-    ``precision``: autocast dtype of the learned regulariser (``bf16``/``fp16``); the consistency
+    ``precision``: autocast dtype of the learned regulariser (``bf16``/``fp16``; ``auto``: bf16
+    while training on a CPU with native bf16, fp32 otherwise and for reconstructions, see
+    :mod:`jfb_inverse.models.precision`); the consistency
     step, the fixed-point residual and the solver's mixing stay in fp32. ``lipschitz_every``: every
     that many steps, estimate the Lipschitz constant of ``T`` at the fixed point of the first training
     sample (power iteration) and log it as ``lipschitz`` in history.jsonl (0: off). Above 1, JFB's
@@ -242,7 +244,7 @@ class TrainingConfig(_Strict):
     checkpoint_every: PositiveInt = 100
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     max_minutes: PositiveFloat | None = None
     lipschitz_every: NonNegativeInt = 0
     init_from: str | None = None
