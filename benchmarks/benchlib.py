@@ -307,10 +307,13 @@ def builtin_checkpoint(problem: str) -> str | None:
 
 
 def load_reference(checkpoint: str, device: torch.device) -> tuple[Any, Any, Any]:
-    """``(model, cfg, physics_cache)`` of a checkpoint (model in eval mode)."""
+    """``(model, cfg, physics_cache)`` of a checkpoint (model in eval mode), in fp32 like
+    :func:`problem_config` (a checkpoint trained with precision ``auto`` would train in bf16 here)."""
     from jfb_inverse.training.checkpoint import load_model
 
-    return load_model(checkpoint, device)
+    model, cfg, cache = load_model(checkpoint, device)
+    model.precision = "fp32"
+    return model, cfg, cache
 
 
 # ------------------------------------------------------------------------------------------------ CLI

@@ -90,6 +90,12 @@ def train(
     from jfb_inverse.training.loop import train as run_training
     from jfb_inverse.training.report import training_figure
 
+    if resume and init_from is not None:
+        raise UserError("--init-from starts a new run from other weights; drop it to --resume this one")
+    if init_from is not None and not resume and _same_file(init_from, out / "model.pt"):
+        raise UserError(
+            f"--init-from {init_from!r} is this run's own --out, which training overwrites; pick another --out"
+        )
     if nproc > 1 and distributed.world_size_from_env() <= 1:
         raise typer.Exit(code=distributed.launch(nproc, _argv_without_nproc()))
     overrides = _overrides(
@@ -107,8 +113,6 @@ def train(
     if data is not None:
         overrides.setdefault("data", {}).update({"source": "folder", "path": str(data)})
     if resume:
-        if init_from is not None:
-            raise UserError("--init-from starts a new run from other weights; drop it to --resume this one")
         payload, cfg = load_checkpoint(out / "model.pt")
         missing = sorted(set(RESUME_STATE) - set(payload))
         if missing:
@@ -250,6 +254,13 @@ def _argv_without_nproc() -> list[str]:
             continue
         out.append(arg)
     return out
+
+
+def _same_file(source: str, target: Path) -> bool:
+    """Whether the checkpoint ``source`` names (a path or run folder; never a builtin) is ``target``."""
+    path = Path(source)  # a run folder that does not exist yet counts too
+    candidates = {path.resolve(), (path / "model.pt").resolve()}
+    return not source.startswith("builtin:") and target.resolve() in candidates
 
 
 def _check_writable(out: Path) -> None:

@@ -152,6 +152,7 @@ def test_evaluate_json_schema_and_figure(trained, tmp_path):
         (["train", "--problem", "deblur", "--init-from", "missing.pt"], "'missing.pt' not found"),
         (["train", "--problem", "deblur", "--init-from", "builtin:nope"], "no built-in model 'nope'"),
         (["train", "--resume", "--init-from", "builtin:deblur"], "drop it to --resume"),
+        (["train", "--problem", "deblur", "--init-from", "runs/x", "--out", "runs/x"], "is this run's own --out"),
     ],
 )
 def test_user_errors_are_one_line_exit_2(args, message, monkeypatch):

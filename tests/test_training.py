@@ -170,7 +170,48 @@ def test_init_from_with_another_network_fails_before_writing(tmp_path):
     assert cfg.model.width == 8  # the definition's own model settings beat the source's
     with pytest.raises(
         loop.UserError,
-        match=r"do not fit this run's network \(Unexpected key\(s\) in state_dict: 4, .*drop --init-from",
+        match=r"do not fit this run's network \(Unexpected key\(s\) in state_dict: 4, .*train without init_from",
     ):
         train(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_init_from_another_problem_keeps_this_runs_consistency_step(tmp_path):
+    # builtin:ct's U-Net inside a deblurring map: only the network's shape and weights come over;
+    # the step (HQS prox) and its start are deblurring's, and CT's learned step size is not copied.
+    fine_tune = {"training": {"steps": 1, "batch_size": 2, "lr": 1e-12, "init_from": "builtin:ct"}}
+    cfg = resolve_config("deblur", overrides={"data": {"patch_size": 32, "eval_size": 32}, **fine_tune})
+    assert (cfg.model.arch, cfg.model.step, cfg.model.init) == ("unet", "prox", "tikhonov")
+    train(cfg, tmp_path)
+    source, _ = load_checkpoint("builtin:ct")
+    tuned, _ = load_checkpoint(tmp_path / "model.pt")
+    weights = [k for k in source["state_dict"] if k.startswith("regularizer.")]
+    assert max(float((tuned["state_dict"][k] - source["state_dict"][k]).abs().max()) for k in weights) < 1e-6
+    assert float(tuned["state_dict"]["log_eta"].exp()) == pytest.approx(cfg.model.eta_init, rel=1e-4)
+
+
+def test_init_from_is_not_loaded_when_the_network_is_given_or_reset():
+    # A fine-tuned run's problem.toml spells out its network: re-reading it needs no source file.
+    network = {"arch": "dilated", "width": 32, "depth": 5, "spectral_norm": False}
+    cfg = resolve_config("deblur", {"model": network, "training": {"init_from": "gone/model.pt"}})
+    assert cfg.training.init_from == "gone/model.pt"
+    # A later layer's explicit None cancels an earlier layer's source.
+    cfg = resolve_config("ct", {"training": {"init_from": "gone/model.pt"}}, {"training": {"init_from": None}})
+    assert cfg.training.init_from is None and cfg.model.arch == "dilated"
+    with pytest.raises(loop.UserError, match=r"training.init_from: checkpoint 'gone/model.pt' not found"):
+        resolve_config("ct", {"training": {"init_from": "gone/model.pt"}})
+
+
+def test_lipschitz_monitor_measures_the_fp32_map_under_auto_precision(monkeypatch):
+    import jfb_inverse.models.precision as precision
+    from jfb_inverse.models import build_model
+
+    monkeypatch.setattr(precision, "native_bf16_cpu", lambda: True)
+    model, cache = build_model(resolve_config("deblur", overrides=TINY))
+    physics = cache.for_image((1, 32, 32))
+    y = physics.A(torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0)))
+    model.train()
+    auto = loop.lipschitz_at_fixed_point(model, y, physics)
+    assert model.training  # restored
+    model.precision = "fp32"
+    assert auto == loop.lipschitz_at_fixed_point(model, y, physics)

@@ -20,10 +20,14 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 @functools.cache
 def native_bf16_cpu() -> bool:
-    """Whether this CPU computes bf16 natively (oneDNN's own check; False where it cannot tell)."""
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX); False where torch cannot tell.
+
+    Not ``torch.ops.mkldnn._is_mkldnn_bf16_supported()``: that is true on any AVX-512 CPU, where
+    oneDNN emulates bf16 (no faster, and less precise).
+    """
     try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a private op: absent or failing in some builds
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except (AttributeError, RuntimeError):  # private helpers: absent in some builds
         return False
 
 

@@ -152,15 +152,18 @@ def resolve_config(
             raise ConfigError(f"problem {prob.name!r} has no preset {preset!r}; presets: {choices}")
         values = deep_merge(values, prob.presets[preset])
     source = _init_from(config, overrides)
-    if source is not None:
-        # Fine-tuning: the network is the source's unless the config or the command line says otherwise.
+    unset = [f for f in NETWORK_FIELDS if not any(f in _section(layer, "model") for layer in (config, overrides))]
+    if source is not None and unset:
+        # Fine-tuning: the network's shape is the source's where the config and command line leave it
+        # open (only the shape: the consistency step and its start belong to this run's operator).
+        # A fully given network (a fine-tuned run's own problem.toml) needs no source at all.
         from jfb_inverse.training.checkpoint import load_checkpoint
 
         try:
             source_model = load_checkpoint(source)[1].model
         except UserError as exc:
             raise ConfigError(f"training.init_from: {exc}") from None
-        values = deep_merge(values, {"model": source_model.model_dump()})
+        values = deep_merge(values, {"model": {f: getattr(source_model, f) for f in unset}})
     for layer in (config or {}, overrides or {}):
         layer = dict(layer)
         if "problem" in layer and layer["problem"] != prob.name:
@@ -175,13 +178,24 @@ def resolve_config(
         raise ConfigError(f"invalid problem definition: {format_validation_error(exc)}") from None
 
 
+#: The ``model`` fields that decide the shape of the learned weights, which ``init_from`` inherits.
+NETWORK_FIELDS = ("arch", "width", "depth", "spectral_norm")
+
+
+def _section(layer: Mapping[str, Any] | None, name: str) -> Mapping[str, Any]:
+    section = (layer or {}).get(name)
+    return section if isinstance(section, Mapping) else {}
+
+
 def _init_from(*layers: Mapping[str, Any] | None) -> str | None:
-    """``training.init_from`` as the last layer that sets it says (``None``: train from scratch)."""
+    """``training.init_from`` as the last layer that sets it says (``None``: train from scratch; an
+    explicit ``None`` resets an earlier layer's source)."""
     source = None
     for layer in layers:
-        training = (layer or {}).get("training")
-        if isinstance(training, Mapping) and isinstance(training.get("init_from"), str):
-            source = training["init_from"]  # any other type is left to the validation's error
+        training = _section(layer, "training")
+        if "init_from" in training:
+            value = training["init_from"]
+            source = value if isinstance(value, str) else None  # another type: left to the validation
     return source
 
 

@@ -124,16 +124,22 @@ def load_model(name: str | Path, device: torch.device | str = "cpu") -> tuple[An
     return model.eval(), cfg, physics
 
 
-def load_initial_weights(model: torch.nn.Module, name: str | Path, device: torch.device | str = "cpu") -> None:
-    """Copy a checkpoint's weights into ``model`` (``training.init_from``): the start of a fine-tune."""
-    payload, _ = load_checkpoint(name, map_location=device)
+def load_initial_weights(model: Any, name: str | Path, step: str, device: torch.device | str = "cpu") -> None:
+    """Start a fine-tune (``training.init_from``): copy a checkpoint's regulariser into ``model``, and
+    its learned step size only when it was learned for the same kind of consistency ``step``."""
+    payload, source = load_checkpoint(name, map_location=device)
+    prefix = "regularizer."
+    weights = {k[len(prefix) :]: v for k, v in payload["state_dict"].items() if k.startswith(prefix)}
     try:
-        model.load_state_dict(payload["state_dict"])
-    except (RuntimeError, KeyError) as exc:
+        model.regularizer.load_state_dict(weights)
+    except RuntimeError as exc:
         raise CheckpointError(
-            f"the weights of {str(name)!r} do not fit this run's network ({_first_mismatch(exc)}); "
-            "keep the source's model settings and image channels, or drop --init-from"
+            f"the weights of {str(name)!r} do not fit this run's network ({_first_mismatch(exc)}); keep the "
+            "source's network (model.arch/width/depth/spectral_norm) and image channels, or train without init_from"
         ) from None
+    if source.model.step == step and "log_eta" in payload["state_dict"]:
+        with torch.no_grad():
+            model.log_eta.copy_(payload["state_dict"]["log_eta"])
 
 
 def _first_mismatch(exc: BaseException) -> str:
