@@ -71,7 +71,7 @@ def train(
         str | None,
         typer.Option(
             help="Fine-tune: start from these weights (model.pt, run folder or builtin:NAME); the network "
-            "settings default to theirs."
+            "shape (arch, width, depth) defaults to theirs."
         ),
     ] = None,
     nproc: Annotated[

@@ -230,8 +230,8 @@ class TrainingConfig(_Strict):
     sample (power iteration) and log it as ``lipschitz`` in history.jsonl (0: off). Above 1, JFB's
     descent guarantee is gone and the CLI warns. ``init_from``: start from the weights of a
     checkpoint (a ``model.pt``, a run folder or ``builtin:NAME``) instead of the untrained network,
-    to fine-tune it on other data or another operator; the ``model`` section then defaults to the
-    source's, so its weights fit.
+    to fine-tune it on other data or another operator; the network's shape (``model.arch``,
+    ``width``, ``depth``, ``spectral_norm``) then defaults to the source's, so its weights fit.
     """
 
     steps: PositiveInt = 600
