@@ -11,11 +11,10 @@ tolerance. Training's tolerance (1e-3) stays above that floor.
 from __future__ import annotations
 
 import functools
-from typing import Literal
 
 import torch
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
+from jfb_inverse.problems.config import Precision
 
 
 @functools.cache

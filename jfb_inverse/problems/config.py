@@ -219,6 +219,10 @@ class SolverConfig(_Strict):
     eval_max_iter: PositiveInt = 100
 
 
+#: Autocast precisions of the learned regulariser (``auto``: see :mod:`jfb_inverse.models.precision`).
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
 class TrainingConfig(_Strict):
     """Optimisation: Adam with cosine decay; ``gradient`` picks the gradient strategy.
 
@@ -244,7 +248,7 @@ class TrainingConfig(_Strict):
     checkpoint_every: PositiveInt = 100
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Precision = "auto"
     max_minutes: PositiveFloat | None = None
     lipschitz_every: NonNegativeInt = 0
     init_from: str | None = None
