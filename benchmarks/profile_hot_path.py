@@ -12,6 +12,10 @@
    ``model.memory_format="auto"``) and ``compiled`` (channels-last plus ``torch.compile``, not in
    the package), with the one-off compile time and the max output difference. ``--no-compile``
    skips compiling (it takes tens of seconds on CPU).
+5. The regulariser's last layer (many channels to one), ``nn.Conv2d`` against the package's
+   ``SingleOutputConv2d`` (a 1x1 convolution to 9 planes and a shifted sum when autograd is off),
+   at two sizes: without autograd (the forward solves), and the input-only VJP (implicit
+   differentiation's backward), for which the package keeps the plain convolution.
 
     python benchmarks/profile_hot_path.py [--device cpu|cuda] [--quick] [--no-compile]
 """
@@ -33,7 +37,7 @@ from torch.nn import functional as F
 
 from jfb_inverse.implicit import JFB, Anderson, Picard
 
-KEYS = ("benchmark", "machine", "profiles", "solver_overhead", "grad_mode", "regularizer_variants")
+KEYS = ("benchmark", "machine", "profiles", "solver_overhead", "grad_mode", "regularizer_variants", "last_layer")
 
 
 def _model(device: torch.device) -> tuple[Any, Any, Any]:
@@ -203,13 +207,60 @@ def regularizer_variants(device: torch.device, quick: bool, model: Any, compile_
     return out
 
 
+def last_layer(device: torch.device, quick: bool, width: int = 32) -> list[dict[str, Any]]:
+    """``nn.Conv2d(width, 1, 3)`` against ``SingleOutputConv2d``: no-grad forward and input VJP."""
+    from jfb_inverse.models import apply_memory_format
+    from jfb_inverse.models.layers import SingleOutputConv2d
+
+    torch.manual_seed(0)
+    plain = apply_memory_format(torch.nn.Conv2d(width, 1, 3, padding=1).to(device), "auto", device)
+    fast = apply_memory_format(SingleOutputConv2d(width, 1, 3, padding=1).to(device), "auto", device)
+    fast.load_state_dict(plain.state_dict())
+    layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    rows = []
+    for batch, size in [(2, 32)] if quick else [(8, 64), (1, 256)]:
+        x = torch.rand(batch, width, size, size, device=device).contiguous(memory_format=layout)
+        with torch.no_grad():
+            diff = float((fast(x) - plain(x)).abs().max())
+
+        def forward(m: Any, x: torch.Tensor = x) -> Any:
+            def call() -> None:
+                with torch.no_grad():
+                    m(x)
+
+            return call
+
+        xg = x.clone().requires_grad_()
+        outs = {"conv2d": plain(xg), "single_output": fast(xg)}  # with autograd on both are plain
+        v = torch.randn_like(outs["conv2d"])
+
+        def vjp(out: torch.Tensor, xg: torch.Tensor = xg, v: torch.Tensor = v) -> Any:
+            return lambda: torch.autograd.grad(out, xg, v, retain_graph=True)
+
+        reps = 3 if quick else 21
+        t_fwd = benchlib.alternate({"conv2d": forward(plain), "single_output": forward(fast)}, reps, device)
+        t_vjp = benchlib.alternate({k: vjp(o) for k, o in outs.items()}, reps, device)
+        med_f = {k: benchlib.summary(t)["median_s"] for k, t in t_fwd.items()}
+        med_v = {k: benchlib.summary(t)["median_s"] for k, t in t_vjp.items()}
+        rows.append(
+            {
+                "input": list(x.shape),
+                "no_grad_ms": {k: round(t * 1e3, 3) for k, t in med_f.items()},
+                "no_grad_speedup": benchlib.ratio(med_f["conv2d"], med_f["single_output"]),
+                "input_vjp_ms": {k: round(t * 1e3, 3) for k, t in med_v.items()},
+                "max_abs_diff": diff,
+            }
+        )
+    return rows
+
+
 def run(
     device: torch.device | str = "cpu",
     quick: bool = False,
     out: Path = benchlib.DEFAULT_OUT,
     compile_it: bool = True,
 ) -> dict[str, Any]:
-    """All four parts; writes ``hot_path.json`` and ``hot_path_profiles.txt``."""
+    """All five parts; writes ``hot_path.json`` and ``hot_path_profiles.txt``."""
     device = torch.device(device)
     info = benchlib.machine_info(device)
     model, cache, cfg = _model(device)
@@ -246,6 +297,7 @@ def run(
         "solver_overhead": solver_overhead(device, quick, model, cache, cfg),
         "grad_mode": grad_modes(device, quick, model, cache, cfg),
         "regularizer_variants": regularizer_variants(device, quick, model, compile_it),
+        "last_layer": last_layer(device, quick),
     }
     benchlib.finish_info(info)
     out = Path(out)
@@ -271,6 +323,8 @@ def main() -> None:
         print(f"  overhead {row}")
     print("  grad mode:", payload["grad_mode"])
     print("  regulariser variants:", payload["regularizer_variants"])
+    for row in payload["last_layer"]:
+        print(f"  last layer {row}")
 
 
 if __name__ == "__main__":

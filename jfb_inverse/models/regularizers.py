@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from jfb_inverse.implicit import spectral_normalize
+from jfb_inverse.models.layers import SingleOutputConv2d
 
 
 class SmoothingResidual(nn.Module):
@@ -56,7 +57,7 @@ class SmoothingResidual(nn.Module):
 
 def _zero_conv(c_in: int, c_out: int) -> nn.Conv2d:
     """A 3x3 convolution starting at zero (the last layer of every ``N``)."""
-    conv = nn.Conv2d(c_in, c_out, 3, padding=1)
+    conv = SingleOutputConv2d(c_in, c_out, 3, padding=1)
     nn.init.zeros_(conv.weight)
     nn.init.zeros_(conv.bias)
     return conv

@@ -1,0 +1,60 @@
+"""Layers with a faster CPU inference path; same parameters and results as their torch parents."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+class SingleOutputConv2d(nn.Conv2d):
+    """A ``Conv2d`` to one output channel whose CPU forward without autograd is a 1x1 convolution
+    to ``k*k`` channels followed by a sum of ``k*k`` shifted planes.
+
+    Why: on the CPU, oneDNN runs a many-to-one 3x3 convolution about as slowly as a many-to-16
+    one, half the time of a 32-to-32 convolution, so the last layer of the regulariser was about
+    a seventh of a fixed-point iteration. The 1x1 form is 1.6-2x faster (part 5 of
+    ``benchmarks/profile_hot_path.py``). Only the no-grad path changes (the forward solves and
+    inference). With autograd on, the plain convolution runs: the 1x1 form's input-only backward
+    (the VJPs of implicit differentiation) was measured 2x slower. The state dict and the
+    outputs (to float rounding) are those of ``nn.Conv2d``.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the convolution (the shifted-sum form when it is the faster one)."""
+        if not self._shifted_sum_applies(x):
+            return super().forward(x)
+        weight = self.weight
+        _, c_in, kh, kw = weight.shape
+        # Output plane k of the 1x1 convolution is tap k = (i, j) of the kernel.
+        taps = weight.permute(2, 3, 0, 1).reshape(kh * kw, c_in, 1, 1)
+        if x.is_contiguous(memory_format=torch.channels_last):
+            taps = taps.contiguous(memory_format=torch.channels_last)
+        planes = F.conv2d(x, taps)
+        dtype = planes.dtype
+        # The sum runs in fp32 (as the convolution accumulates) even when autocast gave bf16 planes.
+        ph, pw = self.padding  # type: ignore[misc]  # a tuple of ints: checked by _shifted_sum_applies
+        padded = F.pad(planes.float(), (pw, pw, ph, ph))
+        dh, dw = self.dilation
+        h = padded.shape[-2] - dh * (kh - 1)
+        w = padded.shape[-1] - dw * (kw - 1)
+        if self.bias is not None:
+            out = self.bias.float().view(1, 1, 1, 1).expand(x.shape[0], 1, h, w).contiguous()
+        else:
+            out = padded.new_zeros(x.shape[0], 1, h, w)
+        for k in range(kh * kw):
+            i, j = divmod(k, kw)
+            out += padded[:, k : k + 1, i * dh : i * dh + h, j * dw : j * dw + w]
+        return out.to(dtype)
+
+    def _shifted_sum_applies(self, x: Tensor) -> bool:
+        return (
+            not torch.is_grad_enabled()
+            and x.device.type == "cpu"
+            and x.dim() == 4
+            and self.out_channels == 1
+            and self.groups == 1
+            and self.stride == (1, 1)
+            and self.padding_mode == "zeros"
+            and not isinstance(self.padding, str)
+        )

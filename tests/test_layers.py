@@ -1,0 +1,105 @@
+"""``SingleOutputConv2d``: the shifted-sum form equals ``nn.Conv2d`` wherever it is used."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from jfb_inverse.implicit import spectral_normalize
+from jfb_inverse.models import build_model
+from jfb_inverse.models.layers import SingleOutputConv2d
+from jfb_inverse.problems import resolve_config
+
+
+def _pair(c_in: int, c_out: int, **kwargs: object) -> tuple[nn.Conv2d, SingleOutputConv2d]:
+    torch.manual_seed(0)
+    plain = nn.Conv2d(c_in, c_out, **kwargs)  # type: ignore[arg-type]
+    fast = SingleOutputConv2d(c_in, c_out, **kwargs)  # type: ignore[arg-type]
+    fast.load_state_dict(plain.state_dict())  # the same parameters as a plain Conv2d
+    return plain, fast
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"kernel_size": 3, "padding": 1},
+        {"kernel_size": 3, "padding": 2, "dilation": 2},
+        {"kernel_size": 3, "padding": 0, "bias": False},
+        {"kernel_size": 5, "padding": 1},
+        {"kernel_size": (3, 5), "padding": (1, 2)},
+    ],
+)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_no_grad_forward_matches_conv2d(kwargs: dict[str, object], channels_last: bool) -> None:
+    plain, fast = _pair(8, 1, **kwargs)
+    x = torch.randn(3, 8, 13, 17)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        expected, got = plain(x), fast(x)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_with_autograd_it_is_the_plain_convolution_and_gradients_match() -> None:
+    plain, fast = _pair(6, 1, kernel_size=3, padding=1)
+    x = torch.randn(2, 6, 9, 9, requires_grad=True)
+    out = fast(x)
+    assert type(out.grad_fn).__name__ == "ConvolutionBackward0"
+    v = torch.randn_like(out)
+    grads_fast = torch.autograd.grad(out, (x, fast.weight, fast.bias), v)
+    grads_plain = torch.autograd.grad(plain(x), (x, plain.weight, plain.bias), v)
+    for a, b in zip(grads_fast, grads_plain, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_several_output_channels_keep_the_plain_path() -> None:
+    plain, fast = _pair(4, 3, kernel_size=3, padding=1)
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(fast(x), plain(x))
+
+
+def test_bf16_autocast_output_is_bf16_and_close_to_fp32() -> None:
+    plain, fast = _pair(16, 1, kernel_size=3, padding=1)
+    x = torch.randn(2, 16, 12, 12)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = fast(x)
+    with torch.no_grad():
+        expected = plain(x)
+    assert got.dtype == torch.bfloat16
+    # bf16 inputs and weights (8-bit mantissa) over 144 products: a few parts in a thousand.
+    torch.testing.assert_close(got.float(), expected, rtol=0, atol=2e-2 * float(expected.abs().max()))
+
+
+def test_spectral_normalised_layer_uses_the_normalised_weight() -> None:
+    plain, fast = _pair(8, 1, kernel_size=3, padding=1)
+    spectral_normalize(fast)
+    fast.eval()  # no power-iteration update: the weight is fixed between the two calls
+    x = torch.randn(2, 8, 10, 10)
+    with torch.no_grad():
+        expected = nn.functional.conv2d(x, fast.weight, fast.bias, padding=1)
+        got = fast(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, plain(x))  # the normalisation changed the layer
+
+
+def test_regularisers_end_in_a_single_output_conv_and_reconstructions_are_unchanged() -> None:
+    cfg = resolve_config("deblur")
+    model, cache = build_model(cfg, torch.device("cpu"))
+    last = model.regularizer.net[-1]
+    assert isinstance(last, SingleOutputConv2d)
+    with torch.no_grad():
+        for p in last.parameters():  # a non-zero last layer, so that it matters
+            p.normal_(0.0, 0.05)
+    plain = nn.Conv2d(last.in_channels, 1, 3, padding=1)
+    plain.load_state_dict(last.state_dict())
+    physics = cache.for_image((1, 32, 32))
+    y = physics.A(torch.rand(2, 1, 32, 32))
+    model.eval()
+    with torch.no_grad():
+        fast_out = model(y, physics)
+        model.regularizer.net[-1] = plain
+        plain_out = model(y, physics)
+    torch.testing.assert_close(fast_out, plain_out, rtol=1e-4, atol=1e-4)
