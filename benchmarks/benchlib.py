@@ -228,10 +228,12 @@ def problem_config(problem: str, patch: int | None = None, batch: int | None = N
 
     Precision fp32: the benchmarks compare strategies and engines doing the same arithmetic
     (deepinv runs fp32); precision ``auto`` would train in bf16 on a CPU with native bf16.
+    Equivariance ``none``: evaluation applies the plain ``T`` (one ``D`` per iteration), as
+    deepinv's DEQ does, and as the numbers measured before the option existed did.
     """
     from jfb_inverse.problems import resolve_config
 
-    overrides: dict[str, Any] = {"training": {"precision": "fp32"}}
+    overrides: dict[str, Any] = {"training": {"precision": "fp32"}, "model": {"equivariance": "none"}}
     if patch is not None:
         overrides["data"] = {"patch_size": patch}
     if batch is not None:
@@ -307,12 +309,14 @@ def builtin_checkpoint(problem: str) -> str | None:
 
 
 def load_reference(checkpoint: str, device: torch.device) -> tuple[Any, Any, Any]:
-    """``(model, cfg, physics_cache)`` of a checkpoint (model in eval mode), in fp32 like
-    :func:`problem_config` (a checkpoint trained with precision ``auto`` would train in bf16 here)."""
+    """``(model, cfg, physics_cache)`` of a checkpoint (model in eval mode), in fp32 and with the
+    plain ``T`` at evaluation, like :func:`problem_config` (a checkpoint trained with precision
+    ``auto`` would train in bf16 here)."""
     from jfb_inverse.training.checkpoint import load_model
 
     model, cfg, cache = load_model(checkpoint, device)
     model.precision = "fp32"
+    model.equivariance = "none"
     return model, cfg, cache
 
 

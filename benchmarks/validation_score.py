@@ -3,6 +3,7 @@ split, with the problem's baselines, to rank recipes without touching the held-o
 
     python benchmarks/validation_score.py builtin:deblur
     python benchmarks/validation_score.py builtin:ct
+    python benchmarks/validation_score.py builtin:deblur --equivariance rotations
 
 Image-domain problems: two photos (matplotlib's ``grace_hopper``, scikit-image's ``clock``).
 Phantom-trained problems (CT): 16 ellipse phantoms of a seed that neither the training stream
@@ -40,13 +41,19 @@ def validation_set(cfg: ProblemConfig) -> list[tuple[str, torch.Tensor]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", help="builtin:deblur, builtin:ct, a run folder or a model.pt")
+    parser.add_argument(
+        "--equivariance", choices=("none", "rotations", "dihedral"), default=None, help="override the checkpoint's"
+    )
     args = parser.parse_args()
     model, cfg, physics = load_model(args.checkpoint, "cpu")
+    if args.equivariance is not None:
+        model.equivariance = args.equivariance
     report = evaluate(model, physics, cfg, validation_set(cfg), seed=0, with_baselines=True)
     print(
         json.dumps(
             {
                 "checkpoint": args.checkpoint,
+                "equivariance": model.equivariance,
                 "psnr": report.report["mean"]["psnr"],
                 "ssim": report.report["mean"]["ssim"],
                 "iterations": report.iterations,

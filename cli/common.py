@@ -26,6 +26,15 @@ TrustOperatorOption = Annotated[
 ]
 TolOption = Annotated[float | None, typer.Option(min=0, help="Override the fixed-point tolerance of the checkpoint.")]
 MaxIterOption = Annotated[int | None, typer.Option(min=1, help="Override the fixed-point iteration cap.")]
+# A torch-free copy of jfb_inverse.problems.config.Equivariance, so --help stays fast.
+Equivariance = Literal["none", "rotations", "dihedral"]
+EquivarianceOption = Annotated[
+    Equivariance | None,
+    typer.Option(
+        help="Override the checkpoint's averaging of the regulariser over quarter-turns (rotations, 4x the "
+        "cost per iteration) or quarter-turns and flips (dihedral, 8x); none: as trained."
+    ),
+]
 
 
 def debug_enabled() -> bool:
@@ -67,13 +76,18 @@ def set_debug(value: bool) -> None:
         os.environ["JFB_INVERSE_DEBUG"] = "1"
 
 
-def override_solver(model: Any, tol: float | None, max_iter: int | None) -> None:
-    """``--tol`` / ``--max-iter``: replace the evaluation solver's stopping rule."""
+def override_evaluation(
+    model: Any, tol: float | None, max_iter: int | None, equivariance: Equivariance | None = None
+) -> None:
+    """``--tol`` / ``--max-iter`` / ``--equivariance``: replace the evaluation solver's stopping rule
+    and the model's evaluation-time averaging."""
     import dataclasses
 
     changes = {k: v for k, v in (("tol", tol), ("max_iter", max_iter)) if v is not None}
     if changes:
         model.eval_solver = dataclasses.replace(model.eval_solver, **changes)
+    if equivariance is not None:
+        model.equivariance = equivariance
 
 
 def warn(message: str) -> None:

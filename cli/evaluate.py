@@ -8,11 +8,12 @@ from typing import Annotated
 import typer
 from jfb_inverse.cli.common import (
     DeviceOption,
+    EquivarianceOption,
     MaxIterOption,
     TolOption,
     TrustOperatorOption,
     console,
-    override_solver,
+    override_evaluation,
     user_errors,
     warn,
 )
@@ -31,6 +32,7 @@ def evaluate(
     trust_operator: TrustOperatorOption = False,
     tol: TolOption = None,
     max_iter: MaxIterOption = None,
+    equivariance: EquivarianceOption = None,
 ) -> None:
     """Simulate measurements of clean images, reconstruct with the model and baselines, report PSNR/SSIM."""
     from jfb_inverse.datasets import load_folder
@@ -51,7 +53,7 @@ def evaluate(
     dev = resolve_device(device)
     model, cfg, physics = load_model(checkpoint, dev)
     ensure_trusted(cfg, trust_operator)
-    override_solver(model, tol, max_iter)
+    override_evaluation(model, tol, max_iter, equivariance)
     clean = load_folder(images, channels=cfg.data.channels) if images else evaluation_images(cfg.data)
     ev = run_evaluation(model, physics, cfg, clean, seed=seed)
     report = ev.report

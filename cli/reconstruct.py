@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 import typer
 from jfb_inverse.cli.common import (
     DeviceOption,
+    EquivarianceOption,
     MaxIterOption,
     TolOption,
     TrustOperatorOption,
@@ -15,7 +16,7 @@ from jfb_inverse.cli.common import (
     console,
     debug_enabled,
     err_console,
-    override_solver,
+    override_evaluation,
     stdout_is_terminal,
     user_errors,
     warn,
@@ -97,6 +98,7 @@ def reconstruct(
     trust_operator: TrustOperatorOption = False,
     tol: TolOption = None,
     max_iter: MaxIterOption = None,
+    equivariance: EquivarianceOption = None,
 ) -> None:
     """Reconstruct images from measurements with a trained model (any image size)."""
     from jfb_inverse.errors import UserError
@@ -116,7 +118,7 @@ def reconstruct(
     dev = resolve_device(device)
     model, cfg, physics = load_model(checkpoint, dev)
     ensure_trusted(cfg, trust_operator)
-    override_solver(model, tol, max_iter)
+    override_evaluation(model, tol, max_iter, equivariance)
     if input.is_dir():
         files = sorted(p for p in input.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES | {".npy"})
         if not files:

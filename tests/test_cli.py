@@ -179,3 +179,42 @@ def test_train_warns_when_the_map_is_not_contractive(tmp_path):
     assert "not contractive at step 2" in " ".join(result.output.split())
     record = json.loads((tmp_path / "run" / "history.jsonl").read_text().splitlines()[0])
     assert record["lipschitz"] > 1.0
+
+
+def test_reconstruct_equivariance_option_changes_the_result(tmp_path):
+    clean = load_builtin("camera", size=None)[:, 100:140, 200:264]  # 40 x 64
+    save_image(clean, tmp_path / "clean.png")
+    args = ("--checkpoint", "builtin:deblur", "--device", "cpu")
+    assert (
+        invoke(
+            "simulate", *args[:2], "--input", str(tmp_path / "clean.png"), "--output", str(tmp_path / "y.npy")
+        ).exit_code
+        == 0
+    )
+    outputs = {}
+    for group in ("none", "rotations"):
+        out = tmp_path / f"x_{group}.npy"
+        result = invoke(
+            "reconstruct", *args, "--input", str(tmp_path / "y.npy"), "--output", str(out), "--equivariance", group
+        )
+        assert result.exit_code == 0, result.output
+        outputs[group] = np.load(out)
+    assert outputs["rotations"].shape == (1, 40, 64)
+    assert 1e-4 < np.abs(outputs["rotations"] - outputs["none"]).max() < 0.1
+
+
+def test_reconstruct_rejects_an_unknown_equivariance(tmp_path):
+    np.save(tmp_path / "y.npy", np.zeros((1, 16, 16), dtype=np.float32))
+    result = invoke(
+        "reconstruct",
+        "--checkpoint",
+        "builtin:deblur",
+        "--input",
+        str(tmp_path / "y.npy"),
+        "--output",
+        str(tmp_path / "x.npy"),
+        "--equivariance",
+        "mirror",
+    )
+    assert result.exit_code == 2
+    assert "mirror" in result.output and not (tmp_path / "x.npy").exists()

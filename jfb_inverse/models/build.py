@@ -104,5 +104,6 @@ def build_model(cfg: ProblemConfig, device: torch.device | str = "cpu") -> tuple
         gradient=make_training_gradient(cfg.training, cfg.solver),
         physics_factory=physics.for_measurement,
         precision=cfg.training.precision,
+        equivariance=m.equivariance,
     )
     return model.to(device), physics

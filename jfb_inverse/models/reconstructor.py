@@ -15,6 +15,7 @@ from jfb_inverse.consistency import make_step
 from jfb_inverse.implicit import JFB, Anderson, FixedPointSolver, GradientStrategy, fixed_point
 from jfb_inverse.implicit.solvers import FixedPointMap
 from jfb_inverse.implicit.stats import SolverStats
+from jfb_inverse.models.equivariance import GROUPS, Equivariance, symmetrize
 from jfb_inverse.models.precision import Precision, effective_precision
 
 StepKind = Literal["prox", "gradient", "ffpn", "filtered"]
@@ -34,9 +35,14 @@ class ImplicitReconstructor(Reconstructor):
     ``1/||A||^2``) learned when ``learn_eta``. The iteration starts from a Tikhonov solution
     (``init="tikhonov"``, weight ``init_lam`` relative to ``||A||^2``) or ``A^T y``. ``solver`` is used
     in training mode, ``eval_solver`` in eval mode; ``gradient`` is the training strategy (JFB by
-    default). Works on any image size (fully convolutional); with ``physics=None`` the physics is
-    built for the measurement's shape by ``physics_factory``. ``last_stats`` holds the solver
-    statistics of the last call.
+    default). ``equivariance`` (``none``, ``rotations`` or ``dihedral``) averages ``D`` over that
+    group of quarter-turns and flips inside ``T`` in eval mode only (see
+    :mod:`jfb_inverse.models.equivariance`); training always uses the plain ``D``. The class
+    default is ``none`` because a ``D`` of your own may not accept a turned (H <-> W) input; the
+    problem definitions default to ``rotations`` (``model.equivariance``). Works on any
+    image size (fully convolutional); with ``physics=None`` the physics is built for the
+    measurement's shape by ``physics_factory``. ``last_stats`` holds the solver statistics of the
+    last call.
 
     Example:
         >>> import torch, deepinv as dinv
@@ -61,8 +67,11 @@ class ImplicitReconstructor(Reconstructor):
         gradient: GradientStrategy | None = None,
         physics_factory: PhysicsFactory | None = None,
         precision: Precision = "fp32",
+        equivariance: Equivariance = "none",
     ) -> None:
         super().__init__()
+        if equivariance not in GROUPS:
+            raise ValueError(f"unknown equivariance {equivariance!r}; choose one of {sorted(GROUPS)}")
         self.regularizer = regularizer
         self.step_kind: StepKind = step
         log_eta = torch.tensor(math.log(eta_init))
@@ -77,6 +86,7 @@ class ImplicitReconstructor(Reconstructor):
         self.gradient: GradientStrategy = gradient or JFB()
         self.physics_factory = physics_factory
         self.precision = precision
+        self.equivariance: Equivariance = equivariance
         self.last_stats: SolverStats | None = None
 
     @property
@@ -100,6 +110,8 @@ class ImplicitReconstructor(Reconstructor):
         step = make_step(self.step_kind, physics, img_size)
         consistency = step.bind(y, self.eta)
         reg = self._regularizer_in_precision(y.device)
+        if not self.training:
+            reg = symmetrize(reg, self.equivariance)
         if self.step_kind in ("ffpn", "filtered"):
             fn: FixedPointMap = lambda u: consistency(reg(u))  # noqa: E731
         else:

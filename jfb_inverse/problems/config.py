@@ -182,6 +182,9 @@ class DataConfig(_Strict):
         return self
 
 
+Equivariance = Literal["none", "rotations", "dihedral"]
+
+
 class ModelConfig(_Strict):
     """The fixed-point map ``T`` and its learned regulariser ``D``.
 
@@ -193,6 +196,12 @@ class ModelConfig(_Strict):
     ``memory_format``: the layout of the regulariser's convolutions; ``auto`` is channels-last (NHWC)
     on the CPU, where oneDNN's convolutions run faster in it (benchmarks/profile_hot_path.py), and
     PyTorch's default elsewhere. The weights and results are the same in either layout.
+    ``equivariance``: at evaluation, ``D`` inside ``T`` is averaged over the four quarter-turns
+    (``rotations``, the default) or the eight quarter-turns and flips (``dihedral``) of its input,
+    at that many times the cost of an application of ``D``; ``none`` uses ``D`` as trained.
+    Training is unaffected. ``rotations`` was chosen on validation images in neither split: +0.20 dB
+    (deblur photos) and +0.14 dB (CT phantoms) over ``none`` with the shipped models; ``dihedral``
+    scored no higher at twice the cost.
     """
 
     step: Literal["prox", "gradient", "ffpn", "filtered"] = "prox"
@@ -205,6 +214,7 @@ class ModelConfig(_Strict):
     init: Literal["tikhonov", "adjoint"] = "tikhonov"
     init_lam: PositiveFloat = 0.01
     memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
+    equivariance: Equivariance = "rotations"
 
 
 class SolverConfig(_Strict):
