@@ -116,7 +116,13 @@ def run_all(
             else:
                 attempt(f"memory:{p}", lambda p=p: memory.run(dev, quick, out, problem=p, threads=threads))
     if "solver" in items and "deblur" in run_problems:
-        attempt("solver:deblur", lambda: solver_convergence.run(dev, quick, out, repeats, checkpoint=ref_checkpoint))
+        for eq in ("none", "rotations"):  # the plain T, and the model's default evaluation map
+            attempt(
+                f"solver:deblur/{eq}",
+                lambda eq=eq: solver_convergence.run(
+                    dev, quick, out, repeats, checkpoint=ref_checkpoint, equivariance=eq
+                ),
+            )
     if "quality" in items and "deblur" in run_problems:
         attempt("quality:deblur", lambda: time_to_quality.run(dev, quick, out, budget_s=budget_s))
     if "deepinv" in items:
@@ -170,7 +176,8 @@ def summarize(out: Path = benchlib.DEFAULT_OUT) -> dict[str, Any]:
     for pattern, key in patterns.items():
         for path in sorted(out.glob(pattern)):
             payload = json.loads(path.read_text())
-            results[f"{key}:{payload['problem']}"] = payload
+            eq = payload.get("setup", {}).get("equivariance", "none")
+            results[f"{key}:{payload['problem']}" + ("" if eq == "none" else f"/{eq}")] = payload
     for name, key in (("vs_deepinv.json", "deepinv"), ("malloc.json", "malloc")):
         if (out / name).is_file():
             results[key] = json.loads((out / name).read_text())
@@ -266,6 +273,8 @@ def headline_table(results: dict[str, Any]) -> list[dict[str, Any]]:
             r = res["ratios"]
             s = res["solvers"]
             which = "untrained" if "untrained" in str(res["setup"]["model"].get("source")) else "trained"
+            eq = res["setup"].get("equivariance", "none")
+            which += "" if eq == "none" else f", D averaged over {eq}"
             add(
                 f"deblur ({which}): iterations to 1e-3, Anderson / Picard",
                 f"{s['anderson']['iterations_to']['0.001']} / {s['picard']['iterations_to']['0.001']} "

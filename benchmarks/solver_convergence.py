@@ -6,11 +6,16 @@ fixed seed. Iterations: from one long solve per solver (the first iteration whos
 residual is at or below the tolerance). Time: separate solves stopping at each tolerance,
 interleaved Picard/Anderson, median over repeats, autograd off.
 
+The map: the plain ``T`` (one ``D`` per iteration, ``--equivariance none``, the default here) or
+the model's default evaluation map, ``D`` averaged over quarter-turns (``--equivariance
+rotations``; written as ``solver_convergence_<problem>_rotations.json``).
+
 The model: ``--checkpoint`` if given, else ``builtin:<problem>`` when the package ships it, else
 a short training run (300 steps of the problem's default recipe) done by the benchmark and cached
 in the output folder; the JSON says which.
 
     python benchmarks/solver_convergence.py [--device cpu|cuda] [--quick] [--checkpoint PATH]
+        [--equivariance none|rotations|dihedral]
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ def run(
     checkpoint: str | None = None,
     train_steps: int = 300,
     plot: bool = True,
+    equivariance: str = "none",
 ) -> dict[str, Any]:
     """Measure item 4 and write ``solver_convergence_<problem>.json`` / ``.png``."""
     from jfb_inverse.problems import simulate
@@ -65,6 +71,7 @@ def run(
     else:
         path, note = benchlib.reference_checkpoint(problem, out, checkpoint, device, steps=train_steps)
         model, cfg, physics_cache = benchlib.load_reference(path, device)
+    model.equivariance = equivariance
     model.eval()
     images = evaluation_images(cfg.data)
     if quick:
@@ -128,6 +135,7 @@ def run(
             "images": [n for n, _ in images],
             "batch_shape": list(x.shape),
             "anderson_m": m,
+            "equivariance": equivariance,
             "stop": "batch (every image below tol)",
             "repeats": repeats,
         },
@@ -145,7 +153,8 @@ def run(
             }
         },
     }
-    return benchlib.save(out, f"solver_convergence_{problem}", payload, plot_traces if plot else None)
+    stem = f"solver_convergence_{problem}" + ("" if equivariance == "none" else f"_{equivariance}")
+    return benchlib.save(out, stem, payload, plot_traces if plot else None)
 
 
 def plot_traces(payload: dict[str, Any], path: Path) -> None:
@@ -173,9 +182,19 @@ def main() -> None:
     parser.add_argument("--problem", default="deblur")
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--train-steps", type=int, default=300)
+    parser.add_argument("--equivariance", choices=("none", "rotations", "dihedral"), default="none")
     args = parser.parse_args()
     device = benchlib.setup(args)
-    payload = run(device, args.quick, args.out, args.repeats, args.problem, args.checkpoint, args.train_steps)
+    payload = run(
+        device,
+        args.quick,
+        args.out,
+        args.repeats,
+        args.problem,
+        args.checkpoint,
+        args.train_steps,
+        equivariance=args.equivariance,
+    )
     for name, r in payload["solvers"].items():
         secs = {k: round(v["median_s"], 4) for k, v in r.get("seconds_to", {}).items()}
         print(f"  {name:9s} iterations {r['iterations_to']}  seconds {secs}")
