@@ -3,7 +3,8 @@
 Both runs train the same definition (default: the deblur problem with a motion blur, 11 px at 30
 degrees, instead of DEBLUR-G's Gaussian) for the same steps; one starts from ``builtin:deblur``
 (``training.init_from``), the other from the untrained network. Both are scored on the held-out
-split with the classical baselines (noise seed 0).
+split with the classical baselines (noise seed 0), with the models' default evaluation map (``D``
+averaged over quarter-turns; recorded as ``equivariance``).
 
     python benchmarks/fine_tune.py [--steps 300] [--source builtin:deblur]
 
@@ -66,6 +67,9 @@ def main() -> None:
         "source": args.source,
         "threads": args.threads,
         "precision": "fp32",
+        # How the held-out split was scored: the model's evaluation map (D averaged over
+        # quarter-turns by default; results before the fifth session used the plain T).
+        "equivariance": cfg.model.equivariance,
         "runs": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

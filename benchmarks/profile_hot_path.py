@@ -14,8 +14,9 @@
    skips compiling (it takes tens of seconds on CPU).
 5. The regulariser's last layer (many channels to one), ``nn.Conv2d`` against the package's
    ``SingleOutputConv2d`` (a 1x1 convolution to 9 planes and a shifted sum when autograd is off),
-   at two sizes: without autograd (the forward solves), and the input-only VJP (implicit
-   differentiation's backward), for which the package keeps the plain convolution.
+   at two sizes: without autograd (the forward solves), and the input-only VJP of each form
+   (implicit differentiation's backward; the package keeps the plain convolution under autograd);
+   then a 40-iteration Picard solve of the deblur ``T`` with each last layer.
 
     python benchmarks/profile_hot_path.py [--device cpu|cuda] [--quick] [--no-compile]
 """
@@ -207,16 +208,19 @@ def regularizer_variants(device: torch.device, quick: bool, model: Any, compile_
     return out
 
 
-def last_layer(device: torch.device, quick: bool, width: int = 32) -> list[dict[str, Any]]:
-    """``nn.Conv2d(width, 1, 3)`` against ``SingleOutputConv2d``: no-grad forward and input VJP."""
+def last_layer(device: torch.device, quick: bool, width: int = 32) -> dict[str, Any]:
+    """``nn.Conv2d(width, 1, 3)`` against ``SingleOutputConv2d``: the layer without autograd, the
+    input-only VJP of each form (the package keeps the plain one under autograd), and a 40-iteration
+    Picard solve of the deblur ``T`` with each last layer (interleaved medians)."""
     from jfb_inverse.models import apply_memory_format
-    from jfb_inverse.models.layers import SingleOutputConv2d
+    from jfb_inverse.models.layers import SingleOutputConv2d, shifted_sum_conv2d
 
     torch.manual_seed(0)
     plain = apply_memory_format(torch.nn.Conv2d(width, 1, 3, padding=1).to(device), "auto", device)
     fast = apply_memory_format(SingleOutputConv2d(width, 1, 3, padding=1).to(device), "auto", device)
     fast.load_state_dict(plain.state_dict())
     layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    reps = 3 if quick else 21
     rows = []
     for batch, size in [(2, 32)] if quick else [(8, 64), (1, 256)]:
         x = torch.rand(batch, width, size, size, device=device).contiguous(memory_format=layout)
@@ -231,13 +235,15 @@ def last_layer(device: torch.device, quick: bool, width: int = 32) -> list[dict[
             return call
 
         xg = x.clone().requires_grad_()
-        outs = {"conv2d": plain(xg), "single_output": fast(xg)}  # with autograd on both are plain
+        outs = {
+            "conv2d": plain(xg),
+            "shifted_sum": shifted_sum_conv2d(xg, plain.weight, plain.bias, (1, 1), (1, 1)),
+        }
         v = torch.randn_like(outs["conv2d"])
 
         def vjp(out: torch.Tensor, xg: torch.Tensor = xg, v: torch.Tensor = v) -> Any:
             return lambda: torch.autograd.grad(out, xg, v, retain_graph=True)
 
-        reps = 3 if quick else 21
         t_fwd = benchlib.alternate({"conv2d": forward(plain), "single_output": forward(fast)}, reps, device)
         t_vjp = benchlib.alternate({k: vjp(o) for k, o in outs.items()}, reps, device)
         med_f = {k: benchlib.summary(t)["median_s"] for k, t in t_fwd.items()}
@@ -248,10 +254,51 @@ def last_layer(device: torch.device, quick: bool, width: int = 32) -> list[dict[
                 "no_grad_ms": {k: round(t * 1e3, 3) for k, t in med_f.items()},
                 "no_grad_speedup": benchlib.ratio(med_f["conv2d"], med_f["single_output"]),
                 "input_vjp_ms": {k: round(t * 1e3, 3) for k, t in med_v.items()},
+                "input_vjp_shifted_over_conv2d": benchlib.ratio(med_v["shifted_sum"], med_v["conv2d"]),
                 "max_abs_diff": diff,
             }
         )
-    return rows
+    return {"layer": rows, "forward_solve": _solve_with_last_layers(device, quick, reps=3 if quick else 7)}
+
+
+def _solve_with_last_layers(device: torch.device, quick: bool, reps: int) -> dict[str, Any]:
+    """A K-iteration Picard solve (batch 8 of 64x64, no autograd) of the deblur ``T``, its last layer
+    the package's ``SingleOutputConv2d`` or a plain ``nn.Conv2d`` with the same weights."""
+    model, cache, cfg = _model(device)
+    K, batch, size = (5, 2, 32) if quick else (40, 8, 64)
+    _, y, physics = _data(cache, cfg, device, batch, size)
+    model.train()
+    fn, u0 = model.fixed_point_map(y, physics)
+    net = model.regularizer.net
+    fast = net[-1]
+    plain = _plain_copy(fast, device)
+    solver = Picard(tol=benchlib.TINY_TOL, max_iter=K)
+
+    def with_layer(layer: torch.nn.Module) -> Any:
+        def call() -> None:
+            net[-1] = layer
+            solver.solve(fn, u0)
+
+        return call
+
+    times = benchlib.alternate({"conv2d": with_layer(plain), "single_output": with_layer(fast)}, reps, device)
+    net[-1] = fast
+    med = {k: benchlib.summary(t)["median_s"] for k, t in times.items()}
+    return {
+        "K": K,
+        "batch": [batch, 1, size, size],
+        "median_s": med,
+        "speedup": benchlib.ratio(med["conv2d"], med["single_output"]),
+    }
+
+
+def _plain_copy(layer: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """A plain ``nn.Conv2d`` with ``layer``'s weights and the package's layout."""
+    from jfb_inverse.models import apply_memory_format
+
+    plain = torch.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, padding=layer.padding)
+    plain.load_state_dict(layer.state_dict())
+    return apply_memory_format(plain.to(device), "auto", device)
 
 
 def run(
@@ -323,8 +370,9 @@ def main() -> None:
         print(f"  overhead {row}")
     print("  grad mode:", payload["grad_mode"])
     print("  regulariser variants:", payload["regularizer_variants"])
-    for row in payload["last_layer"]:
+    for row in payload["last_layer"]["layer"]:
         print(f"  last layer {row}")
+    print(f"  forward solve with each last layer: {payload['last_layer']['forward_solve']}")
 
 
 if __name__ == "__main__":

@@ -69,6 +69,8 @@ def main() -> None:
         "validation_psnr": {k: round(v, 3) for k, v in val.report["mean"]["psnr"].items()},
         # What training ran in: precision auto is bf16 on a CPU with native bf16 (earlier lines: fp32).
         "precision": effective_precision(cfg.training.precision, torch.device("cpu"), training=True),
+        # How the scores were made: D averaged over quarter-turns by default (earlier lines: plain T).
+        "equivariance": cfg.model.equivariance,
     }
     print(json.dumps(result))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -118,7 +118,7 @@ def run_all(
     if "solver" in items and "deblur" in run_problems:
         for eq in ("none", "rotations"):  # the plain T, and the model's default evaluation map
             attempt(
-                f"solver:deblur/{eq}",
+                "solver:deblur" + ("" if eq == "none" else f"/{eq}"),
                 lambda eq=eq: solver_convergence.run(
                     dev, quick, out, repeats, checkpoint=ref_checkpoint, equivariance=eq
                 ),

@@ -103,3 +103,42 @@ def test_regularisers_end_in_a_single_output_conv_and_reconstructions_are_unchan
         model.regularizer.net[-1] = plain
         plain_out = model(y, physics)
     torch.testing.assert_close(fast_out, plain_out, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 1, 1), (1, 4, 3, 3), (0, 4, 5, 5)])
+def test_tiny_outputs_never_write_into_the_bias(shape: tuple[int, ...]) -> None:
+    padding = 0 if shape[-1] == 3 else 1
+    plain, fast = _pair(4, 1, kernel_size=3, padding=padding)
+    bias = fast.bias.detach().clone()
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        for _ in range(3):
+            got = fast(x)
+        expected = plain(x)
+    assert torch.equal(fast.bias.detach(), bias)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_float64_keeps_float64_accuracy() -> None:
+    plain, fast = _pair(8, 1, kernel_size=3, padding=1)
+    plain.double()
+    fast.double()
+    x = torch.randn(2, 8, 9, 9, dtype=torch.float64)
+    with torch.no_grad():
+        got, expected = fast(x), plain(x)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_shifted_sum_function_is_differentiable_like_conv2d() -> None:
+    from jfb_inverse.models.layers import shifted_sum_conv2d
+
+    torch.manual_seed(1)
+    x = torch.randn(2, 4, 6, 7, requires_grad=True)
+    w = torch.randn(1, 4, 3, 3, requires_grad=True)
+    b = torch.randn(1, requires_grad=True)
+    out = shifted_sum_conv2d(x, w, b, (2, 2), (2, 2))
+    ref = nn.functional.conv2d(x, w, b, padding=2, dilation=2)
+    v = torch.randn_like(ref)
+    for a, c in zip(torch.autograd.grad(out, (x, w, b), v), torch.autograd.grad(ref, (x, w, b), v), strict=True):
+        torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)

@@ -215,3 +215,36 @@ def test_lipschitz_monitor_measures_the_fp32_map_under_auto_precision(monkeypatc
     assert model.training  # restored
     model.precision = "fp32"
     assert auto == loop.lipschitz_at_fixed_point(model, y, physics)
+
+
+def test_lipschitz_monitor_measures_the_trained_map_not_the_averaged_one():
+    from jfb_inverse.implicit import lipschitz_estimate
+    from jfb_inverse.models import build_model
+
+    # An anisotropic D (a horizontal difference in the last layer): averaging it over quarter-turns
+    # lowers T's Jacobian norm, so the monitor must switch the averaging off to see the trained map.
+    cfg = resolve_config("deblur", overrides={"data": {"patch_size": 32}, "model": {"width": 8, "depth": 3}})
+    torch.manual_seed(0)
+    model, cache = build_model(cfg)
+    model.train()
+    physics = cache.for_image((1, 32, 32))
+    y = physics.A(torch.rand(1, 1, 32, 32))
+    last = model.regularizer.net[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.weight[:, :, 1, 0] = -0.4
+        last.weight[:, :, 1, 2] = 0.4
+    assert model.equivariance == "rotations"
+    default = loop.lipschitz_at_fixed_point(model, y, physics, n_iter=20)
+    assert model.equivariance == "rotations" and model.training  # restored
+    model.equivariance = "none"
+    plain = loop.lipschitz_at_fixed_point(model, y, physics, n_iter=20)
+    assert default == pytest.approx(plain, rel=1e-6)
+    # ...and the averaged map really is different (smaller), so the check above can fail.
+    model.eval()
+    model.equivariance = "rotations"
+    with torch.no_grad():
+        fn, u0 = model.fixed_point_map(y, physics)
+        u, _ = model.solver.solve(fn, u0)
+    averaged = float(lipschitz_estimate(fn, u, n_iter=20).max())
+    assert averaged < plain - 0.05

@@ -12,11 +12,10 @@ class SingleOutputConv2d(nn.Conv2d):
     to ``k*k`` channels followed by a sum of ``k*k`` shifted planes.
 
     Why: on the CPU, oneDNN runs a many-to-one 3x3 convolution about as slowly as a many-to-16
-    one, half the time of a 32-to-32 convolution, so the last layer of the regulariser was about
-    a seventh of a fixed-point iteration. The 1x1 form is 1.6-2x faster (part 5 of
+    one, half the time of a 32-to-32 convolution. The 1x1 form is 1.8-2x faster (part 5 of
     ``benchmarks/profile_hot_path.py``). Only the no-grad path changes (the forward solves and
     inference). With autograd on, the plain convolution runs: the 1x1 form's input-only backward
-    (the VJPs of implicit differentiation) was measured 2x slower. The state dict and the
+    (the VJPs of implicit differentiation) was measured 4-6x slower. The state dict and the
     outputs (to float rounding) are those of ``nn.Conv2d``.
     """
 
@@ -24,28 +23,7 @@ class SingleOutputConv2d(nn.Conv2d):
         """Apply the convolution (the shifted-sum form when it is the faster one)."""
         if not self._shifted_sum_applies(x):
             return super().forward(x)
-        weight = self.weight
-        _, c_in, kh, kw = weight.shape
-        # Output plane k of the 1x1 convolution is tap k = (i, j) of the kernel.
-        taps = weight.permute(2, 3, 0, 1).reshape(kh * kw, c_in, 1, 1)
-        if x.is_contiguous(memory_format=torch.channels_last):
-            taps = taps.contiguous(memory_format=torch.channels_last)
-        planes = F.conv2d(x, taps)
-        dtype = planes.dtype
-        # The sum runs in fp32 (as the convolution accumulates) even when autocast gave bf16 planes.
-        ph, pw = self.padding  # type: ignore[misc]  # a tuple of ints: checked by _shifted_sum_applies
-        padded = F.pad(planes.float(), (pw, pw, ph, ph))
-        dh, dw = self.dilation
-        h = padded.shape[-2] - dh * (kh - 1)
-        w = padded.shape[-1] - dw * (kw - 1)
-        if self.bias is not None:
-            out = self.bias.float().view(1, 1, 1, 1).expand(x.shape[0], 1, h, w).contiguous()
-        else:
-            out = padded.new_zeros(x.shape[0], 1, h, w)
-        for k in range(kh * kw):
-            i, j = divmod(k, kw)
-            out += padded[:, k : k + 1, i * dh : i * dh + h, j * dw : j * dw + w]
-        return out.to(dtype)
+        return shifted_sum_conv2d(x, self.weight, self.bias, self.padding, self.dilation)  # type: ignore[arg-type]
 
     def _shifted_sum_applies(self, x: Tensor) -> bool:
         return (
@@ -58,3 +36,37 @@ class SingleOutputConv2d(nn.Conv2d):
             and self.padding_mode == "zeros"
             and not isinstance(self.padding, str)
         )
+
+
+def shifted_sum_conv2d(
+    x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple[int, int], dilation: tuple[int, int]
+) -> Tensor:
+    """``F.conv2d(x, weight, bias, padding=padding, dilation=dilation)`` for a one-output-channel
+    ``weight`` (stride 1, zero padding), as a 1x1 convolution to ``kh*kw`` planes and a sum of
+    shifted planes. Differentiable (``benchmarks/profile_hot_path.py`` times its VJP)."""
+    _, c_in, kh, kw = weight.shape
+    # Output plane k of the 1x1 convolution is tap k = (i, j) of the kernel.
+    taps = weight.permute(2, 3, 0, 1).reshape(kh * kw, c_in, 1, 1)
+    if x.is_contiguous(memory_format=torch.channels_last):
+        taps = taps.contiguous(memory_format=torch.channels_last)
+    planes = F.conv2d(x, taps)
+    dtype = planes.dtype
+    # The sum runs in at least fp32 (as the convolution accumulates) even when autocast gave bf16
+    # planes; float64 stays float64.
+    acc = torch.promote_types(dtype, torch.float32)
+    ph, pw = padding
+    padded = F.pad(planes.to(acc), (pw, pw, ph, ph))
+    dh, dw = dilation
+    h = padded.shape[-2] - dh * (kh - 1)
+    w = padded.shape[-1] - dw * (kw - 1)
+    # A fresh buffer: for a 1x1 output, expand(...).contiguous() would return the bias itself, and
+    # the in-place sum below would then write into the parameter.
+    out = padded.new_empty(x.shape[0], 1, h, w)
+    if bias is not None:
+        out.copy_(bias.to(acc).view(1, 1, 1, 1).expand_as(out))
+    else:
+        out.zero_()
+    for k in range(kh * kw):
+        i, j = divmod(k, kw)
+        out += padded[:, k : k + 1, i * dh : i * dh + h, j * dw : j * dw + w]
+    return out.to(dtype)

@@ -112,9 +112,14 @@ def lipschitz_at_fixed_point(model: torch.nn.Module, y: torch.Tensor, physics: A
 
     Measured in eval mode, so precision ``auto`` measures the fp32 map that reconstructions use:
     bf16's rounding noise would inflate the power iteration's estimate (1.09 against 1.00 seen).
+    Without the evaluation-time averaging of ``D`` (``equivariance``), though: the monitor is about
+    the map that JFB trains, and averaging can only lower the Jacobian's norm.
     """
     was_training = model.training
+    equivariance = getattr(model, "equivariance", None)
     model.eval()
+    if equivariance is not None:
+        model.equivariance = "none"
     try:
         with torch.no_grad():
             fn, u0 = model.fixed_point_map(y, physics)
@@ -122,6 +127,8 @@ def lipschitz_at_fixed_point(model: torch.nn.Module, y: torch.Tensor, physics: A
         return float(lipschitz_estimate(fn, u, n_iter=n_iter).max())
     finally:
         model.train(was_training)
+        if equivariance is not None:
+            model.equivariance = equivariance
 
 
 def train(
