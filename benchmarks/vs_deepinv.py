@@ -15,9 +15,12 @@ Everything identical on both sides:
   a Picard solve of K+1 iterations, so both output ``T^(K+1)(A^T y)``.
 
 Before timing, both outputs (and both JFB gradients) are compared on the same input; the max
-absolute differences are reported. ``ours`` lays the denoiser's convolutions out as the package
-does (``model.memory_format="auto"``: channels-last on the CPU, where oneDNN runs them faster);
-``ours_same_layout`` keeps PyTorch's default layout, deepinv's, and isolates the two engines.
+absolute differences are reported. ``ours`` runs the denoiser as the package does: convolutions
+channels-last on the CPU (``model.memory_format="auto"``, where oneDNN runs them faster) and the
+last layer as ``SingleOutputConv2d`` (a faster form without autograd). deepinv's side runs the
+same network as plain PyTorch writes it: PyTorch's default layout and ``nn.Conv2d`` layers
+throughout. ``ours_same_layout`` runs that plain network in our engine, so that the two engines
+alone are compared.
 A training step is ``zero_grad + forward + MSE + backward +
 Adam.step`` (lr=0 so both stay identical); inference runs under ``torch.no_grad``. Ours and
 deepinv's alternate in one process; medians and the ratio ours/deepinv are reported.
@@ -56,6 +59,27 @@ class NoiseLevelFree(nn.Module):
         return self.regularizer(x)
 
 
+def plain_layers(module: nn.Module) -> nn.Module:
+    """Replace every ``SingleOutputConv2d`` of ``module`` by an ``nn.Conv2d`` with the same weights."""
+    from jfb_inverse.models.layers import SingleOutputConv2d
+
+    for name, child in list(module.named_children()):
+        if isinstance(child, SingleOutputConv2d):
+            plain = nn.Conv2d(
+                child.in_channels,
+                child.out_channels,
+                child.kernel_size,  # type: ignore[arg-type]
+                padding=child.padding,  # type: ignore[arg-type]
+                dilation=child.dilation,  # type: ignore[arg-type]
+                bias=child.bias is not None,
+            ).to(child.weight.device)
+            plain.load_state_dict(child.state_dict())
+            setattr(module, name, plain)
+        else:
+            plain_layers(child)
+    return module
+
+
 def build_pair(device: torch.device, patch: int, batch: int, depth: int, eta: float = 1.0, seed: int = 0):
     """``(ours, ours_same_layout, theirs, x, y, physics)``: identical denoiser weights, step, start and
     iterations. ``ours`` lays the denoiser out as the package does (``model.memory_format="auto"``:
@@ -82,6 +106,8 @@ def build_pair(device: torch.device, patch: int, batch: int, depth: int, eta: fl
     reg_theirs.load_state_dict(reg.state_dict())
     reg_same = SmoothingResidualCNN(channels=cfg.data.channels, width=cfg.model.width, depth=cfg.model.depth).to(device)
     reg_same.load_state_dict(reg.state_dict())
+    plain_layers(reg_theirs)
+    plain_layers(reg_same)
     apply_memory_format(reg, "auto", device)
 
     def implicit(regularizer: nn.Module) -> ImplicitReconstructor:
