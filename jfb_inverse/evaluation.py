@@ -82,6 +82,8 @@ def evaluate(
                 "name": name,
                 "psnr": {k: round(float(psnr(v, x)), 4) for k, v in clipped.items()},
                 "ssim": {k: round(float(ssim(v, x)), 5) for k, v in clipped.items()},
+                "iterations": result.iterations[-1],
+                "converged": result.converged[-1],
             }
         )
         if len(result.examples) < keep_examples:
@@ -90,7 +92,16 @@ def evaluate(
     mean = {
         metric: {k: round(sum(r[metric][k] for r in rows) / len(rows), 4) for k in keys} for metric in ("psnr", "ssim")
     }
-    result.report = {"images": rows, "mean": mean}
+    # How the model was run, so that a report says which evaluation map and stopping rule made it.
+    solver = model.eval_solver
+    settings = {
+        "noise_seed": seed,
+        "equivariance": model.equivariance,
+        "solver": type(solver).__name__.lower(),
+        "tol": solver.tol,
+        "max_iter": solver.max_iter,
+    }
+    result.report = {"images": rows, "mean": mean, "settings": settings}
     return result
 
 

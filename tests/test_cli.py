@@ -139,6 +139,14 @@ def test_evaluate_json_schema_and_figure(trained, tmp_path):
     for row in report["images"]:
         assert set(row["psnr"]) == methods == set(row["ssim"])
         assert all(isinstance(v, float) for v in row["psnr"].values())
+        assert row["iterations"] >= 1 and isinstance(row["converged"], bool)
+    assert report["settings"] == {
+        "noise_seed": 0,
+        "equivariance": "rotations",
+        "solver": "anderson",
+        "tol": 1e-4,
+        "max_iter": 100,
+    }
     assert (tmp_path / "f.png").stat().st_size > 1000
 
 
