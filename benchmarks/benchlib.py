@@ -308,6 +308,38 @@ def builtin_checkpoint(problem: str) -> str | None:
     return f"builtin:{problem}"
 
 
+def plain_conv(layer: torch.nn.Conv2d) -> torch.nn.Conv2d:
+    """An ``nn.Conv2d`` with ``layer``'s shape, weights, device and memory layout (for a
+    ``SingleOutputConv2d``: the same layer without its faster no-grad form)."""
+    plain = torch.nn.Conv2d(
+        layer.in_channels,
+        layer.out_channels,
+        layer.kernel_size,  # type: ignore[arg-type]
+        stride=layer.stride,  # type: ignore[arg-type]
+        padding=layer.padding,  # type: ignore[arg-type]
+        dilation=layer.dilation,  # type: ignore[arg-type]
+        groups=layer.groups,
+        bias=layer.bias is not None,
+    ).to(layer.weight.device)
+    plain.load_state_dict(layer.state_dict())
+    layout = torch.channels_last if layer.weight.is_contiguous(memory_format=torch.channels_last) else None
+    if layout is not None and layer.weight.dim() == 4:
+        plain.weight.data = plain.weight.data.contiguous(memory_format=layout)
+    return plain
+
+
+def plain_layers(module: torch.nn.Module) -> torch.nn.Module:
+    """Replace every ``SingleOutputConv2d`` inside ``module`` by :func:`plain_conv` of it (in place)."""
+    from jfb_inverse.models.layers import SingleOutputConv2d
+
+    for name, child in list(module.named_children()):
+        if isinstance(child, SingleOutputConv2d):
+            setattr(module, name, plain_conv(child))
+        else:
+            plain_layers(child)
+    return module
+
+
 def load_reference(checkpoint: str, device: torch.device) -> tuple[Any, Any, Any]:
     """``(model, cfg, physics_cache)`` of a checkpoint (model in eval mode), in fp32 and with the
     plain ``T`` at evaluation, like :func:`problem_config` (a checkpoint trained with precision

@@ -271,7 +271,7 @@ def _solve_with_last_layers(device: torch.device, quick: bool, reps: int) -> dic
     fn, u0 = model.fixed_point_map(y, physics)
     net = model.regularizer.net
     fast = net[-1]
-    plain = _plain_copy(fast, device)
+    plain = benchlib.plain_conv(fast)
     solver = Picard(tol=benchlib.TINY_TOL, max_iter=K)
 
     def with_layer(layer: torch.nn.Module) -> Any:
@@ -290,15 +290,6 @@ def _solve_with_last_layers(device: torch.device, quick: bool, reps: int) -> dic
         "median_s": med,
         "speedup": benchlib.ratio(med["conv2d"], med["single_output"]),
     }
-
-
-def _plain_copy(layer: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """A plain ``nn.Conv2d`` with ``layer``'s weights and the package's layout."""
-    from jfb_inverse.models import apply_memory_format
-
-    plain = torch.nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, padding=layer.padding)
-    plain.load_state_dict(layer.state_dict())
-    return apply_memory_format(plain.to(device), "auto", device)
 
 
 def run(

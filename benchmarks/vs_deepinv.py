@@ -59,27 +59,6 @@ class NoiseLevelFree(nn.Module):
         return self.regularizer(x)
 
 
-def plain_layers(module: nn.Module) -> nn.Module:
-    """Replace every ``SingleOutputConv2d`` of ``module`` by an ``nn.Conv2d`` with the same weights."""
-    from jfb_inverse.models.layers import SingleOutputConv2d
-
-    for name, child in list(module.named_children()):
-        if isinstance(child, SingleOutputConv2d):
-            plain = nn.Conv2d(
-                child.in_channels,
-                child.out_channels,
-                child.kernel_size,  # type: ignore[arg-type]
-                padding=child.padding,  # type: ignore[arg-type]
-                dilation=child.dilation,  # type: ignore[arg-type]
-                bias=child.bias is not None,
-            ).to(child.weight.device)
-            plain.load_state_dict(child.state_dict())
-            setattr(module, name, plain)
-        else:
-            plain_layers(child)
-    return module
-
-
 def build_pair(device: torch.device, patch: int, batch: int, depth: int, eta: float = 1.0, seed: int = 0):
     """``(ours, ours_same_layout, theirs, x, y, physics)``: identical denoiser weights, step, start and
     iterations. ``ours`` lays the denoiser out as the package does (``model.memory_format="auto"``:
@@ -106,8 +85,8 @@ def build_pair(device: torch.device, patch: int, batch: int, depth: int, eta: fl
     reg_theirs.load_state_dict(reg.state_dict())
     reg_same = SmoothingResidualCNN(channels=cfg.data.channels, width=cfg.model.width, depth=cfg.model.depth).to(device)
     reg_same.load_state_dict(reg.state_dict())
-    plain_layers(reg_theirs)
-    plain_layers(reg_same)
+    benchlib.plain_layers(reg_theirs)
+    benchlib.plain_layers(reg_same)
     apply_memory_format(reg, "auto", device)
 
     def implicit(regularizer: nn.Module) -> ImplicitReconstructor:
