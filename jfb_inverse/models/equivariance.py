@@ -39,12 +39,17 @@ def _invert(v: Tensor, turns: int, flip: bool) -> Tensor:
     return torch.rot90(v, -turns, dims=(-2, -1)) if turns else v
 
 
-def symmetrize(fn: Callable[[Tensor], Tensor], group: Equivariance) -> Callable[[Tensor], Tensor]:
-    """``v -> mean over g of g^{-1} fn(g v)`` for the ``group`` (``"none"`` returns ``fn`` itself)."""
+def group_elements(group: Equivariance) -> tuple[tuple[int, bool], ...]:
+    """The ``(quarter turns, flip)`` elements of ``group``; a ValueError names the valid groups."""
     try:
-        elements = GROUPS[group]
+        return GROUPS[group]
     except KeyError:
         raise ValueError(f"unknown equivariance {group!r}; choose one of {sorted(GROUPS)}") from None
+
+
+def symmetrize(fn: Callable[[Tensor], Tensor], group: Equivariance) -> Callable[[Tensor], Tensor]:
+    """``v -> mean over g of g^{-1} fn(g v)`` for the ``group`` (``"none"`` returns ``fn`` itself)."""
+    elements = group_elements(group)
     if len(elements) == 1:
         return fn
 

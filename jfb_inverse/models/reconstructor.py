@@ -15,7 +15,7 @@ from jfb_inverse.consistency import make_step
 from jfb_inverse.implicit import JFB, Anderson, FixedPointSolver, GradientStrategy, fixed_point
 from jfb_inverse.implicit.solvers import FixedPointMap
 from jfb_inverse.implicit.stats import SolverStats
-from jfb_inverse.models.equivariance import GROUPS, Equivariance, symmetrize
+from jfb_inverse.models.equivariance import Equivariance, group_elements, symmetrize
 from jfb_inverse.models.precision import Precision, effective_precision
 
 StepKind = Literal["prox", "gradient", "ffpn", "filtered"]
@@ -70,8 +70,7 @@ class ImplicitReconstructor(Reconstructor):
         equivariance: Equivariance = "none",
     ) -> None:
         super().__init__()
-        if equivariance not in GROUPS:
-            raise ValueError(f"unknown equivariance {equivariance!r}; choose one of {sorted(GROUPS)}")
+        group_elements(equivariance)  # fail at construction, not at the first evaluation
         self.regularizer = regularizer
         self.step_kind: StepKind = step
         log_eta = torch.tensor(math.log(eta_init))
