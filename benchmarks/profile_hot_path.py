@@ -13,7 +13,7 @@
    the package), with the one-off compile time and the max output difference. ``--no-compile``
    skips compiling (it takes tens of seconds on CPU).
 5. The regulariser's last layer (many channels to one), ``nn.Conv2d`` against the package's
-   ``SingleOutputConv2d`` (a 1x1 convolution to 9 planes and a shifted sum when autograd is off),
+   ``SingleOutputConv2d`` (9 planes by one matrix product, then a shifted sum, when autograd is off),
    at two sizes: without autograd (the forward solves), and the input-only VJP of each form
    (implicit differentiation's backward; the package keeps the plain convolution under autograd);
    then a 40-iteration Picard solve of the deblur ``T`` with each last layer.

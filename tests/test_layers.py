@@ -1,4 +1,5 @@
-"""``SingleOutputConv2d``: the shifted-sum form equals ``nn.Conv2d`` wherever it is used."""
+"""The faster layers equal the torch operations they replace: ``SingleOutputConv2d`` (``nn.Conv2d``
+wherever its shifted-sum form is used) and ``binomial_smooth`` (a depthwise 3x3 convolution)."""
 
 from __future__ import annotations
 
@@ -142,3 +143,22 @@ def test_shifted_sum_function_is_differentiable_like_conv2d() -> None:
     v = torch.randn_like(ref)
     for a, c in zip(torch.autograd.grad(out, (x, w, b), v), torch.autograd.grad(ref, (x, w, b), v), strict=True):
         torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_binomial_smooth_is_the_depthwise_binomial_convolution(channels: int) -> None:
+    from jfb_inverse.models.regularizers import binomial_smooth
+
+    torch.manual_seed(2)
+    v = torch.randn(2, channels, 7, 10, dtype=torch.float64, requires_grad=True)
+    row = torch.tensor([1.0, 2.0, 1.0], dtype=torch.float64)
+    kernel = (torch.outer(row, row) / 16).expand(channels, 1, 3, 3)
+    padded = nn.functional.pad(v, (1, 1, 1, 1), mode="replicate")
+    expected = nn.functional.conv2d(padded, kernel, groups=channels)
+    got = binomial_smooth(v)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    # Constants pass unchanged (the weights sum to 1, replicate boundary), and gradients match.
+    constant = torch.full((1, channels, 4, 5), 0.3)
+    torch.testing.assert_close(binomial_smooth(constant), constant)
+    w = torch.randn_like(expected)
+    torch.testing.assert_close(torch.autograd.grad(got, v, w)[0], torch.autograd.grad(expected, v, w)[0])

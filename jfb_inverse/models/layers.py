@@ -9,13 +9,14 @@ from torch.nn import functional as F
 
 class SingleOutputConv2d(nn.Conv2d):
     """A ``Conv2d`` to one output channel whose CPU forward without autograd is a 1x1 convolution
-    to ``k*k`` channels followed by a sum of ``k*k`` shifted planes.
+    to ``k*k`` planes (a matrix product for channels-last inputs) followed by a sum of ``k*k``
+    shifted planes.
 
     Why: on the CPU, oneDNN runs a many-to-one 3x3 convolution about as slowly as a many-to-16
-    one, half the time of a 32-to-32 convolution. The 1x1 form is 1.8-2x faster (part 5 of
-    ``benchmarks/profile_hot_path.py``). Only the no-grad path changes (the forward solves and
-    inference). With autograd on, the plain convolution runs: the 1x1 form's input-only backward
-    (the VJPs of implicit differentiation) was measured 4-6x slower. The state dict and the
+    one, half the time of a 32-to-32 convolution. The shifted-sum form is several times faster
+    (part 5 of ``benchmarks/profile_hot_path.py``). Only the no-grad path changes (the forward
+    solves and inference). With autograd on, the plain convolution runs: the shifted-sum form's
+    input-only backward (the VJPs of implicit differentiation) was measured 1.5-4x slower. The state dict and the
     outputs (to float rounding) are those of ``nn.Conv2d``.
     """
 
@@ -44,12 +45,16 @@ def shifted_sum_conv2d(
     """``F.conv2d(x, weight, bias, padding=padding, dilation=dilation)`` for a one-output-channel
     ``weight`` (stride 1, zero padding), as a 1x1 convolution to ``kh*kw`` planes and a sum of
     shifted planes. Differentiable (``benchmarks/profile_hot_path.py`` times its VJP)."""
-    _, c_in, kh, kw = weight.shape
-    # Output plane k of the 1x1 convolution is tap k = (i, j) of the kernel.
-    taps = weight.permute(2, 3, 0, 1).reshape(kh * kw, c_in, 1, 1)
-    if x.is_contiguous(memory_format=torch.channels_last):
-        taps = taps.contiguous(memory_format=torch.channels_last)
-    planes = F.conv2d(x, taps)
+    batch, c_in, height, width = x.shape
+    _, _, kh, kw = weight.shape
+    # Plane k of the 1x1 convolution is tap k = (i, j) of the kernel: planes[k] = sum_c w[0, c, i, j] x[:, c].
+    taps = weight.permute(2, 3, 0, 1).reshape(kh * kw, c_in)
+    if x.is_contiguous(memory_format=torch.channels_last) and x.numel() > 0:
+        # Channels-last x is a (B*H*W, C) matrix: one matrix product gives the planes, (k*k, B, H, W).
+        # F.conv2d with a 1x1 weight took oneDNN's slow reference path here (3.4x slower).
+        planes = torch.mm(taps, x.permute(0, 2, 3, 1).reshape(-1, c_in).t()).view(kh * kw, batch, height, width)
+    else:
+        planes = F.conv2d(x, taps[:, :, None, None]).transpose(0, 1)
     dtype = planes.dtype
     # The sum runs in at least fp32 (as the convolution accumulates) even when autocast gave bf16
     # planes; float64 stays float64.
@@ -61,12 +66,12 @@ def shifted_sum_conv2d(
     w = padded.shape[-1] - dw * (kw - 1)
     # A fresh buffer: for a 1x1 output, expand(...).contiguous() would return the bias itself, and
     # the in-place sum below would then write into the parameter.
-    out = padded.new_empty(x.shape[0], 1, h, w)
+    out = padded.new_empty(batch, h, w)
     if bias is not None:
-        out.copy_(bias.to(acc).view(1, 1, 1, 1).expand_as(out))
+        out.copy_(bias.to(acc).view(1, 1, 1).expand_as(out))
     else:
         out.zero_()
     for k in range(kh * kw):
         i, j = divmod(k, kw)
-        out += padded[:, k : k + 1, i * dh : i * dh + h, j * dw : j * dw + w]
-    return out.to(dtype)
+        out += padded[k, :, i * dh : i * dh + h, j * dw : j * dw + w]
+    return out.unsqueeze(1).to(dtype)

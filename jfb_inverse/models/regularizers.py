@@ -33,9 +33,6 @@ class SmoothingResidual(nn.Module):
             spectral_normalize(self.net)
         smoothing_init = min(max(smoothing_init, 1e-4), 1 - 1e-4)
         self.smoothing_logit = nn.Parameter(torch.logit(torch.tensor(smoothing_init)))
-        binomial = torch.tensor([1.0, 2.0, 1.0])
-        kernel = torch.outer(binomial, binomial) / 16
-        self.register_buffer("kernel", kernel.expand(channels, 1, 3, 3).clone(), persistent=False)
         self.channels = channels
 
     @property
@@ -48,11 +45,22 @@ class SmoothingResidual(nn.Module):
         # The fixed smoother stays in v's precision even under autocast: it carries the whole image,
         # and bf16's rounding of it (~0.4%) would stop the fixed-point residual from reaching 1e-3.
         with torch.autocast(device_type=v.device.type, enabled=False):
-            smooth = F.conv2d(F.pad(v, (1, 1, 1, 1), mode="replicate"), self.kernel, groups=self.channels)
+            smooth = binomial_smooth(v)
         residual = self.net(v)
         if self.residual_gain is not None:
             residual = residual * self.residual_gain.to(residual.dtype)
         return torch.lerp(v, smooth.to(v.dtype), self.smoothing.to(v.dtype)) + residual
+
+
+def binomial_smooth(v: Tensor) -> Tensor:
+    """The 3x3 binomial filter ``[1, 2, 1]^T [1, 2, 1] / 16`` per channel, replicate boundary.
+
+    Applied separably as sums of shifted slices: on the CPU, a depthwise ``F.conv2d`` with a 3x3
+    kernel on one channel was about 6x slower (0.30 against 0.05 ms on 8x64^2).
+    """
+    p = F.pad(v, (1, 1, 1, 1), mode="replicate")
+    rows = p[..., :, :-2] + 2 * p[..., :, 1:-1] + p[..., :, 2:]
+    return (rows[..., :-2, :] + 2 * rows[..., 1:-1, :] + rows[..., 2:, :]) * (1 / 16)
 
 
 def _zero_conv(c_in: int, c_out: int) -> nn.Conv2d:
