@@ -310,7 +310,7 @@ def builtin_checkpoint(problem: str) -> str | None:
 
 def plain_conv(layer: torch.nn.Conv2d) -> torch.nn.Conv2d:
     """An ``nn.Conv2d`` with ``layer``'s shape, weights, device and memory layout (for a
-    ``SingleOutputConv2d``: the same layer without its faster no-grad form)."""
+    ``SingleOutputConv2d`` or ``OneDNNConv2d``: the same layer without its faster no-grad form)."""
     plain = torch.nn.Conv2d(
         layer.in_channels,
         layer.out_channels,
@@ -329,11 +329,12 @@ def plain_conv(layer: torch.nn.Conv2d) -> torch.nn.Conv2d:
 
 
 def plain_layers(module: torch.nn.Module) -> torch.nn.Module:
-    """Replace every ``SingleOutputConv2d`` inside ``module`` by :func:`plain_conv` of it (in place)."""
-    from jfb_inverse.models.layers import SingleOutputConv2d
+    """Replace every ``SingleOutputConv2d`` and ``OneDNNConv2d`` inside ``module`` by
+    :func:`plain_conv` of it (in place)."""
+    from jfb_inverse.models.layers import OneDNNConv2d, SingleOutputConv2d
 
     for name, child in list(module.named_children()):
-        if isinstance(child, SingleOutputConv2d):
+        if isinstance(child, (SingleOutputConv2d, OneDNNConv2d)):
             setattr(module, name, plain_conv(child))
         else:
             plain_layers(child)

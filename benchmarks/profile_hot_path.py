@@ -17,6 +17,9 @@
    at two sizes: without autograd (the forward solves), and the input-only VJP of each form
    (implicit differentiation's backward; the package keeps the plain convolution under autograd);
    then a 40-iteration Picard solve of the deblur ``T`` with each last layer.
+6. The regulariser's first layer (one channel to many), ``nn.Conv2d`` against ``OneDNNConv2d``
+   without autograd at batch 1 (where PyTorch takes its slow path) and batch 8, and a one-image
+   30-iteration Anderson solve in eval mode with the package's layers against plain ones.
 
     python benchmarks/profile_hot_path.py [--device cpu|cuda] [--quick] [--no-compile]
 """
@@ -38,7 +41,16 @@ from torch.nn import functional as F
 
 from jfb_inverse.implicit import JFB, Anderson, Picard
 
-KEYS = ("benchmark", "machine", "profiles", "solver_overhead", "grad_mode", "regularizer_variants", "last_layer")
+KEYS = (
+    "benchmark",
+    "machine",
+    "profiles",
+    "solver_overhead",
+    "grad_mode",
+    "regularizer_variants",
+    "last_layer",
+    "first_layer",
+)
 
 
 def _model(device: torch.device) -> tuple[Any, Any, Any]:
@@ -261,6 +273,69 @@ def last_layer(device: torch.device, quick: bool, width: int = 32) -> dict[str, 
     return {"layer": rows, "forward_solve": _solve_with_last_layers(device, quick, reps=3 if quick else 7)}
 
 
+def first_layer(device: torch.device, quick: bool, width: int = 32) -> dict[str, Any]:
+    """``nn.Conv2d(1, width, 3)`` against ``OneDNNConv2d`` without autograd (PyTorch's slow path at
+    batch 1), and a one-image Anderson solve of the deblur ``T`` in eval mode with the package's
+    layers against plain ``nn.Conv2d`` ones (both channels-last; interleaved medians)."""
+    from jfb_inverse.models import apply_memory_format
+    from jfb_inverse.models.layers import OneDNNConv2d
+
+    torch.manual_seed(0)
+    plain = apply_memory_format(torch.nn.Conv2d(1, width, 3, padding=1).to(device), "auto", device)
+    fast = apply_memory_format(OneDNNConv2d(1, width, 3, padding=1).to(device), "auto", device)
+    fast.load_state_dict(plain.state_dict())
+    reps = 3 if quick else 21
+    rows = []
+    for batch, size in [(1, 32)] if quick else [(1, 128), (8, 64)]:
+        x = torch.rand(batch, 1, size, size, device=device)
+        with torch.no_grad():
+            diff = float((fast(x) - plain(x)).abs().max())
+
+        def forward(m: Any, x: torch.Tensor = x) -> Any:
+            def call() -> None:
+                with torch.no_grad():
+                    m(x)
+
+            return call
+
+        times = benchlib.alternate({"conv2d": forward(plain), "onednn": forward(fast)}, reps, device)
+        med = {k: benchlib.summary(t)["median_s"] for k, t in times.items()}
+        rows.append(
+            {
+                "input": list(x.shape),
+                "no_grad_ms": {k: round(t * 1e3, 3) for k, t in med.items()},
+                "no_grad_speedup": benchlib.ratio(med["conv2d"], med["onednn"]),
+                "max_abs_diff": diff,
+            }
+        )
+    model, cache, cfg = _model(device)
+    iters, size = (5, 32) if quick else (30, 128)
+    _, y, physics = _data(cache, cfg, device, 1, size)
+    plain_model = copy.deepcopy(model)
+    benchlib.plain_layers(plain_model.regularizer)
+    solver = Anderson(tol=benchlib.TINY_TOL, max_iter=iters)
+
+    def solve(m: Any) -> Any:
+        m.eval()
+        fn, u0 = m.fixed_point_map(y, physics)
+
+        def call() -> None:
+            with torch.no_grad():
+                solver.solve(fn, u0)
+
+        return call
+
+    times = benchlib.alternate({"plain_layers": solve(plain_model), "package": solve(model)}, 3 if quick else 7, device)
+    med = {k: benchlib.summary(t)["median_s"] for k, t in times.items()}
+    inference = {
+        "iterations": iters,
+        "image": [1, 1, size, size],
+        "median_s": med,
+        "speedup": benchlib.ratio(med["plain_layers"], med["package"]),
+    }
+    return {"layer": rows, "inference_solve": inference}
+
+
 def _solve_with_last_layers(device: torch.device, quick: bool, reps: int) -> dict[str, Any]:
     """A K-iteration Picard solve (batch 8 of 64x64, no autograd) of the deblur ``T``, its last layer
     the package's ``SingleOutputConv2d`` or a plain ``nn.Conv2d`` with the same weights."""
@@ -298,7 +373,7 @@ def run(
     out: Path = benchlib.DEFAULT_OUT,
     compile_it: bool = True,
 ) -> dict[str, Any]:
-    """All five parts; writes ``hot_path.json`` and ``hot_path_profiles.txt``."""
+    """All six parts; writes ``hot_path.json`` and ``hot_path_profiles.txt``."""
     device = torch.device(device)
     info = benchlib.machine_info(device)
     model, cache, cfg = _model(device)
@@ -336,6 +411,7 @@ def run(
         "grad_mode": grad_modes(device, quick, model, cache, cfg),
         "regularizer_variants": regularizer_variants(device, quick, model, compile_it),
         "last_layer": last_layer(device, quick),
+        "first_layer": first_layer(device, quick),
     }
     benchlib.finish_info(info)
     out = Path(out)
@@ -364,6 +440,9 @@ def main() -> None:
     for row in payload["last_layer"]["layer"]:
         print(f"  last layer {row}")
     print(f"  forward solve with each last layer: {payload['last_layer']['forward_solve']}")
+    for row in payload["first_layer"]["layer"]:
+        print(f"  first layer {row}")
+    print(f"  one-image inference, package layers vs plain: {payload['first_layer']['inference_solve']}")
 
 
 if __name__ == "__main__":

@@ -85,6 +85,17 @@ def test_time_to_quality_keys(tmp_path, _one_thread):
         assert curve[0]["step"] == 0 and len(curve) >= 2
 
 
+def test_hot_path_layer_parts_compare_equal_layers(_one_thread):
+    import profile_hot_path
+
+    device = torch.device("cpu")
+    for part in (profile_hot_path.first_layer(device, quick=True), profile_hot_path.last_layer(device, quick=True)):
+        for row in part["layer"]:
+            assert row["max_abs_diff"] < 1e-5 and row["no_grad_speedup"] > 0, row
+    solve = profile_hot_path.first_layer(device, quick=True)["inference_solve"]
+    assert set(solve["median_s"]) == {"plain_layers", "package"}
+
+
 def test_headline_table_from_results(tmp_path, _one_thread):
     import run_all
     import training_step

@@ -162,3 +162,29 @@ def test_binomial_smooth_is_the_depthwise_binomial_convolution(channels: int) ->
     torch.testing.assert_close(binomial_smooth(constant), constant)
     w = torch.randn_like(expected)
     torch.testing.assert_close(torch.autograd.grad(got, v, w)[0], torch.autograd.grad(expected, v, w)[0])
+
+
+@pytest.mark.parametrize(
+    ("shape", "kwargs"),
+    [
+        ((1, 1, 50, 70), {"padding": 1}),  # batch of one, under 20,480 values: PyTorch's slow path
+        ((3, 1, 20, 20), {"padding": 2, "dilation": 2}),
+        ((1, 3, 16, 16), {"padding": 1, "stride": 2, "bias": False}),
+    ],
+)
+def test_onednn_conv_equals_conv2d_and_keeps_autograd(shape: tuple[int, ...], kwargs: dict[str, object]) -> None:
+    from jfb_inverse.models.layers import OneDNNConv2d
+
+    torch.manual_seed(3)
+    plain = nn.Conv2d(shape[1], 8, 3, **kwargs)  # type: ignore[arg-type]
+    fast = OneDNNConv2d(shape[1], 8, 3, **kwargs)  # type: ignore[arg-type]
+    fast.load_state_dict(plain.state_dict())
+    x = torch.randn(*shape)
+    with torch.no_grad():
+        assert fast._onednn_applies(x)
+        torch.testing.assert_close(fast(x), plain(x), rtol=1e-5, atol=1e-5)
+    # With autograd the plain convolution runs, so gradients are PyTorch's.
+    out = fast(x)
+    assert type(out.grad_fn).__name__ == "ConvolutionBackward0"
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fast(x).dtype == torch.bfloat16  # under autocast too

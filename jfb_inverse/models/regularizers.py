@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from jfb_inverse.implicit import spectral_normalize
-from jfb_inverse.models.layers import SingleOutputConv2d
+from jfb_inverse.models.layers import OneDNNConv2d, SingleOutputConv2d
 
 
 class SmoothingResidual(nn.Module):
@@ -83,7 +83,7 @@ class SmoothingResidualCNN(SmoothingResidual):
         spectral_norm: bool = False,
         smoothing_init: float = 0.5,
     ) -> None:
-        layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]
+        layers: list[nn.Module] = [OneDNNConv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]
         for d in _dilations(depth - 2):
             layers += [nn.Conv2d(width, width, 3, padding=d, dilation=d), nn.ReLU(inplace=True)]
         layers.append(_zero_conv(width, channels))
@@ -107,8 +107,10 @@ class SmoothingResidualUNet(SmoothingResidual):
         smoothing_init: float = 0.5,
     ) -> None:
         def block(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+            # OneDNNConv2d: the first layer sees a one-channel image (PyTorch's slow path at batch 1).
+            first = OneDNNConv2d if c_in == channels else nn.Conv2d
             return nn.Sequential(
-                nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1),
+                first(c_in, c_out, 3, stride=stride, padding=1),
                 nn.ReLU(inplace=True),
                 nn.Conv2d(c_out, c_out, 3, padding=1),
                 nn.ReLU(inplace=True),
