@@ -255,6 +255,23 @@ def test_training_batches_mix_in_dead_leaves_and_resume_exactly() -> None:
         DataConfig(source="phantoms", dead_leaves=0.5)
 
 
+def test_training_scales_select_the_resolutions_of_the_training_images() -> None:
+    from jfb_inverse.problems.config import DataConfig
+    from jfb_inverse.training.data import TrainingSource, _multiscale
+
+    assert DataConfig().scales == [1.0, 0.5, 0.25]
+    assert DataConfig(scales=[0.7, 0.35]).scales == [0.7, 0.35]
+    with pytest.raises(ValueError, match="scales"):
+        DataConfig(scales=[1.5])
+    image = torch.rand(1, 100, 120)
+    sizes = [tuple(x.shape[-2:]) for x in _multiscale([image], (1.0, 0.5, 0.25), patch=32)]
+    assert sizes == [(100, 120), (50, 60)]  # 0.25 would leave 25 px < 32: skipped
+    sizes = [tuple(x.shape[-2:]) for x in _multiscale([image], (0.7,), patch=32)]
+    assert sizes == [(70, 84)]  # no native resolution unless 1.0 is listed
+    with pytest.raises(UserError, match=r"data\.scales"):
+        TrainingSource(DataConfig(scales=[0.01]), batch_size=2, seed=0, device=torch.device("cpu"))
+
+
 # --- patch sampler ------------------------------------------------------------------------------
 
 

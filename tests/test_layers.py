@@ -188,3 +188,13 @@ def test_onednn_conv_equals_conv2d_and_keeps_autograd(shape: tuple[int, ...], kw
     assert type(out.grad_fn).__name__ == "ConvolutionBackward0"
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert fast(x).dtype == torch.bfloat16  # under autocast too
+
+
+@pytest.mark.slow
+def test_onednn_conv_compiles() -> None:
+    from jfb_inverse.models.layers import OneDNNConv2d
+
+    layer = OneDNNConv2d(1, 4, 3, padding=1)
+    x = torch.randn(1, 1, 12, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(layer)(x), layer(x), rtol=1e-5, atol=1e-5)

@@ -162,6 +162,11 @@ class DataConfig(_Strict):
     (phantoms and builtin images). Evaluation always uses the held-out split (``eval_size`` px).
     ``dead_leaves``: the fraction of each image batch drawn from synthetic dead-leaves images
     (occluding disks with natural-image statistics, a fixed bank generated from the seed).
+    ``scales``: the resolutions at which training images are used, as fractions of their own
+    (1.0: native); a patch picks an (image, scale) pair uniformly, and a scale that would make an
+    image smaller than a patch is skipped for it. The default keeps native detail and adds the
+    coarser statistics of the 128 px evaluation images (central squares shrunk by 0.25-0.42);
+    dropping native resolution did not help at the default budget (README, "Deblurring").
     """
 
     source: Literal["builtin", "phantoms", "folder", "mixed"] = "builtin"
@@ -170,6 +175,9 @@ class DataConfig(_Strict):
     channels: Literal[1, 3] = 1
     patch_size: Annotated[int, Field(ge=16)] = 64
     eval_size: Annotated[int, Field(ge=16)] = 128
+    scales: Annotated[list[Annotated[float, Field(gt=0, le=1)]], Field(min_length=1)] = Field(
+        default_factory=lambda: [1.0, 0.5, 0.25]
+    )
 
     @model_validator(mode="after")
     def _folder_needs_path(self) -> DataConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -28,14 +29,15 @@ DEAD_LEAVES_BANK = 48
 DEAD_LEAVES_SIZE = 256
 
 
-def _multiscale(images: list[Tensor], sizes: tuple[float, ...], patch: int) -> list[Tensor]:
-    """Each image at its native scale and downscaled by ``sizes``, so training sees the pixel
-    statistics of the (downscaled) evaluation images as well as native detail."""
+def _multiscale(images: list[Tensor], scales: Sequence[float], patch: int) -> list[Tensor]:
+    """Each image at each of ``scales`` (1.0: as it is; others: anti-aliased downscaling), where
+    the result still holds a ``patch`` x ``patch`` patch."""
     out = []
     for x in images:
-        out.append(x)
-        for s in sizes:
-            if min(x.shape[-2:]) * s >= patch:
+        for s in scales:
+            if s == 1.0:
+                out.append(x)
+            elif min(x.shape[-2:]) * s >= patch:
                 arr = rescale(x.permute(1, 2, 0).numpy(), s, channel_axis=-1, anti_aliasing=True)
                 out.append(torch.from_numpy(arr).permute(2, 0, 1).float().clamp(0, 1))
     return out
@@ -71,8 +73,14 @@ class TrainingSource:
             else:
                 images = [load_builtin(n, channels=data.channels) for n in BUILTIN_TRAIN]
                 images = [x for x in images if min(x.shape[-2:]) >= data.patch_size]
+            scaled = _multiscale(images, data.scales, data.patch_size)
+            if not scaled:
+                raise UserError(
+                    f"at data.scales {data.scales} no training image holds a {data.patch_size} px patch; "
+                    "add larger scales (1.0 is native) or use a smaller data.patch_size"
+                )
             self.sampler = PatchSampler(
-                _multiscale(images, (0.5, 0.25), data.patch_size),
+                scaled,
                 data.patch_size,
                 batch_size - n_synthetic,
                 seed=seed,
