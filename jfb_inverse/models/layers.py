@@ -16,8 +16,8 @@ class SingleOutputConv2d(nn.Conv2d):
     one, half the time of a 32-to-32 convolution. The shifted-sum form is several times faster
     (part 5 of ``benchmarks/profile_hot_path.py``). Only the no-grad path changes (the forward
     solves and inference). With autograd on, the plain convolution runs: the shifted-sum form's
-    input-only backward (the VJPs of implicit differentiation) was measured 1.5-4x slower. The state dict and the
-    outputs (to float rounding) are those of ``nn.Conv2d``.
+    input-only backward (the VJPs of implicit differentiation) was measured 3-3.5x slower. The
+    state dict and the outputs (to float rounding) are those of ``nn.Conv2d``.
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -43,12 +43,12 @@ class OneDNNConv2d(nn.Conv2d):
     """A ``Conv2d`` whose fp32 CPU forward without autograd always runs oneDNN.
 
     Why: for a batch of one with under 20,480 input values (the regulariser's first layer on one
-    128x128 grey image: every reconstruction and evaluation), PyTorch picks its reference
-    convolution instead of oneDNN, then copies the output to the channels-last layout: 0.69
-    against 0.17 ms at 1x128^2 (part 5 of ``benchmarks/profile_hot_path.py``). Elsewhere both
-    run the same oneDNN kernel. Parameters, state dict and outputs are those of ``nn.Conv2d``;
-    with autograd, under autocast or ``torch.compile``, or for other dtypes the plain
-    convolution runs.
+    grey image of up to 143x143, as in every reconstruction and evaluation at 128 px), PyTorch
+    picks its reference convolution instead of oneDNN, then copies the output to the
+    channels-last layout: 0.74 against 0.23 ms at 1x128^2 (part 6 of
+    ``benchmarks/profile_hot_path.py``). Elsewhere both run the same oneDNN kernel. Parameters,
+    state dict and outputs are those of ``nn.Conv2d``; with autograd, under autocast or
+    ``torch.compile``, or for other dtypes the plain convolution runs.
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -93,7 +93,7 @@ def shifted_sum_conv2d(
     taps = weight.permute(2, 3, 0, 1).reshape(kh * kw, c_in)
     if x.is_contiguous(memory_format=torch.channels_last) and x.numel() > 0:
         # Channels-last x is a (B*H*W, C) matrix: one matrix product gives the planes, (k*k, B, H, W).
-        # F.conv2d with a 1x1 weight took oneDNN's slow reference path here (3.4x slower).
+        # F.conv2d with a 1x1 weight ran PyTorch's reference path here, not oneDNN (3.4x slower).
         planes = torch.mm(taps, x.permute(0, 2, 3, 1).reshape(-1, c_in).t()).view(kh * kw, batch, height, width)
     else:
         planes = F.conv2d(x, taps[:, :, None, None]).transpose(0, 1)

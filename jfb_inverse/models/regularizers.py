@@ -56,7 +56,7 @@ def binomial_smooth(v: Tensor) -> Tensor:
     """The 3x3 binomial filter ``[1, 2, 1]^T [1, 2, 1] / 16`` per channel, replicate boundary.
 
     Applied separably as sums of shifted slices: on the CPU, a depthwise ``F.conv2d`` with a 3x3
-    kernel on one channel was about 6x slower (0.30 against 0.05 ms on 8x64^2).
+    kernel on one channel was 3x slower without autograd and 7x with its backward (8x64^2).
     """
     p = F.pad(v, (1, 1, 1, 1), mode="replicate")
     rows = p[..., :, :-2] + 2 * p[..., :, 1:-1] + p[..., :, 2:]
