@@ -152,6 +152,9 @@ def train(
         transient=False,
         disable=not main_process,
     )
+    # Steps whose forward solve stopped at max_iter: warned once when first seen, totalled at the end
+    # (a warning per log line buried the progress bar: ~70 lines in the default deblur run).
+    not_converged = [0]
     with progress:
         task = progress.add_task("train", total=cfg.training.steps, info="")
 
@@ -166,7 +169,13 @@ def train(
                     "(JFB's descent guarantee needs < 1); consider model.spectral_norm = true or a lower --lr"
                 )
             if record["not_converged_steps"]:
-                warn(f"{record['not_converged_steps']} steps before step {record['step']} hit max_iter before tol")
+                if not not_converged[0]:
+                    warn(
+                        f"{record['not_converged_steps']} steps before step {record['step']} hit max_iter "
+                        f"({cfg.solver.max_iter}) before tol ({cfg.solver.tol:g}); the total follows at the end, "
+                        "per log interval in history.jsonl (not_converged_steps)"
+                    )
+                not_converged[0] += record["not_converged_steps"]
 
         try:
             result = run_training(
@@ -179,6 +188,11 @@ def train(
         return
     distributed.shutdown_distributed()
     console.print(f"trained {result.steps} steps in {result.seconds:.0f} s -> {escape(str(out / 'model.pt'))}")
+    if not_converged[0]:
+        warn(
+            f"{not_converged[0]} training steps of this run hit max_iter before tol: JFB took their gradient at "
+            "an approximate fixed point; raise solver.max_iter if that share is large"
+        )
     if result.skipped_steps:
         warn(f"{result.skipped_steps} steps had NaN/Inf loss or gradients and were skipped (learning rate halved)")
     from jfb_inverse.models.build import build_model

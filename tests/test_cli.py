@@ -189,6 +189,21 @@ def test_train_warns_when_the_map_is_not_contractive(tmp_path):
     assert record["lipschitz"] > 1.0
 
 
+def test_train_warns_once_about_unconverged_steps_and_totals_them(tmp_path):
+    # max_iter 1 cannot reach tol 1e-9: every step is counted, warned about once, totalled at the end.
+    config = tmp_path / "run.toml"
+    config.write_text("[data]\npatch_size = 32\neval_size = 32\n[model]\nwidth = 8\ndepth = 3\n"
+                      "[solver]\ntol = 1e-9\nmax_iter = 1\n[training]\nbatch_size = 2\nlog_every = 2\n")  # fmt: skip
+    result = invoke("train", "--problem", "deblur", "--config", str(config), "--steps", "6",
+                    "--out", str(tmp_path / "run"), "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert text.count("hit max_iter (1) before tol") == 1
+    assert "6 training steps of this run hit max_iter" in text
+    records = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert [r["not_converged_steps"] for r in records] == [2, 2, 2]
+
+
 def test_reconstruct_equivariance_option_changes_the_result(tmp_path):
     clean = load_builtin("camera", size=None)[:, 100:140, 200:264]  # 40 x 64
     save_image(clean, tmp_path / "clean.png")
