@@ -190,6 +190,23 @@ def test_onednn_conv_equals_conv2d_and_keeps_autograd(shape: tuple[int, ...], kw
         assert fast(x).dtype == torch.bfloat16  # under autocast too
 
 
+def test_onednn_conv_steps_aside_for_forward_mode_and_when_onednn_is_off() -> None:
+    from jfb_inverse.models.layers import OneDNNConv2d
+
+    torch.manual_seed(4)
+    plain = nn.Conv2d(1, 4, 3, padding=1)
+    fast = OneDNNConv2d(1, 4, 3, padding=1)
+    fast.load_state_dict(plain.state_dict())
+    x, tangent = torch.randn(1, 1, 9, 9), torch.randn(1, 1, 9, 9)
+    with torch.no_grad():
+        # Forward mode (no formula for oneDNN's entry point): the plain convolution's JVP, i.e. conv(tangent).
+        _, jvp = torch.func.jvp(fast, (x,), (tangent,))
+        torch.testing.assert_close(jvp, plain(tangent) - plain.bias.view(1, -1, 1, 1))
+        with torch.backends.mkldnn.flags(enabled=False):
+            assert not fast._onednn_applies(x)
+        assert fast._onednn_applies(x)
+
+
 @pytest.mark.slow
 def test_onednn_conv_compiles() -> None:
     from jfb_inverse.models.layers import OneDNNConv2d

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.autograd import forward_ad
 from torch.nn import functional as F
 
 
@@ -47,8 +48,9 @@ class OneDNNConv2d(nn.Conv2d):
     picks its reference convolution instead of oneDNN, then copies the output to the
     channels-last layout: 0.74 against 0.23 ms at 1x128^2 (part 6 of
     ``benchmarks/profile_hot_path.py``). Elsewhere both run the same oneDNN kernel. Parameters,
-    state dict and outputs are those of ``nn.Conv2d``; with autograd, under autocast or
-    ``torch.compile``, or for other dtypes the plain convolution runs.
+    state dict and outputs are those of ``nn.Conv2d``; with autograd (reverse or forward mode),
+    under autocast or ``torch.compile``, with oneDNN switched off, or for other dtypes the plain
+    convolution runs.
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -76,8 +78,11 @@ class OneDNNConv2d(nn.Conv2d):
             and self.padding_mode == "zeros"
             and not isinstance(self.padding, str)
             and torch.backends.mkldnn.is_available()
+            and torch.backends.mkldnn.enabled  # the user's switch (torch.backends.mkldnn.flags)
             # torch.compile traces with fake tensors, which the oneDNN entry point refuses.
             and not torch.compiler.is_compiling()
+            # Nor has it a forward-mode derivative (torch.func.jvp, forward_ad) for a dual input.
+            and forward_ad.unpack_dual(x).tangent is None
         )
 
 
