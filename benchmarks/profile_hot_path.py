@@ -220,6 +220,16 @@ def regularizer_variants(device: torch.device, quick: bool, model: Any, compile_
     return out
 
 
+def _no_grad_call(layer: torch.nn.Module, x: torch.Tensor) -> Any:
+    """A timed call: ``layer(x)`` without autograd."""
+
+    def call() -> None:
+        with torch.no_grad():
+            layer(x)
+
+    return call
+
+
 def last_layer(device: torch.device, quick: bool, width: int = 32) -> dict[str, Any]:
     """``nn.Conv2d(width, 1, 3)`` against ``SingleOutputConv2d``: the layer without autograd, the
     input-only VJP of each form (the package keeps the plain one under autograd), and a 40-iteration
@@ -239,13 +249,6 @@ def last_layer(device: torch.device, quick: bool, width: int = 32) -> dict[str, 
         with torch.no_grad():
             diff = float((fast(x) - plain(x)).abs().max())
 
-        def forward(m: Any, x: torch.Tensor = x) -> Any:
-            def call() -> None:
-                with torch.no_grad():
-                    m(x)
-
-            return call
-
         xg = x.clone().requires_grad_()
         outs = {
             "conv2d": plain(xg),
@@ -256,7 +259,8 @@ def last_layer(device: torch.device, quick: bool, width: int = 32) -> dict[str, 
         def vjp(out: torch.Tensor, xg: torch.Tensor = xg, v: torch.Tensor = v) -> Any:
             return lambda: torch.autograd.grad(out, xg, v, retain_graph=True)
 
-        t_fwd = benchlib.alternate({"conv2d": forward(plain), "single_output": forward(fast)}, reps, device)
+        calls = {"conv2d": _no_grad_call(plain, x), "single_output": _no_grad_call(fast, x)}
+        t_fwd = benchlib.alternate(calls, reps, device)
         t_vjp = benchlib.alternate({k: vjp(o) for k, o in outs.items()}, reps, device)
         med_f = {k: benchlib.summary(t)["median_s"] for k, t in t_fwd.items()}
         med_v = {k: benchlib.summary(t)["median_s"] for k, t in t_vjp.items()}
@@ -291,14 +295,7 @@ def first_layer(device: torch.device, quick: bool, width: int = 32) -> dict[str,
         with torch.no_grad():
             diff = float((fast(x) - plain(x)).abs().max())
 
-        def forward(m: Any, x: torch.Tensor = x) -> Any:
-            def call() -> None:
-                with torch.no_grad():
-                    m(x)
-
-            return call
-
-        times = benchlib.alternate({"conv2d": forward(plain), "onednn": forward(fast)}, reps, device)
+        times = benchlib.alternate({"conv2d": _no_grad_call(plain, x), "onednn": _no_grad_call(fast, x)}, reps, device)
         med = {k: benchlib.summary(t)["median_s"] for k, t in times.items()}
         rows.append(
             {
