@@ -13,10 +13,13 @@ from jfb_inverse.models.layers import SingleOutputConv2d
 from jfb_inverse.problems import resolve_config
 
 
-def _pair(c_in: int, c_out: int, **kwargs: object) -> tuple[nn.Conv2d, SingleOutputConv2d]:
-    torch.manual_seed(0)
+def _pair(
+    c_in: int, c_out: int, layer: type[nn.Conv2d] = SingleOutputConv2d, seed: int = 0, **kwargs: object
+) -> tuple[nn.Conv2d, nn.Conv2d]:
+    """A plain ``nn.Conv2d`` and the package's ``layer`` with the same parameters."""
+    torch.manual_seed(seed)
     plain = nn.Conv2d(c_in, c_out, **kwargs)  # type: ignore[arg-type]
-    fast = SingleOutputConv2d(c_in, c_out, **kwargs)  # type: ignore[arg-type]
+    fast = layer(c_in, c_out, **kwargs)  # type: ignore[arg-type]
     fast.load_state_dict(plain.state_dict())  # the same parameters as a plain Conv2d
     return plain, fast
 
@@ -175,10 +178,7 @@ def test_binomial_smooth_is_the_depthwise_binomial_convolution(channels: int) ->
 def test_onednn_conv_equals_conv2d_and_keeps_autograd(shape: tuple[int, ...], kwargs: dict[str, object]) -> None:
     from jfb_inverse.models.layers import OneDNNConv2d
 
-    torch.manual_seed(3)
-    plain = nn.Conv2d(shape[1], 8, 3, **kwargs)  # type: ignore[arg-type]
-    fast = OneDNNConv2d(shape[1], 8, 3, **kwargs)  # type: ignore[arg-type]
-    fast.load_state_dict(plain.state_dict())
+    plain, fast = _pair(shape[1], 8, OneDNNConv2d, seed=3, kernel_size=3, **kwargs)
     x = torch.randn(*shape)
     with torch.no_grad():
         assert fast._onednn_applies(x)
@@ -193,10 +193,7 @@ def test_onednn_conv_equals_conv2d_and_keeps_autograd(shape: tuple[int, ...], kw
 def test_onednn_conv_steps_aside_for_forward_mode_and_when_onednn_is_off() -> None:
     from jfb_inverse.models.layers import OneDNNConv2d
 
-    torch.manual_seed(4)
-    plain = nn.Conv2d(1, 4, 3, padding=1)
-    fast = OneDNNConv2d(1, 4, 3, padding=1)
-    fast.load_state_dict(plain.state_dict())
+    plain, fast = _pair(1, 4, OneDNNConv2d, seed=4, kernel_size=3, padding=1)
     x, tangent = torch.randn(1, 1, 9, 9), torch.randn(1, 1, 9, 9)
     with torch.no_grad():
         # Forward mode (no formula for oneDNN's entry point): the plain convolution's JVP, i.e. conv(tangent).
