@@ -212,3 +212,67 @@ def test_onednn_conv_compiles() -> None:
     x = torch.randn(1, 1, 12, 12)
     with torch.no_grad():
         torch.testing.assert_close(torch.compile(layer)(x), layer(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("c_in", "kwargs"),
+    [
+        (1, {"padding": 1}),
+        (3, {"padding": 1}),  # RGB: a 32-to-3 input gradient
+        (1, {"padding": 2, "dilation": 2}),
+        (2, {"padding": 0, "bias": False}),
+        (1, {"kernel_size": (3, 5), "padding": (1, 2)}),
+    ],
+)
+def test_onednn_conv_input_gradient_is_the_convolutions_to_second_order(c_in: int, kwargs: dict[str, object]) -> None:
+    """With an input that needs a gradient, the input gradient comes from the shifted sum: first and
+    second derivatives (the Lipschitz monitor's double backward) equal ``nn.Conv2d``'s in float64."""
+    from jfb_inverse.models.layers import OneDNNConv2d
+
+    kwargs = {"kernel_size": 3, **kwargs}
+    plain, fast = _pair(c_in, 6, OneDNNConv2d, seed=5, **kwargs)
+    plain, fast = plain.double(), fast.double()
+    x = torch.randn(2, c_in, 9, 11, dtype=torch.float64, requires_grad=True)
+    out = fast(x)
+    assert type(out.grad_fn).__name__ == "_FewInputChannelConvBackward"
+    torch.testing.assert_close(out, plain(x))
+    params = [p for p in (fast.weight, fast.bias) if p is not None]
+    plain_params = [p for p in (plain.weight, plain.bias) if p is not None]
+    g = torch.randn_like(out, requires_grad=True)
+    grads = torch.autograd.grad(out, [x, *params], g, create_graph=True)
+    expected = torch.autograd.grad(plain(x), [x, *plain_params], g, create_graph=True)
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want)
+    # Second order: d/d(g, x) of <grad_x, v>, as the Lipschitz monitor differentiates a VJP.
+    v = torch.randn_like(x)
+    second = torch.autograd.grad((grads[0] * v).sum(), [g, fast.weight])
+    second_expected = torch.autograd.grad((expected[0] * v).sum(), [g, plain.weight])
+    for got, want in zip(second, second_expected, strict=True):
+        torch.testing.assert_close(got, want)
+    assert torch.autograd.gradcheck(lambda t: fast(t), (x,), fast_mode=True)
+
+
+def test_onednn_conv_input_gradient_under_bf16_autocast_and_torch_func() -> None:
+    """Under bf16 autocast the layer computes in bf16 like ``F.conv2d`` does; its input gradient is as
+    close to the fp32 one as PyTorch's own bf16 gradient. ``torch.func.grad`` goes through it too."""
+    from jfb_inverse.models.layers import OneDNNConv2d
+
+    plain, fast = _pair(1, 32, OneDNNConv2d, seed=6, kernel_size=3, padding=1)
+    x = torch.randn(4, 1, 24, 24, requires_grad=True)
+    g = torch.randn(4, 32, 24, 24)
+    (reference,) = torch.autograd.grad(plain(x), x, g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_fast, out_plain = fast(x), plain(x)
+    assert out_fast.dtype == torch.bfloat16
+    torch.testing.assert_close(out_fast, out_plain)
+    (got,) = torch.autograd.grad(out_fast, x, g)
+    (theirs,) = torch.autograd.grad(out_plain, x, g)
+    assert got.dtype == torch.float32
+    scale = reference.abs().max()
+    assert (got - reference).abs().max() / scale < 2e-2
+    assert (got - reference).abs().max() <= 2 * (theirs - reference).abs().max() + 1e-6
+
+    def energy(t: torch.Tensor) -> torch.Tensor:
+        return (fast(t) * g).sum()
+
+    torch.testing.assert_close(torch.func.grad(energy)(x.detach()), reference, rtol=1e-4, atol=1e-4)
