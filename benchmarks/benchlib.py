@@ -322,9 +322,11 @@ def plain_conv(layer: torch.nn.Conv2d) -> torch.nn.Conv2d:
         bias=layer.bias is not None,
     ).to(layer.weight.device)
     plain.load_state_dict(layer.state_dict())
-    layout = torch.channels_last if layer.weight.is_contiguous(memory_format=torch.channels_last) else None
-    if layout is not None and layer.weight.dim() == 4:
-        plain.weight.data = plain.weight.data.contiguous(memory_format=layout)
+    # The weight's exact strides, not .contiguous(memory_format=...): a one-input-channel weight is
+    # "contiguous" in both layouts, so that call keeps NCHW strides, and the convolution then picks
+    # NCHW for every later layer too (a layout change, not the layer, would be measured).
+    w = layer.weight.detach()
+    plain.weight.data = torch.empty_strided(w.shape, w.stride(), dtype=w.dtype, device=w.device).copy_(w)
     return plain
 
 

@@ -20,10 +20,6 @@
 6. The regulariser's first layer (one channel to many), ``nn.Conv2d`` against ``OneDNNConv2d``
    without autograd at batch 1 (where PyTorch takes its slow path) and batch 8, and a one-image
    30-iteration Anderson solve in eval mode with the package's layers against plain ones.
-7. The first layer's input gradient (with autograd, for an input that needs one): ``nn.Conv2d``
-   against ``OneDNNConv2d`` (the gradient as a shifted sum) on the VJP of the layer alone, then an
-   implicit-differentiation training step (K=40 Picard forward, Picard backward to 1e-4, at most
-   50 VJPs, as ``training_step.py``) and a JFB step with the package's first layer against a plain one.
 
     python benchmarks/profile_hot_path.py [--device cpu|cuda] [--quick] [--no-compile]
 """
@@ -43,7 +39,7 @@ import benchlib
 import torch
 from torch.nn import functional as F
 
-from jfb_inverse.implicit import JFB, Anderson, ImplicitDiff, Picard
+from jfb_inverse.implicit import JFB, Anderson, Picard
 
 KEYS = (
     "benchmark",
@@ -337,78 +333,6 @@ def first_layer(device: torch.device, quick: bool, width: int = 32) -> dict[str,
     return {"layer": rows, "inference_solve": inference}
 
 
-def first_layer_gradient(device: torch.device, quick: bool, width: int = 32) -> dict[str, Any]:
-    """Part 7: the first layer's input gradient, plain ``nn.Conv2d`` against ``OneDNNConv2d``, on the
-    layer's VJP and on whole ImplicitDiff and JFB training steps (interleaved medians)."""
-    from jfb_inverse.models import apply_memory_format
-    from jfb_inverse.models.layers import OneDNNConv2d
-
-    torch.manual_seed(0)
-    plain = apply_memory_format(torch.nn.Conv2d(1, width, 3, padding=1).to(device), "auto", device)
-    fast = apply_memory_format(OneDNNConv2d(1, width, 3, padding=1).to(device), "auto", device)
-    fast.load_state_dict(plain.state_dict())
-    batch, size = (2, 32) if quick else (8, 64)
-    x = torch.rand(batch, 1, size, size, device=device, requires_grad=True)
-    layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format
-    g = torch.rand(batch, width, size, size, device=device).contiguous(memory_format=layout)
-
-    def vjp(layer: torch.nn.Module) -> Any:
-        def call() -> None:
-            torch.autograd.grad(layer(x), x, g)
-
-        return call
-
-    diff = float((torch.autograd.grad(fast(x), x, g)[0] - torch.autograd.grad(plain(x), x, g)[0]).abs().max())
-    times = benchlib.alternate({"conv2d": vjp(plain), "package": vjp(fast)}, 3 if quick else 21, device)
-    med = {k: benchlib.summary(t)["median_s"] for k, t in times.items()}
-    layer = {
-        "input": [batch, 1, size, size],
-        "vjp_ms": {k: round(t * 1e3, 3) for k, t in med.items()},
-        "vjp_speedup": benchlib.ratio(med["conv2d"], med["package"]),
-        "max_abs_diff": diff,
-    }
-    model, cache, cfg = _model(device)
-    K = 5 if quick else 40
-    xb, y, physics = _data(cache, cfg, device, batch, size)
-    model.train()
-    model.solver = Picard(tol=benchlib.TINY_TOL, max_iter=K)
-    net = model.regularizer.net
-    first = net[0]
-    plain_first = benchlib.plain_conv(first)
-    opt = torch.optim.Adam(model.parameters(), lr=0.0)
-
-    def step(layer: torch.nn.Module, gradient: Any) -> Any:
-        def call() -> None:
-            net[0] = layer
-            model.gradient = gradient
-            opt.zero_grad(set_to_none=True)
-            F.mse_loss(model(y, physics), xb).backward()
-            opt.step()
-
-        return call
-
-    implicit = ImplicitDiff(solver="picard", tol=1e-4, max_iter=50)
-    contenders = {
-        "implicit_conv2d": step(plain_first, implicit),
-        "implicit_package": step(first, implicit),
-        "jfb_conv2d": step(plain_first, JFB()),
-        "jfb_package": step(first, JFB()),
-    }
-    times = benchlib.alternate(contenders, 2 if quick else 5, device, warmup=1)
-    net[0] = first
-    med = {k: benchlib.summary(t)["median_s"] for k, t in times.items()}
-    return {
-        "layer": layer,
-        "training_step": {
-            "K": K,
-            "batch": [batch, 1, size, size],
-            "median_s": med,
-            "implicit_speedup": benchlib.ratio(med["implicit_conv2d"], med["implicit_package"]),
-            "jfb_speedup": benchlib.ratio(med["jfb_conv2d"], med["jfb_package"]),
-        },
-    }
-
-
 def _solve_with_last_layers(device: torch.device, quick: bool, reps: int) -> dict[str, Any]:
     """A K-iteration Picard solve (batch 8 of 64x64, no autograd) of the deblur ``T``, its last layer
     the package's ``SingleOutputConv2d`` or a plain ``nn.Conv2d`` with the same weights."""
@@ -446,7 +370,7 @@ def run(
     out: Path = benchlib.DEFAULT_OUT,
     compile_it: bool = True,
 ) -> dict[str, Any]:
-    """All seven parts; writes ``hot_path.json`` and ``hot_path_profiles.txt``."""
+    """All six parts; writes ``hot_path.json`` and ``hot_path_profiles.txt``."""
     device = torch.device(device)
     info = benchlib.machine_info(device)
     model, cache, cfg = _model(device)
@@ -485,7 +409,6 @@ def run(
         "regularizer_variants": regularizer_variants(device, quick, model, compile_it),
         "last_layer": last_layer(device, quick),
         "first_layer": first_layer(device, quick),
-        "first_layer_gradient": first_layer_gradient(device, quick),
     }
     benchlib.finish_info(info)
     out = Path(out)
@@ -517,8 +440,6 @@ def main() -> None:
     for row in payload["first_layer"]["layer"]:
         print(f"  first layer {row}")
     print(f"  one-image inference, package layers vs plain: {payload['first_layer']['inference_solve']}")
-    print(f"  first layer input gradient: {payload['first_layer_gradient']['layer']}")
-    print(f"  training steps, package first layer vs plain: {payload['first_layer_gradient']['training_step']}")
 
 
 if __name__ == "__main__":

@@ -94,14 +94,6 @@ def test_hot_path_layer_parts_compare_equal_layers(_one_thread):
             assert row["max_abs_diff"] < 1e-5 and row["no_grad_speedup"] > 0, row
     solve = profile_hot_path.first_layer(device, quick=True)["inference_solve"]
     assert set(solve["median_s"]) == {"plain_layers", "package"}
-    grad = profile_hot_path.first_layer_gradient(device, quick=True)
-    assert grad["layer"]["max_abs_diff"] < 1e-5 and grad["layer"]["vjp_speedup"] > 0
-    assert set(grad["training_step"]["median_s"]) == {
-        "implicit_conv2d",
-        "implicit_package",
-        "jfb_conv2d",
-        "jfb_package",
-    }
 
 
 def test_headline_table_from_results(tmp_path, _one_thread):
