@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -93,4 +94,31 @@ def main() -> None:
     # glibc's default mmap threshold made inference 1.6-1.8x slower through page faults
     # (benchmarks/results/malloc.json); JFB_INVERSE_MALLOC=0 opts out.
     tune_malloc()
-    app()
+    sys.exit(run_app())
+
+
+def run_app(args: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code; a usage error (unknown option, bad value, missing
+    option) is one ``error: ...`` line and exit code 2, like every other user error."""
+    from jfb_inverse.cli.common import debug_enabled, err_console, error
+
+    try:  # recent Typer ships its own copy of click
+        from typer._click import exceptions as click_exceptions
+    except ImportError:
+        from click import exceptions as click_exceptions
+
+    try:
+        code = app(args=args, standalone_mode=False)
+    except click_exceptions.UsageError as exc:
+        if debug_enabled():
+            raise
+        message = exc.format_message()
+        if isinstance(exc, click_exceptions.NoSuchOption) and exc.option_name == "--debug":
+            message += "; --debug goes before the command: jfb-inverse --debug COMMAND ..."
+        where = exc.ctx.command_path if exc.ctx is not None else "jfb-inverse"
+        error(f"{message} (see: {where} --help)")
+        return 2
+    except typer.Abort:
+        err_console.print("interrupted")
+        return 130
+    return code if isinstance(code, int) else 0

@@ -20,13 +20,16 @@ from jfb_inverse.cli.common import (
 from rich.markup import escape
 from rich.table import Table
 
+#: Figure formats matplotlib writes without extra packages.
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg")
+
 
 @user_errors
 def evaluate(
     checkpoint: Annotated[str, typer.Option(help="model.pt from `train`, or builtin:NAME.")],
     images: Annotated[Path | None, typer.Option(help="Folder of clean images (default: the held-out split).")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON.")] = None,
-    figure: Annotated[Path | None, typer.Option(help="Write a side-by-side PNG.")] = None,
+    figure: Annotated[Path | None, typer.Option(help="Write a side-by-side figure (.png, .pdf, .svg or .jpg).")] = None,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     device: DeviceOption = "auto",
     trust_operator: TrustOperatorOption = False,
@@ -45,11 +48,17 @@ def evaluate(
     from jfb_inverse.training.data import evaluation_images
     from jfb_inverse.training.device import resolve_device
 
+    # Every output is checked before the evaluation runs: a bad name must not cost minutes of work
+    # and leave half of the outputs written.
     for target in (json_path, figure):
         if target is not None and not target.parent.is_dir():
             raise UserError(f"output folder {str(target.parent)!r} does not exist; create it first")
         if target is not None and target.is_dir():
             raise UserError(f"{str(target)!r} is a folder; give a file name")
+    if json_path is not None and json_path.suffix.lower() != ".json":
+        raise UserError(f"--json {str(json_path)!r}: give a file name ending in .json")
+    if figure is not None and figure.suffix.lower() not in FIGURE_SUFFIXES:
+        raise UserError(f"--figure {str(figure)!r}: give a file name ending in {', '.join(FIGURE_SUFFIXES)}")
     dev = resolve_device(device)
     model, cfg, physics = load_model(checkpoint, dev)
     ensure_trusted(cfg, trust_operator)

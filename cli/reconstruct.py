@@ -54,6 +54,8 @@ def simulate(
     check_output_path(output)
     if not input.is_file():
         raise UserError(f"input {str(input)!r} not found (or not a file); give a clean image (PNG/JPEG/TIFF/npy)")
+    _refuse_overwriting_input(input, output)
+    _one_definition_source(problem, config, checkpoint)
     overrides = {"noise": {"sigma": noise_sigma}} if noise_sigma is not None else {}
     if checkpoint is not None:
         from jfb_inverse.training.checkpoint import load_checkpoint
@@ -62,8 +64,6 @@ def simulate(
         ensure_trusted(cfg, trust_operator)
         if overrides:
             cfg = cfg.model_copy(update={"noise": cfg.noise.model_copy(update=overrides["noise"])})
-    elif problem is None and config is None:
-        raise UserError("say which operator to use: --problem NAME, --config FILE or --checkpoint FILE")
     else:
         if config is not None:
             check_config_file(config)
@@ -100,7 +100,11 @@ def reconstruct(
     max_iter: MaxIterOption = None,
     equivariance: EquivarianceOption = None,
 ) -> None:
-    """Reconstruct images from measurements with a trained model (any image size)."""
+    """Reconstruct images from measurements with a trained model (any image size).
+
+    Folder mode reconstructs every .npy/.png/.tif file into --output as NAME.FORMAT; a file that
+    fails is reported and skipped (exit code 1 when some were skipped, 2 when all were).
+    """
     from jfb_inverse.errors import UserError
     from jfb_inverse.measurements import IMAGE_SUFFIXES, check_output_path
     from jfb_inverse.problems.custom import ensure_trusted
@@ -110,19 +114,25 @@ def reconstruct(
     # Cheap checks first: a wrong path fails in milliseconds, before the model is loaded.
     if not input.exists():
         raise UserError(f"input {str(input)!r} not found; give an existing .npy or image file, or a folder of them")
+    files: list[Path] = []
     if input.is_dir():
         if output.exists() and not output.is_dir():
             raise UserError(f"--output {str(output)!r} must be a folder when --input is a folder")
+        files = sorted(p for p in input.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES | {".npy"})
+        if not files:
+            raise UserError(f"folder {str(input)!r} holds no .npy/.png/.tif measurements")
+        _check_folder_targets(files, output, format)
     else:
+        if output.is_dir():
+            raise UserError(f"--output {str(output)!r} is a folder; give a file name (.png/.tif/.npy)")
         check_output_path(output)
+        _refuse_overwriting_input(input, output)
     dev = resolve_device(device)
     model, cfg, physics = load_model(checkpoint, dev)
     ensure_trusted(cfg, trust_operator)
     override_evaluation(model, tol, max_iter, equivariance)
     if input.is_dir():
-        files = sorted(p for p in input.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES | {".npy"})
-        if not files:
-            raise UserError(f"folder {str(input)!r} holds no .npy/.png/.tif measurements")
+        created = not output.exists()
         output.mkdir(parents=True, exist_ok=True)
         root = output.resolve()
         failures = 0
@@ -140,11 +150,56 @@ def reconstruct(
                 reason = str(exc) if isinstance(exc, UserError) else f"unexpected {type(exc).__name__}: {exc}"
                 reason = " ".join(reason.splitlines())
                 err_console.print(f"[red]skipped[/] {escape(path.name)}: {escape(reason)}", highlight=False)
+        if failures == len(files):
+            if created and not any(output.iterdir()):
+                output.rmdir()  # nothing was written: leave no empty folder behind
+            raise UserError(f"none of the {len(files)} measurements in {str(input)!r} could be reconstructed (above)")
         console.print(f"{len(files) - failures} of {len(files)} reconstructed into {escape(str(output))}")
         if failures:
             raise typer.Exit(code=1)
         return
     _reconstruct_one(model, cfg, physics, input, output, dev, verbose=True, checkpoint=checkpoint)
+
+
+def _one_definition_source(problem: str | None, config: Path | None, checkpoint: str | None) -> None:
+    """Exactly one of --problem, --config, --checkpoint says which operator to use (with --config,
+    --problem may name the file's problem)."""
+    from jfb_inverse.errors import UserError
+
+    if checkpoint is not None and (problem is not None or config is not None):
+        given = "--problem" if problem is not None else "--config"
+        raise UserError(f"give either --checkpoint or {given}, not both: the checkpoint already defines the operator")
+    if problem is None and config is None and checkpoint is None:
+        raise UserError("say which operator to use: --problem NAME, --config FILE or --checkpoint FILE")
+
+
+def _refuse_overwriting_input(input: Path, output: Path) -> None:
+    """The output must not replace the input it is computed from."""
+    from jfb_inverse.errors import UserError
+
+    if output.resolve() == input.resolve():
+        raise UserError(f"--output {str(output)!r} is the input file; write the result to another file")
+
+
+def _check_folder_targets(files: list[Path], output: Path, format: str) -> None:
+    """Folder mode writes NAME.FORMAT per input: refuse two inputs with one name (one result would be
+    lost) and a result that would replace an input."""
+    from jfb_inverse.errors import UserError
+
+    inputs = {p.resolve() for p in files}
+    seen: dict[str, Path] = {}
+    for path in files:
+        if path.stem in seen:
+            raise UserError(
+                f"{seen[path.stem].name!r} and {path.name!r} would both be written as {path.stem}.{format}; "
+                "rename one, or reconstruct them separately"
+            )
+        seen[path.stem] = path
+        if (output / f"{path.stem}.{format}").resolve() in inputs:
+            raise UserError(
+                f"the result of {path.name!r} would replace an input file in {str(output)!r}; "
+                "give another --output folder or --format"
+            )
 
 
 def _reconstruct_one(

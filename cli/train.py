@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -77,6 +78,9 @@ def train(
     nproc: Annotated[
         int, typer.Option(min=1, help="Processes for distributed training (launches torchrun; one per GPU).")
     ] = 1,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace the trained run already in --out (else it is refused).")
+    ] = False,
 ) -> None:
     """Train an implicit network with JFB (or another gradient strategy) and evaluate it on held-out images."""
     from jfb_inverse.errors import UserError
@@ -96,8 +100,31 @@ def train(
         raise UserError(
             f"--init-from {init_from!r} is this run's own --out, which training overwrites; pick another --out"
         )
-    if nproc > 1 and distributed.world_size_from_env() <= 1:
-        raise typer.Exit(code=distributed.launch(nproc, _argv_without_nproc()))
+    if overwrite and resume:
+        raise UserError("--overwrite replaces the run in --out; drop it to --resume that run")
+    if resume:
+        # --operator stays allowed: naming the checkpoint's operator again is a way to trust it.
+        _refuse_definition_options_on_resume(
+            problem=problem,
+            config=config,
+            preset=preset,
+            data=data,
+            operator_args=operator_args,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            gradient=gradient,
+            precision=precision,
+            lipschitz_every=lipschitz_every,
+        )
+    launcher = nproc > 1 and distributed.world_size_from_env() <= 1
+    if not resume and not overwrite and (out / "model.pt").exists() and os.environ.get("RANK", "0") == "0":
+        raise UserError(
+            f"--out {str(out)!r} already holds a trained run (model.pt); continue it with --resume, "
+            "replace it with --overwrite, or give another --out"
+        )
+    if data is not None:
+        _check_data_folder(data)
     overrides = _overrides(
         training__steps=steps,
         training__batch_size=batch_size,
@@ -111,7 +138,8 @@ def train(
         training__init_from=init_from,
     )
     if data is not None:
-        overrides.setdefault("data", {}).update({"source": "folder", "path": str(data)})
+        # Stored absolute: a resumed run or its problem.toml must find the folder from anywhere.
+        overrides.setdefault("data", {}).update({"source": "folder", "path": str(data.expanduser().resolve())})
     if resume:
         payload, cfg = load_checkpoint(out / "model.pt")
         missing = sorted(set(RESUME_STATE) - set(payload))
@@ -130,10 +158,15 @@ def train(
         if config is not None:
             check_config_file(config)
         problem = _custom_operator(problem, operator, operator_args, overrides)
-        cfg = config_from_file_or_problem(problem, config, overrides, preset)
-    dev = distributed.init_distributed(resolve_device(device if device != "auto" else cfg.training.device))
-    main_process = distributed.is_main_process()
+        cfg = _absolute_paths(config_from_file_or_problem(problem, config, overrides, preset))
     _check_writable(out)
+    wanted_device = resolve_device(device if device != "auto" else cfg.training.device)  # refuses cuda without one
+    if launcher:
+        # The definition, --out and the device were checked above, once, in one line each: torchrun's
+        # workers would each print the error inside a multi-screen failure report.
+        raise typer.Exit(code=distributed.launch(nproc, _argv_without_nproc()))
+    dev = distributed.init_distributed(wanted_device)
+    main_process = distributed.is_main_process()
     if cfg.operator.kind == "custom":
         _check_custom_operator(cfg, dev)
     console.print(
@@ -248,6 +281,55 @@ def _check_custom_operator(cfg: Any, dev: Any) -> None:
         f"operator {escape(cfg.operator.target)}: {img_size} image -> {y_shape} measurement, "
         f"adjointness mismatch {mismatch:.1e} (tolerance {ADJOINT_TOL:.0e})"
     )
+
+
+def _refuse_definition_options_on_resume(**given: Any) -> None:
+    """--resume continues the run's own definition: options that would change it are refused, not ignored."""
+    from jfb_inverse.errors import UserError
+
+    names = [f"--{name.replace('_', '-')}" for name, value in given.items() if value is not None]
+    if names:
+        raise UserError(
+            f"--resume continues the run in --out with its own definition, so {', '.join(names)} would be "
+            "ignored; drop them (only --steps and --max-minutes apply), or start a new run with another --out"
+        )
+
+
+def _check_data_folder(data: Path) -> None:
+    """--data names a folder holding images: checked before anything is printed or written."""
+    from jfb_inverse.datasets.images import IMAGE_SUFFIXES
+
+    from jfb_inverse.errors import UserError
+
+    if not data.exists():
+        raise UserError(f"--data {str(data)!r}: no such folder; give the folder of your training images")
+    if not data.is_dir():
+        raise UserError(f"--data {str(data)!r} is a file; give the folder that holds your training images")
+    if not any(p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") for p in data.iterdir()):
+        raise UserError(f"--data {str(data)!r} holds no images; add files of type {', '.join(IMAGE_SUFFIXES)}")
+
+
+def _absolute_paths(cfg: Any) -> Any:
+    """The definition with its file paths (training folder, kernel file, operator file) made absolute,
+    so that the problem.toml and model.pt it is saved in work from any folder."""
+    from jfb_inverse.problems.custom import _is_file_target
+
+    def absolute(path: str) -> str:
+        # A missing file stays as the user wrote it, so the error that follows names it that way.
+        resolved = Path(path).expanduser().resolve()
+        return str(resolved) if resolved.exists() else path
+
+    update: dict[str, Any] = {}
+    if cfg.data.path:
+        update["data"] = cfg.data.model_copy(update={"path": absolute(cfg.data.path)})
+    operator = cfg.operator
+    if getattr(operator, "path", None):
+        update["operator"] = operator.model_copy(update={"path": absolute(operator.path)})
+    elif operator.kind == "custom":
+        source, _, name = operator.target.rpartition(":")
+        if source and _is_file_target(source):
+            update["operator"] = operator.model_copy(update={"target": f"{absolute(source)}:{name}"})
+    return cfg.model_copy(update=update) if update else cfg
 
 
 def _argv_without_nproc() -> list[str]:

@@ -7,6 +7,7 @@ imports this file as a separate module, exactly as ``--operator path/to/ops.py:C
 from __future__ import annotations
 
 import json
+import os
 import runpy
 import sys
 from pathlib import Path
@@ -224,7 +225,9 @@ def striped_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("striped")
     (out / "tiny.toml").write_text(TINY_TOML)
     result = invoke(
-        "train", "--operator", f"{EXAMPLE}:StripedSensor", "--operator-args", '{"stride": 2, "length": 3}',
+        # Relative to the working folder, as users type it; the run stores it absolute.
+        "train", "--operator", f"{os.path.relpath(EXAMPLE)}:StripedSensor",
+        "--operator-args", '{"stride": 2, "length": 3}',
         "--config", str(out / "tiny.toml"), "--steps", "2", "--out", str(out / "run"), "--device", "cpu",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -235,7 +238,10 @@ def test_cli_train_records_the_operator(striped_run):
     problem = (striped_run / "problem.toml").read_text()
     assert 'problem = "custom"' in problem and "StripedSensor" in problem and "length = 3" in problem
     payload = torch.load(striped_run / "model.pt", weights_only=True)
-    assert json.loads(payload["config"])["operator"]["args"] == {"stride": 2, "length": 3}
+    operator = json.loads(payload["config"])["operator"]
+    assert operator["args"] == {"stride": 2, "length": 3}
+    # Stored absolute: simulate/reconstruct find the file from any working folder.
+    assert operator["target"] == f"{Path(EXAMPLE).resolve()}:StripedSensor"
 
 
 def test_cli_simulate_reconstruct_with_smaller_measurements(striped_run, tmp_path):

@@ -398,7 +398,7 @@ def test_output_under_a_file_or_onto_a_folder(tmp_path):
     (tmp_path / "adir").mkdir()
     for output in ("afile/x.npy", "afile/x.png"):
         expect_refusal(tmp_path, reconstruct_args(tmp_path, y, output=output), "afile", "is a file, not a folder")
-    expect_refusal(tmp_path, reconstruct_args(tmp_path, y, output="adir"), "unsupported output type")
+    expect_refusal(tmp_path, reconstruct_args(tmp_path, y, output="adir"), "is a folder; give a file name")
     expect_refusal(tmp_path, reconstruct_args(tmp_path, y, output="x.bmp"), "unsupported output type '.bmp'")
     train = ["train", "--problem", "deblur", "--device", "cpu", "--steps", "1", "--out"]
     expect_refusal(tmp_path, [*train, tmp_path / "afile"], "is a file; give a folder")

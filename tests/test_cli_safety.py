@@ -1,0 +1,174 @@
+"""The CLI never loses or silently ignores the user's data: outputs that would replace inputs, two
+inputs with one output name, an existing run, options that --resume would ignore, relative paths
+stored in a run, and usage errors in the one-line ``error:`` format."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from jfb_inverse.cli.app import app, run_app
+from jfb_inverse.datasets import load_builtin, save_image
+from typer.testing import CliRunner
+
+from jfb_inverse.problems import load_config_file
+
+runner = CliRunner()
+TINY = (
+    "[data]\npatch_size = 32\neval_size = 32\n[model]\nwidth = 8\ndepth = 3\n"
+    "[training]\nbatch_size = 2\nlog_every = 1\n"
+)
+
+
+def invoke(*args: str):
+    return runner.invoke(app, list(args))
+
+
+def one_line_error(result, message: str) -> None:
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split()), result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture
+def clean_png(tmp_path):
+    path = tmp_path / "clean.png"
+    save_image(load_builtin("camera", size=40), path)
+    return path
+
+
+def test_simulate_refuses_to_overwrite_its_input(clean_png):
+    before = clean_png.read_bytes()
+    result = invoke("simulate", "--problem", "deblur", "--input", str(clean_png), "--output", str(clean_png))
+    one_line_error(result, "is the input file")
+    assert clean_png.read_bytes() == before
+
+
+def test_simulate_refuses_two_definition_sources(clean_png, tmp_path):
+    result = invoke("simulate", "--checkpoint", "builtin:deblur", "--problem", "ct",
+                    "--input", str(clean_png), "--output", str(tmp_path / "y.npy"))  # fmt: skip
+    one_line_error(result, "give either --checkpoint or --problem")
+    assert not (tmp_path / "y.npy").exists()
+
+
+def test_reconstruct_refuses_to_overwrite_its_input(tmp_path):
+    y = tmp_path / "y.npy"
+    np.save(y, np.zeros((1, 32, 32), dtype=np.float32))
+    result = invoke("reconstruct", "--checkpoint", "builtin:deblur", "--input", str(y), "--output", str(y))
+    one_line_error(result, "is the input file")
+    assert np.load(y).shape == (1, 32, 32)
+
+
+def test_reconstruct_folder_refuses_colliding_names_before_any_work(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    np.save(src / "a.npy", np.zeros((1, 32, 32), dtype=np.float32))
+    save_image(torch.zeros(1, 32, 32), src / "a.png")
+    result = invoke("reconstruct", "--checkpoint", "builtin:deblur", "--input", str(src),
+                    "--output", str(tmp_path / "out"))  # fmt: skip
+    one_line_error(result, "would both be written as a.png")
+    assert not (tmp_path / "out").exists()
+    # Into its own folder as .npy, a.npy's result would replace a.npy.
+    (src / "a.png").unlink()
+    result = invoke("reconstruct", "--checkpoint", "builtin:deblur", "--input", str(src),
+                    "--output", str(src), "--format", "npy")  # fmt: skip
+    one_line_error(result, "would replace an input file")
+    assert not np.load(src / "a.npy").any()
+
+
+def test_reconstruct_folder_where_every_file_fails_exits_2_and_leaves_no_folder(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a", "b"):
+        np.save(src / f"{name}.npy", np.full((1, 32, 32), np.nan, dtype=np.float32))
+    result = invoke("reconstruct", "--checkpoint", "builtin:deblur", "--input", str(src),
+                    "--output", str(tmp_path / "out"), "--device", "cpu")  # fmt: skip
+    one_line_error(result, "none of the 2 measurements")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "name", "message"), [("--figure", "f.xyz", "--figure"), ("--json", "r.txt", "--json")]
+)
+def test_evaluate_checks_output_names_before_evaluating(tmp_path, option, name, message):
+    other = tmp_path / "other.json"
+    args = ["evaluate", "--checkpoint", "builtin:deblur", option, str(tmp_path / name)]
+    if option == "--figure":
+        args += ["--json", str(other)]
+    result = invoke(*args)
+    one_line_error(result, message)
+    assert not other.exists()  # nothing half-written
+
+
+def test_train_data_folder_errors_come_first_and_write_nothing(tmp_path, clean_png):
+    (tmp_path / "empty").mkdir()
+    for data, message in [
+        (tmp_path / "missing", "no such folder"),
+        (clean_png, "is a file; give the folder"),
+        (tmp_path / "empty", "holds no images"),
+    ]:
+        result = invoke("train", "--problem", "deblur", "--data", str(data), "--out", str(tmp_path / "run"))
+        one_line_error(result, f"--data {str(data)!r}")
+        assert message in " ".join(result.output.split())
+        assert not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_options_it_would_ignore(tmp_path):
+    result = invoke("train", "--resume", "--out", str(tmp_path / "run"), "--lr", "0.1", "--problem", "ct")
+    one_line_error(result, "--problem, --lr would be ignored")
+
+
+def test_nproc_checks_the_definition_before_launching_torchrun(monkeypatch):
+    def launch(*_args):
+        raise AssertionError("torchrun must not start for a definition that cannot train")
+
+    from jfb_inverse.training import distributed
+
+    monkeypatch.setattr(distributed, "launch", launch)
+    one_line_error(invoke("train", "--nproc", "2", "--problem", "nope"), "unknown problem 'nope'")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    one_line_error(invoke("train", "--nproc", "2", "--problem", "deblur", "--device", "cuda"), "no CUDA GPU")
+
+
+def test_a_run_stores_absolute_paths_and_is_never_overwritten_silently(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "imgs").mkdir()
+    for name in ("camera", "coins"):
+        save_image(load_builtin(name, size=48), tmp_path / "imgs" / f"{name}.png")
+    (tmp_path / "tiny.toml").write_text(TINY)
+    args = ["train", "--problem", "deblur", "--config", "tiny.toml", "--data", "imgs", "--steps", "1",
+            "--out", "run", "--device", "cpu"]  # fmt: skip
+    assert invoke(*args).exit_code == 0
+    stored = load_config_file(tmp_path / "run" / "problem.toml")
+    assert stored["data"]["path"] == str(tmp_path / "imgs")  # resumable from any folder
+    weights = (tmp_path / "run" / "model.pt").read_bytes()
+
+    one_line_error(invoke(*args), "already holds a trained run")
+    assert (tmp_path / "run" / "model.pt").read_bytes() == weights
+    one_line_error(invoke(*args, "--overwrite", "--resume"), "drop it to --resume")
+
+    result = invoke(*args[:-4], "--steps", "2", "--out", "run", "--device", "cpu", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert torch.load(tmp_path / "run" / "model.pt", weights_only=True)["step"] == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "--bogus", "1"], "No such option: --bogus"),
+        (["train", "--steps", "0"], "Invalid value for '--steps'"),
+        (["reconstruct", "--checkpoint", "builtin:deblur"], "Missing option '--input'"),
+        (["train", "--debug"], "--debug goes before the command"),
+        (["nope"], "No such command 'nope'"),
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(argv, message, capsys):
+    assert run_app(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+
+
+def test_help_and_version_exit_0(capsys):
+    assert run_app(["--version"]) == 0
+    assert "jfb-inverse" in capsys.readouterr().out
