@@ -20,6 +20,7 @@ from deepinv.physics import LinearPhysics
 from torch import Tensor
 
 from jfb_inverse import baselines
+from jfb_inverse.errors import UserError
 from jfb_inverse.metrics import psnr, ssim
 from jfb_inverse.models.build import PhysicsCache
 from jfb_inverse.models.reconstructor import ImplicitReconstructor
@@ -61,6 +62,11 @@ def evaluate(
     methods = baselines_for(cfg) if with_baselines else {}
     rows: list[dict[str, Any]] = []
     result = Evaluation(report={})
+    for name, x in images:  # every image must fit the operator: checked before any work, named
+        try:
+            physics_cache.for_image(tuple(x.shape))
+        except UserError as exc:
+            raise UserError(f"{name}: {exc}") from None
     for name, x in images:
         x = x[None].to(device)
         physics = physics_cache.for_image(tuple(x.shape[1:]))

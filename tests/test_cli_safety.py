@@ -172,3 +172,14 @@ def test_usage_errors_are_one_line_exit_2(argv, message, capsys):
 def test_help_and_version_exit_0(capsys):
     assert run_app(["--version"]) == 0
     assert "jfb-inverse" in capsys.readouterr().out
+
+
+def test_evaluate_names_the_image_that_does_not_fit_before_any_work(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    save_image(load_builtin("camera", size=48), folder / "big.png")
+    save_image(load_builtin("coins", size=8), folder / "tiny.png")
+    result = invoke("evaluate", "--checkpoint", "builtin:deblur", "--images", str(folder),
+                    "--json", str(tmp_path / "r.json"))  # fmt: skip
+    one_line_error(result, "tiny.png: image of 8x8 px is smaller than the 15x15 blur kernel")
+    assert not (tmp_path / "r.json").exists()
