@@ -138,8 +138,7 @@ def train(
         training__init_from=init_from,
     )
     if data is not None:
-        # Stored absolute: a resumed run or its problem.toml must find the folder from anywhere.
-        overrides.setdefault("data", {}).update({"source": "folder", "path": str(data.expanduser().resolve())})
+        overrides.setdefault("data", {}).update({"source": "folder", "path": str(data)})
     if resume:
         payload, cfg = load_checkpoint(out / "model.pt")
         missing = sorted(set(RESUME_STATE) - set(payload))
@@ -297,22 +296,21 @@ def _refuse_definition_options_on_resume(**given: Any) -> None:
 
 def _check_data_folder(data: Path) -> None:
     """--data names a folder holding images: checked before anything is printed or written."""
-    from jfb_inverse.datasets.images import IMAGE_SUFFIXES
+    from jfb_inverse.datasets.images import image_files
 
     from jfb_inverse.errors import UserError
 
-    if not data.exists():
-        raise UserError(f"--data {str(data)!r}: no such folder; give the folder of your training images")
-    if not data.is_dir():
-        raise UserError(f"--data {str(data)!r} is a file; give the folder that holds your training images")
-    if not any(p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") for p in data.iterdir()):
-        raise UserError(f"--data {str(data)!r} holds no images; add files of type {', '.join(IMAGE_SUFFIXES)}")
+    try:
+        image_files(data)
+    except (OSError, UserError) as exc:
+        reason = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) else str(exc)
+        raise UserError(f"--data: {reason}; give the folder that holds your training images") from None
 
 
 def _absolute_paths(cfg: Any) -> Any:
     """The definition with its file paths (training folder, kernel file, operator file) made absolute,
     so that the problem.toml and model.pt it is saved in work from any folder."""
-    from jfb_inverse.problems.custom import _is_file_target
+    from jfb_inverse.problems.custom import is_file_target
 
     def absolute(path: str) -> str:
         # A missing file stays as the user wrote it, so the error that follows names it that way.
@@ -327,7 +325,7 @@ def _absolute_paths(cfg: Any) -> Any:
         update["operator"] = operator.model_copy(update={"path": absolute(operator.path)})
     elif operator.kind == "custom":
         source, _, name = operator.target.rpartition(":")
-        if source and _is_file_target(source):
+        if source and is_file_target(source):
             update["operator"] = operator.model_copy(update={"target": f"{absolute(source)}:{name}"})
     return cfg.model_copy(update=update) if update else cfg
 

@@ -283,14 +283,20 @@ def load_folder(path: str | Path, channels: int = 1) -> list[tuple[str, Tensor]]
     Reads the files whose suffix is in ``IMAGE_SUFFIXES`` with :func:`load_image` and returns
     ``(file name, (C, H, W) tensor)`` pairs; hidden files (names starting with ".") are skipped.
     """
+    return [(p.name, load_image(p, channels)) for p in image_files(path)]
+
+
+def image_files(path: str | Path) -> list[Path]:
+    """The image files :func:`load_folder` reads in a folder, sorted by name; ``FileNotFoundError``
+    for a missing folder, :class:`UserError` for a file or a folder without images."""
     folder = Path(path)
     if not folder.exists():
         raise FileNotFoundError(errno.ENOENT, "no such folder (check the path)", str(folder))
     if not folder.is_dir():
-        raise UserError(f"{folder}: is a file, not a folder; use load_image() for one file")
+        raise UserError(f"{folder}: is a file, not a folder of images")
     files = sorted(
         p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
     )
     if not files:
         raise UserError(f"{folder}: folder has no images; add files of type {', '.join(IMAGE_SUFFIXES)}")
-    return [(p.name, load_image(p, channels)) for p in files]
+    return files

@@ -73,7 +73,8 @@ def _split_target(target: str) -> tuple[str, str]:
     return source, name
 
 
-def _is_file_target(source: str) -> bool:
+def is_file_target(source: str) -> bool:
+    """Whether the module part of a target names a .py file (else an importable module)."""
     return source.endswith(".py") or "/" in source or "\\" in source
 
 
@@ -127,7 +128,7 @@ def load_operator_class(target: str) -> Callable[..., Any]:
     not callable is an :class:`OperatorError` naming the target and the fix.
     """
     source, name = _split_target(target)
-    module = _import_file(Path(source), target) if _is_file_target(source) else _import_module(source, target)
+    module = _import_file(Path(source), target) if is_file_target(source) else _import_module(source, target)
     try:
         obj = functools.reduce(getattr, name.split("."), module)
     except AttributeError:
