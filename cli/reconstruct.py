@@ -94,7 +94,9 @@ def reconstruct(
     input: Annotated[Path, typer.Option("--input", help="Measurement file (.npy/.png/.tif) or a folder of them.")],
     output: Annotated[Path, typer.Option("--output", help="Output file (.png/.tif/.npy) or folder.")],
     device: DeviceOption = "auto",
-    format: Annotated[OutputFormat, typer.Option(help="Output type in folder mode.")] = "png",
+    format: Annotated[
+        OutputFormat | None, typer.Option(help="Output type in folder mode (default png); a file's name sets its own.")
+    ] = None,
     trust_operator: TrustOperatorOption = False,
     tol: TolOption = None,
     max_iter: MaxIterOption = None,
@@ -115,14 +117,20 @@ def reconstruct(
     if not input.exists():
         raise UserError(f"input {str(input)!r} not found; give an existing .npy or image file, or a folder of them")
     files: list[Path] = []
+    folder_format = format or "png"
     if input.is_dir():
         if output.exists() and not output.is_dir():
             raise UserError(f"--output {str(output)!r} must be a folder when --input is a folder")
         files = sorted(p for p in input.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES | {".npy"})
         if not files:
             raise UserError(f"folder {str(input)!r} holds no .npy/.png/.tif measurements")
-        _check_folder_targets(files, output, format)
+        _check_folder_targets(files, output, folder_format)
     else:
+        if format is not None and output.suffix.lower() != f".{format}":
+            raise UserError(
+                f"--format {format} is for folder mode; the output file name {output.name!r} sets the type: "
+                f"drop --format or name the file *.{format}"
+            )
         if output.is_dir():
             raise UserError(f"--output {str(output)!r} is a folder; give a file name (.png/.tif/.npy)")
         check_output_path(output)
@@ -138,7 +146,7 @@ def reconstruct(
         failures = 0
         # One file at a time (bounded memory); a bad file is reported and skipped, the others go on.
         for path in track(files, description="reconstruct", console=console, disable=not stdout_is_terminal()):
-            target = output / f"{path.stem}.{format}"
+            target = output / f"{path.stem}.{folder_format}"
             try:
                 if target.resolve().parent != root:  # never write outside --output (e.g. through a link)
                     raise UserError(f"output {str(target)!r} would be outside {str(output)!r}")

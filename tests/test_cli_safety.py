@@ -183,3 +183,12 @@ def test_evaluate_names_the_image_that_does_not_fit_before_any_work(tmp_path):
                     "--json", str(tmp_path / "r.json"))  # fmt: skip
     one_line_error(result, "tiny.png: image of 8x8 px is smaller than the 15x15 blur kernel")
     assert not (tmp_path / "r.json").exists()
+
+
+def test_reconstruct_refuses_a_format_that_contradicts_the_output_file(tmp_path):
+    y = tmp_path / "y.npy"
+    np.save(y, np.zeros((1, 32, 32), dtype=np.float32))
+    result = invoke("reconstruct", "--checkpoint", "builtin:deblur", "--input", str(y),
+                    "--output", str(tmp_path / "x.npy"), "--format", "tif")  # fmt: skip
+    one_line_error(result, "--format tif is for folder mode")
+    assert not (tmp_path / "x.npy").exists()
