@@ -100,7 +100,7 @@ def main() -> None:
 def run_app(args: list[str] | None = None) -> int:
     """Run the CLI and return its exit code; a usage error (unknown option, bad value, missing
     option) is one ``error: ...`` line and exit code 2, like every other user error."""
-    from jfb_inverse.cli.common import debug_enabled, err_console, error
+    from jfb_inverse.cli.common import err_console, error
 
     try:  # recent Typer ships its own copy of click
         from typer._click import exceptions as click_exceptions
@@ -110,9 +110,9 @@ def run_app(args: list[str] | None = None) -> int:
     try:
         code = app(args=args, standalone_mode=False)
     except click_exceptions.UsageError as exc:
-        if debug_enabled():
-            raise
         message = exc.format_message()
+        if not message:  # no arguments at all: the help was printed
+            return 2
         if isinstance(exc, click_exceptions.NoSuchOption) and exc.option_name == "--debug":
             message += "; --debug goes before the command: jfb-inverse --debug COMMAND ..."
         where = exc.ctx.command_path if exc.ctx is not None else "jfb-inverse"

@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 #: Figure formats matplotlib writes without extra packages.
-FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg")
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
 @user_errors
@@ -29,7 +29,9 @@ def evaluate(
     checkpoint: Annotated[str, typer.Option(help="model.pt from `train`, or builtin:NAME.")],
     images: Annotated[Path | None, typer.Option(help="Folder of clean images (default: the held-out split).")] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the report as JSON.")] = None,
-    figure: Annotated[Path | None, typer.Option(help="Write a side-by-side figure (.png, .pdf, .svg or .jpg).")] = None,
+    figure: Annotated[
+        Path | None, typer.Option(help="Write a side-by-side figure (.png, .pdf, .svg, .jpg or .tif).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
     device: DeviceOption = "auto",
     trust_operator: TrustOperatorOption = False,

@@ -126,7 +126,7 @@ def reconstruct(
             raise UserError(f"folder {str(input)!r} holds no .npy/.png/.tif measurements")
         _check_folder_targets(files, output, folder_format)
     else:
-        if format is not None and output.suffix.lower() != f".{format}":
+        if format is not None and output.suffix.lower().replace(".tiff", ".tif") != f".{format}":
             raise UserError(
                 f"--format {format} is for folder mode; the output file name {output.name!r} sets the type: "
                 f"drop --format or name the file *.{format}"
@@ -194,16 +194,18 @@ def _check_folder_targets(files: list[Path], output: Path, format: str) -> None:
     lost) and a result that would replace an input."""
     from jfb_inverse.errors import UserError
 
-    inputs = {p.resolve() for p in files}
+    # Compared case-folded: on macOS and Windows a.png and A.PNG are one file.
+    inputs = {str(p.resolve()).casefold() for p in files}
     seen: dict[str, Path] = {}
     for path in files:
-        if path.stem in seen:
+        key = path.stem.casefold()
+        if key in seen:
             raise UserError(
-                f"{seen[path.stem].name!r} and {path.name!r} would both be written as {path.stem}.{format}; "
+                f"{seen[key].name!r} and {path.name!r} would both be written as {path.stem}.{format}; "
                 "rename one, or reconstruct them separately"
             )
-        seen[path.stem] = path
-        if (output / f"{path.stem}.{format}").resolve() in inputs:
+        seen[key] = path
+        if str((output / f"{path.stem}.{format}").resolve()).casefold() in inputs:
             raise UserError(
                 f"the result of {path.name!r} would replace an input file in {str(output)!r}; "
                 "give another --output folder or --format"

@@ -118,7 +118,9 @@ def train(
             lipschitz_every=lipschitz_every,
         )
     launcher = nproc > 1 and distributed.world_size_from_env() <= 1
-    if not resume and not overwrite and (out / "model.pt").exists() and os.environ.get("RANK", "0") == "0":
+    # torchrun's workers run this command again: rank 0 has checked, and may have written model.pt already.
+    worker = distributed.world_size_from_env() > 1 and os.environ.get("RANK", "0") != "0"
+    if not resume and not overwrite and (out / "model.pt").exists() and not worker:
         raise UserError(
             f"--out {str(out)!r} already holds a trained run (model.pt); continue it with --resume, "
             "replace it with --overwrite, or give another --out"
@@ -209,6 +211,11 @@ def train(
                     )
                 not_converged[0] += record["not_converged_steps"]
 
+        if overwrite and main_process:
+            # The old run's files go now, not at the new run's first checkpoint: an interrupted
+            # --overwrite must not leave the old weights next to the new history (and --resume them).
+            for name in ("model.pt", "problem.toml", "history.jsonl", "training.png"):
+                (out / name).unlink(missing_ok=True)
         try:
             result = run_training(
                 cfg, out, dev, on_log=on_log, on_step=lambda s: progress.update(task, completed=s + 1), resume=resume
@@ -290,7 +297,7 @@ def _refuse_definition_options_on_resume(**given: Any) -> None:
     if names:
         raise UserError(
             f"--resume continues the run in --out with its own definition, so {', '.join(names)} would be "
-            "ignored; drop them (only --steps and --max-minutes apply), or start a new run with another --out"
+            "ignored; drop them (--steps and --max-minutes may change), or start a new run with another --out"
         )
 
 
@@ -310,7 +317,7 @@ def _check_data_folder(data: Path) -> None:
 def _absolute_paths(cfg: Any) -> Any:
     """The definition with its file paths (training folder, kernel file, operator file) made absolute,
     so that the problem.toml and model.pt it is saved in work from any folder."""
-    from jfb_inverse.problems.custom import is_file_target
+    from jfb_inverse.problems.custom import absolute_target
 
     def absolute(path: str) -> str:
         # A missing file stays as the user wrote it, so the error that follows names it that way.
@@ -324,9 +331,7 @@ def _absolute_paths(cfg: Any) -> Any:
     if getattr(operator, "path", None):
         update["operator"] = operator.model_copy(update={"path": absolute(operator.path)})
     elif operator.kind == "custom":
-        source, _, name = operator.target.rpartition(":")
-        if source and is_file_target(source):
-            update["operator"] = operator.model_copy(update={"target": f"{absolute(source)}:{name}"})
+        update["operator"] = operator.model_copy(update={"target": absolute_target(operator.target)})
     return cfg.model_copy(update=update) if update else cfg
 
 

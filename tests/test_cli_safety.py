@@ -54,9 +54,10 @@ def test_simulate_refuses_two_definition_sources(clean_png, tmp_path):
 def test_reconstruct_refuses_to_overwrite_its_input(tmp_path):
     y = tmp_path / "y.npy"
     np.save(y, np.zeros((1, 32, 32), dtype=np.float32))
+    before = y.read_bytes()
     result = invoke("reconstruct", "--checkpoint", "builtin:deblur", "--input", str(y), "--output", str(y))
     one_line_error(result, "is the input file")
-    assert np.load(y).shape == (1, 32, 32)
+    assert y.read_bytes() == before
 
 
 def test_reconstruct_folder_refuses_colliding_names_before_any_work(tmp_path):
@@ -88,16 +89,15 @@ def test_reconstruct_folder_where_every_file_fails_exits_2_and_leaves_no_folder(
 
 
 @pytest.mark.parametrize(
-    ("option", "name", "message"), [("--figure", "f.xyz", "--figure"), ("--json", "r.txt", "--json")]
+    ("option", "name", "other_option", "other_name"),
+    [("--figure", "f.xyz", "--json", "r.json"), ("--json", "r.txt", "--figure", "f.png")],
 )
-def test_evaluate_checks_output_names_before_evaluating(tmp_path, option, name, message):
-    other = tmp_path / "other.json"
-    args = ["evaluate", "--checkpoint", "builtin:deblur", option, str(tmp_path / name)]
-    if option == "--figure":
-        args += ["--json", str(other)]
-    result = invoke(*args)
-    one_line_error(result, message)
-    assert not other.exists()  # nothing half-written
+def test_evaluate_checks_output_names_before_evaluating(tmp_path, option, name, other_option, other_name):
+    other = tmp_path / other_name
+    args = [option, str(tmp_path / name), other_option, str(other)]
+    result = invoke("evaluate", "--checkpoint", "builtin:deblur", *args)
+    one_line_error(result, option)
+    assert not other.exists()  # the valid output is not written either: nothing half-done
 
 
 def test_train_data_folder_errors_come_first_and_write_nothing(tmp_path, clean_png):
@@ -169,9 +169,34 @@ def test_usage_errors_are_one_line_exit_2(argv, message, capsys):
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
 
 
-def test_help_and_version_exit_0(capsys):
+def test_help_and_version_exit_0_and_no_arguments_prints_the_help(capsys):
     assert run_app(["--version"]) == 0
     assert "jfb-inverse" in capsys.readouterr().out
+    assert run_app(["train", "--help"]) == 0
+    assert "--overwrite" in capsys.readouterr().out
+    assert run_app([]) == 2  # click's convention for a bare command: help, exit 2
+    captured = capsys.readouterr()
+    assert "Usage" in captured.out and "error" not in captured.err
+
+
+def test_overwrite_removes_the_old_run_before_training(tmp_path, monkeypatch):
+    from jfb_inverse.errors import UserError
+    from jfb_inverse.training import loop
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("model.pt", "problem.toml", "history.jsonl", "training.png"):
+        (run / name).write_text("the old run")
+    seen: list[list[str]] = []
+
+    def interrupted(cfg, out, *args, **kwargs):
+        seen.append(sorted(p.name for p in out.iterdir()))
+        raise UserError("interrupted before the first checkpoint")
+
+    monkeypatch.setattr(loop, "train", interrupted)
+    result = invoke("train", "--problem", "deblur", "--out", str(run), "--overwrite", "--device", "cpu")
+    one_line_error(result, "interrupted before the first checkpoint")
+    assert seen == [[]]  # nothing of the old run is left for --resume to mix with the new one
 
 
 def test_evaluate_names_the_image_that_does_not_fit_before_any_work(tmp_path):

@@ -244,6 +244,17 @@ def test_cli_train_records_the_operator(striped_run):
     assert operator["target"] == f"{Path(EXAMPLE).resolve()}:StripedSensor"
 
 
+def test_cli_resume_trusts_the_operator_named_again_as_typed(striped_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(striped_run, run)
+    result = invoke("train", "--resume", "--out", str(run), "--steps", "3",
+                    "--operator", f"{os.path.relpath(EXAMPLE)}:StripedSensor")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert torch.load(run / "model.pt", weights_only=True)["step"] == 3
+
+
 def test_cli_simulate_reconstruct_with_smaller_measurements(striped_run, tmp_path):
     from jfb_inverse.datasets import load_builtin, save_image
 

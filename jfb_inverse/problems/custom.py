@@ -78,6 +78,16 @@ def is_file_target(source: str) -> bool:
     return source.endswith(".py") or "/" in source or "\\" in source
 
 
+def absolute_target(target: str) -> str:
+    """``target`` with its .py file made absolute when the file exists (a module target, or a missing
+    file, is returned as given), so that a run's stored target works from any folder."""
+    source, sep, name = target.rpartition(":")
+    if not sep or not source or not is_file_target(source):
+        return target
+    path = Path(source).expanduser().resolve()
+    return f"{path}:{name}" if path.exists() else target
+
+
 def _import_file(path: Path, target: str) -> Any:
     """Import a .py file as a module named after its absolute path (so one file is one module)."""
     if not path.is_file():
@@ -376,7 +386,8 @@ def ensure_trusted(cfg: ProblemConfig, trusted_targets: Iterable[str] | bool = (
     op = cfg.operator
     if op.kind != "custom" or trusted_targets is True:
         return
-    if trusted_targets is not False and op.target in set(trusted_targets):
+    # Compared as absolute paths: runs store the target absolute, users type it relative.
+    if trusted_targets is not False and absolute_target(op.target) in {absolute_target(t) for t in trusted_targets}:
         return
     raise OperatorError(
         f"checkpoint uses custom operator {op.target}; rerun with --trust-operator to import it (this runs its code)"
