@@ -17,10 +17,12 @@ from typing import IO
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a hidden temporary path beside ``path`` for the caller to write; rename it over ``path``
-    on success, remove it on any error. It keeps ``path``'s suffix, so writers that choose the format
+    on success, remove it on any error. It keeps ``path``'s suffix (lower case), so writers that choose the format
     by suffix (numpy, image libraries) work on it; files get the usual umask permissions."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp{path.suffix}")
+    # The suffix lower-cased: numpy appends ".npy" to a name ending in ".NPY" (the rename would
+    # then miss the file it wrote and leave it behind).
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp{path.suffix.lower()}")
     try:
         yield tmp
         os.replace(tmp, path)

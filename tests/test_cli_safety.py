@@ -217,3 +217,12 @@ def test_reconstruct_refuses_a_format_that_contradicts_the_output_file(tmp_path)
                     "--output", str(tmp_path / "x.npy"), "--format", "tif")  # fmt: skip
     one_line_error(result, "--format tif is for folder mode")
     assert not (tmp_path / "x.npy").exists()
+
+
+def test_upper_case_output_names_are_written_and_leave_no_temporary_file(tmp_path, clean_png):
+    for name in ("Y.NPY", "Y.PNG"):
+        result = invoke("simulate", "--problem", "deblur", "--input", str(clean_png), "--output", str(tmp_path / name))
+        assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "Y.NPY").shape == (1, 40, 40)
+    assert (tmp_path / "Y.PNG").stat().st_size > 100
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
