@@ -102,31 +102,6 @@ def train(
         )
     if overwrite and resume:
         raise UserError("--overwrite replaces the run in --out; drop it to --resume that run")
-    if resume:
-        # --operator stays allowed: naming the checkpoint's operator again is a way to trust it.
-        _refuse_definition_options_on_resume(
-            problem=problem,
-            config=config,
-            preset=preset,
-            data=data,
-            operator_args=operator_args,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            gradient=gradient,
-            precision=precision,
-            lipschitz_every=lipschitz_every,
-        )
-    launcher = nproc > 1 and distributed.world_size_from_env() <= 1
-    # torchrun's workers run this command again: rank 0 has checked, and may have written model.pt already.
-    worker = distributed.world_size_from_env() > 1 and os.environ.get("RANK", "0") != "0"
-    if not resume and not overwrite and (out / "model.pt").exists() and not worker:
-        raise UserError(
-            f"--out {str(out)!r} already holds a trained run (model.pt); continue it with --resume, "
-            "replace it with --overwrite, or give another --out"
-        )
-    if data is not None:
-        _check_data_folder(data)
     overrides = _overrides(
         training__steps=steps,
         training__batch_size=batch_size,
@@ -139,7 +114,29 @@ def train(
         training__lipschitz_every=lipschitz_every,
         training__init_from=init_from,
     )
+    if resume:
+        # Options that would change the run's definition are refused, not ignored. --operator stays
+        # allowed: naming the checkpoint's operator again is a way to trust it.
+        named = (
+            ("problem", problem),
+            ("config", config),
+            ("preset", preset),
+            ("data", data),
+            ("operator_args", operator_args),
+        )
+        changing = [name for name, value in named if value is not None]
+        changing += [name for name in overrides.get("training", {}) if name not in ("steps", "max_minutes", "device")]
+        _refuse_definition_options_on_resume(changing)
+    launcher = nproc > 1 and distributed.world_size_from_env() <= 1
+    # torchrun's workers run this command again: rank 0 has checked, and may have written model.pt already.
+    worker = distributed.world_size_from_env() > 1 and os.environ.get("RANK", "0") != "0"
+    if not resume and not overwrite and (out / "model.pt").exists() and not worker:
+        raise UserError(
+            f"--out {str(out)!r} already holds a trained run (model.pt); continue it with --resume, "
+            "replace it with --overwrite, or give another --out"
+        )
     if data is not None:
+        _check_data_folder(data)
         overrides.setdefault("data", {}).update({"source": "folder", "path": str(data)})
     if resume:
         payload, cfg = load_checkpoint(out / "model.pt")
@@ -289,14 +286,14 @@ def _check_custom_operator(cfg: Any, dev: Any) -> None:
     )
 
 
-def _refuse_definition_options_on_resume(**given: Any) -> None:
+def _refuse_definition_options_on_resume(option_names: list[str]) -> None:
     """--resume continues the run's own definition: options that would change it are refused, not ignored."""
     from jfb_inverse.errors import UserError
 
-    names = [f"--{name.replace('_', '-')}" for name, value in given.items() if value is not None]
-    if names:
+    if option_names:
+        names = ", ".join(f"--{name.replace('_', '-')}" for name in option_names)
         raise UserError(
-            f"--resume continues the run in --out with its own definition, so {', '.join(names)} would be "
+            f"--resume continues the run in --out with its own definition, so {names} would be "
             "ignored; drop them (--steps and --max-minutes may change), or start a new run with another --out"
         )
 
