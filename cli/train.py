@@ -44,7 +44,7 @@ def train(
     device: DeviceOption = "auto",
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     gradient: Annotated[Gradient | None, typer.Option(help="Gradient strategy.")] = None,
-    max_minutes: Annotated[float | None, typer.Option(min=0, help="Stop after this many minutes.")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop after this many minutes (> 0).")] = None,
     operator: Annotated[
         str | None,
         typer.Option(help="Your forward operator: path/to/ops.py:ClassName or package.module:ClassName."),
@@ -87,6 +87,7 @@ def train(
     from jfb_inverse.evaluation import evaluate
     from jfb_inverse.problems import config_from_file_or_problem
     from jfb_inverse.problems.custom import ensure_trusted
+    from jfb_inverse.problems.registry import deep_merge, validate_definition
     from jfb_inverse.training import distributed
     from jfb_inverse.training.checkpoint import load_checkpoint
     from jfb_inverse.training.data import evaluation_images
@@ -151,7 +152,8 @@ def train(
         run_control: dict[str, Any] = {"max_minutes": max_minutes}
         if steps is not None:
             run_control["steps"] = steps
-        cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update=run_control)})
+        # Validated like any definition (model_copy would not): --max-minutes 0 is refused here too.
+        cfg = validate_definition(deep_merge(cfg.model_dump(), {"training": run_control}))
     else:
         if config is not None:
             check_config_file(config)

@@ -150,6 +150,8 @@ def test_a_run_stores_absolute_paths_and_is_never_overwritten_silently(tmp_path,
     result = invoke(*args[:-4], "--steps", "2", "--out", "run", "--device", "cpu", "--overwrite")
     assert result.exit_code == 0, result.output
     assert torch.load(tmp_path / "run" / "model.pt", weights_only=True)["step"] == 2
+    # What --resume may change is validated like any definition.
+    one_line_error(invoke("train", "--resume", "--out", "run", "--max-minutes", "0"), "training.max_minutes")
 
 
 @pytest.mark.parametrize(

@@ -172,6 +172,11 @@ def resolve_config(
         if isinstance(section, Mapping) and "kind" in section and section["kind"] != values["operator"].get("kind"):
             values["operator"] = {}  # a different operator kind replaces the whole section
         values = deep_merge(values, layer)
+    return validate_definition(values)
+
+
+def validate_definition(values: Mapping[str, Any]) -> ProblemConfig:
+    """A :class:`ProblemConfig` from plain values; a one-line :class:`ConfigError` when invalid."""
     try:
         return ProblemConfig.model_validate(values)
     except ValidationError as exc:
