@@ -316,19 +316,14 @@ def _check_data_folder(data: Path) -> None:
 def _absolute_paths(cfg: Any) -> Any:
     """The definition with its file paths (training folder, kernel file, operator file) made absolute,
     so that the problem.toml and model.pt it is saved in work from any folder."""
-    from jfb_inverse.problems.custom import absolute_target
-
-    def absolute(path: str) -> str:
-        # A missing file stays as the user wrote it, so the error that follows names it that way.
-        resolved = Path(path).expanduser().resolve()
-        return str(resolved) if resolved.exists() else path
+    from jfb_inverse.problems.custom import absolute_if_exists, absolute_target
 
     update: dict[str, Any] = {}
     if cfg.data.path:
-        update["data"] = cfg.data.model_copy(update={"path": absolute(cfg.data.path)})
+        update["data"] = cfg.data.model_copy(update={"path": absolute_if_exists(cfg.data.path)})
     operator = cfg.operator
     if getattr(operator, "path", None):
-        update["operator"] = operator.model_copy(update={"path": absolute(operator.path)})
+        update["operator"] = operator.model_copy(update={"path": absolute_if_exists(operator.path)})
     elif operator.kind == "custom":
         update["operator"] = operator.model_copy(update={"target": absolute_target(operator.target)})
     return cfg.model_copy(update=update) if update else cfg

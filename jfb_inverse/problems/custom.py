@@ -84,8 +84,14 @@ def absolute_target(target: str) -> str:
     source, sep, name = target.rpartition(":")
     if not sep or not source or not is_file_target(source):
         return target
-    path = Path(source).expanduser().resolve()
-    return f"{path}:{name}" if path.exists() else target
+    return f"{absolute_if_exists(source)}:{name}"
+
+
+def absolute_if_exists(path: str) -> str:
+    """``path`` made absolute when it exists; a missing one stays as written, so the error that
+    follows names it the way the user typed it."""
+    resolved = Path(path).expanduser().resolve()
+    return str(resolved) if resolved.exists() else path
 
 
 def _import_file(path: Path, target: str) -> Any:
