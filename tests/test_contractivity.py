@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -22,6 +23,47 @@ def test_lipschitz_estimate_of_nonlinear_map_at_a_point():
     est = lipschitz_estimate(lambda x: 0.5 * torch.tanh(x), u, n_iter=200)
     expected = 0.5 * (1 - torch.tanh(u.min(dim=1).values) ** 2)
     assert torch.allclose(est, expected, rtol=1e-6)
+
+
+class _OnceDifferentiableLinear(torch.autograd.Function):
+    """x -> x W^T whose backward has no derivative of its own, like cuDNN's grid sampler (CT's
+    Radon transform on CUDA): a double backward through it raises."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(w)
+        return x @ w.T
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (w,) = ctx.saved_tensors
+        return grad @ w, None
+
+
+def test_lipschitz_estimate_needs_no_double_backward():
+    w = torch.randn(12, 12, dtype=torch.float64)
+    u = torch.randn(2, 12, dtype=torch.float64)
+    fn = lambda x: _OnceDifferentiableLinear.apply(x, w)  # noqa: E731
+    x = u.clone().requires_grad_()
+    (g,) = torch.autograd.grad(fn(x).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):  # the double backward that the estimate must not need
+        torch.autograd.grad(g.sum(), x)
+    est = lipschitz_estimate(fn, u, n_iter=300)
+    assert torch.allclose(est, torch.linalg.matrix_norm(w, 2).expand(2), rtol=1e-6)
+
+
+def test_lipschitz_estimate_float32_relu_map_matches_exact_jacobian():
+    # A ReLU map has kinks: the central difference must use a step small enough not to cross them
+    # (a secant over a large step reads low). Exact value: the Jacobian's norm, formed explicitly.
+    torch.manual_seed(0)
+    w1, w2 = torch.randn(64, 32) / 6, torch.randn(32, 64) / 6
+    u = torch.randn(3, 32)
+    fn = lambda x: torch.relu(x @ w1.T) @ w2.T  # noqa: E731
+    est = lipschitz_estimate(fn, u, n_iter=200)
+    jac = torch.stack([torch.autograd.functional.jacobian(fn, u[i : i + 1]).reshape(32, 32) for i in range(3)])
+    exact = torch.linalg.matrix_norm(jac.double(), 2).float()
+    assert torch.allclose(est, exact, rtol=1e-3)
 
 
 def test_spectral_normalize_bounds_linear_layers():

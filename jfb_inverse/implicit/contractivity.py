@@ -34,27 +34,35 @@ def _is_normalised(layer: nn.Module) -> bool:
 
 
 def lipschitz_estimate(fn: FixedPointMap, u: Tensor, n_iter: int = 20, seed: int = 0) -> Tensor:
-    """Estimate ``||J_fn(u)||_2`` per sample by power iteration on ``J^T J`` (VJP + JVP).
+    """Estimate ``||J_fn(u)||_2`` per sample by power iteration on ``J^T J``.
 
     ``fn`` must act on each sample independently (as a batch of images does). Returns a tensor of
     shape ``(B,)``: the largest singular value of the Jacobian at ``u``, a lower bound on the
     local Lipschitz constant that converges to it as ``n_iter`` grows.
+
+    ``J v`` is a central difference of ``fn`` with a step of ``1e-5 ||u||`` (more for half
+    precision), ``J^T w`` one first-order VJP: no double backward, which some operators lack
+    (CT's Radon transform on CUDA: deepinv records its adjoint's VJP graph once, with cuDNN's grid
+    sampler in it, whose backward has no derivative and refuses to run with cuDNN switched off).
+    The step is small because the trained maps have kinks (ReLU): on the shipped models a step of
+    ``1e-3 ||u||`` read 1-4% low, ``1e-5 ||u||`` matched the exact double-VJP estimate to 0.2%
+    in float32.
     """
     generator = torch.Generator(device=u.device).manual_seed(seed)
-    u = u.detach().requires_grad_()
-    # cuDNN's grid sampler (CT's Radon transform on CUDA) has no double backward; the native
-    # kernel, used with cuDNN off, has. Only this estimate pays for the slower convolutions.
-    with torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
-        out = fn(u)
-        # J v by the double-VJP trick: d/dw <J^T w, v> = J v, needs no forward-mode support.
-        w = torch.zeros_like(out, requires_grad=True)
-        (jt_w,) = torch.autograd.grad(out, u, w, create_graph=True)
-        v = torch.randn(u.shape, generator=generator, device=u.device, dtype=u.dtype)
-        sigma = torch.zeros(u.shape[0], device=u.device)
-        for _ in range(n_iter):
-            v = v / (v.flatten(1).norm(dim=1).view(-1, *([1] * (v.dim() - 1))) + 1e-30)
-            (jv,) = torch.autograd.grad(jt_w, w, v, retain_graph=True)
-            (jtjv,) = torch.autograd.grad(out, u, jv, retain_graph=True)
-            sigma = jv.flatten(1).norm(dim=1)
-            v = jtjv.detach()
+    u = u.detach()
+    shape = (-1, *([1] * (u.dim() - 1)))
+    rel_step = max(1e-5, 10 * torch.finfo(u.dtype).eps)
+    step = (rel_step * u.flatten(1).norm(dim=1)).clamp_min(rel_step).view(shape)
+    with torch.enable_grad():
+        u_grad = u.clone().requires_grad_()
+        out = fn(u_grad)  # one graph, reused for every J^T w
+    v = torch.randn(u.shape, generator=generator, device=u.device, dtype=u.dtype)
+    sigma = torch.zeros(u.shape[0], device=u.device)
+    for _ in range(n_iter):
+        v = v / (v.flatten(1).norm(dim=1).view(shape) + 1e-30)
+        with torch.no_grad():
+            jv = (fn(u + step * v) - fn(u - step * v)) / (2 * step)
+        (jtjv,) = torch.autograd.grad(out, u_grad, jv, retain_graph=True)
+        sigma = jv.flatten(1).norm(dim=1)
+        v = jtjv.detach()
     return sigma.detach()
