@@ -12,7 +12,7 @@ set -u
 OUT=${OUT:-/tmp/out}
 DEVICE=${DEVICE:-cuda}
 BENCH_ITEMS=${BENCH_ITEMS:-step,deepinv}
-VARIANTS=${VARIANTS:-"deblur_unet32 deblur_unet64 deblur_b16"}
+VARIANTS=${VARIANTS-"deblur_unet32 deblur_unet64 deblur_b16"}  # VARIANTS="": no training
 BUDGET_MIN=${BUDGET_MIN:-4.0}
 REPO=$(pwd)
 mkdir -p "$OUT"

@@ -30,6 +30,7 @@ deepinv's alternate in one process; medians and the ratio ours/deepinv are repor
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 
@@ -188,17 +189,24 @@ def run(
 
         return infer
 
+    variants = gpu_variants(ours, K, device)
     train_times = benchlib.alternate(
         {
             "ours": train_step(ours, opt_ours),
             "ours_same_layout": train_step(ours_same, opt_same),
             "deepinv": train_step(theirs, opt_theirs),
+            **{k: train_step(m, torch.optim.Adam(m.parameters(), lr=0.0)) for k, m in variants.items()},
         },
         repeats,
         device,
     )
     infer_times = benchlib.alternate(
-        {"ours": inference(ours), "ours_same_layout": inference(ours_same), "deepinv": inference(theirs)},
+        {
+            "ours": inference(ours),
+            "ours_same_layout": inference(ours_same),
+            "deepinv": inference(theirs),
+            **{k: inference(m) for k, m in variants.items()},
+        },
         repeats,
         device,
     )
@@ -214,6 +222,11 @@ def run(
         "inference_same_layout_over_deepinv": benchlib.ratio(
             infer["ours_same_layout"]["median_s"], infer["deepinv"]["median_s"]
         ),
+        **{
+            f"{phase}_{k}_over_deepinv": benchlib.ratio(times[k]["median_s"], times["deepinv"]["median_s"])
+            for k in variants
+            for phase, times in (("training_step", train), ("inference", infer))
+        },
     }
     payload = {
         "benchmark": "vs_deepinv",
@@ -231,6 +244,7 @@ def run(
             "deepinv": "deepinv.optim.PGD(L2(), PnP(denoiser), stepsize=eta/||A||^2, max_iter=K, early_stop=False, "
             "DEQ=DEQConfig(jacobian_free=True), trainable_params=['stepsize'])",
             "applications_of_T": {"training": K + 1, "inference": K + 1},
+            "gpu_variants": {k: GPU_VARIANTS[k] for k in variants},
         },
         "check": check,
         "training_step": train,
@@ -254,6 +268,27 @@ def run(
     if plot:
         plot_pair(payload, out / "vs_deepinv.png")
     return payload
+
+
+GPU_VARIANTS = {
+    "ours_synced_stop": "ours with the solvers' stop flag read synchronously in every iteration "
+    "(lagged_stop=False, as before the lagged check)",
+    "ours_channels_last": "ours with the regulariser channels-last (model.memory_format='channels_last')",
+}
+
+
+def gpu_variants(ours: nn.Module, depth: int, device: torch.device) -> dict[str, nn.Module]:
+    """CUDA only: copies of ``ours`` that differ in one GPU choice each (see ``GPU_VARIANTS``)."""
+    from jfb_inverse.models import apply_memory_format
+
+    if device.type != "cuda":
+        return {}
+    synced = copy.deepcopy(ours)
+    synced.solver = Picard(tol=benchlib.TINY_TOL, max_iter=depth, lagged_stop=False)
+    synced.eval_solver = Picard(tol=benchlib.TINY_TOL, max_iter=depth + 1, lagged_stop=False)
+    channels_last = copy.deepcopy(ours)
+    apply_memory_format(channels_last.regularizer, "channels_last", device)
+    return {"ours_synced_stop": synced, "ours_channels_last": channels_last}
 
 
 def plot_pair(payload: dict[str, Any], path: Path) -> None:

@@ -60,6 +60,32 @@ def test_per_sample_stopping_freezes_converged_samples():
     assert sample.all_converged
 
 
+@pytest.mark.parametrize("make", [Picard, Anderson])
+@pytest.mark.parametrize("stop", ["batch", "sample"])
+def test_lagged_stop_check_runs_one_iteration_more_and_keeps_results(make, stop, linear_contraction):
+    # The GPU's stop check reads the previous iteration's flags (no host wait): forced on here.
+    w, b = linear_contraction
+    f = lambda u: u @ w.T + b  # noqa: E731
+    u_now, now = make(tol=1e-6, max_iter=500, stop=stop, lagged_stop=False).solve(f, torch.zeros_like(b))
+    u_lag, lag = make(tol=1e-6, max_iter=500, stop=stop, lagged_stop=True).solve(f, torch.zeros_like(b))
+    assert now.all_converged and lag.all_converged
+    assert lag.evaluations == now.evaluations + 1
+    if stop == "sample":  # converged samples were frozen at once: their counts and iterates agree
+        assert torch.equal(lag.iterations, now.iterations)
+        assert torch.equal(u_lag, u_now)
+    else:  # every sample ran the extra iteration: an iterate at least as good, kept as the best
+        assert torch.equal(lag.iterations, now.iterations + 1)
+        assert bool((lag.residual <= now.residual).all())
+    exact = exact_fixed_point(w, b)
+    assert float(((u_lag - exact).norm(dim=1) / exact.norm(dim=1)).max()) < 5e-5
+
+
+def test_lagged_stop_check_never_exceeds_max_iter(linear_contraction):
+    w, b = linear_contraction
+    _, stats = Picard(tol=1e-12, max_iter=7, lagged_stop=True).solve(lambda u: u @ w.T + b, torch.zeros_like(b))
+    assert stats.evaluations == 7 and not stats.all_converged
+
+
 def test_anderson_singular_system_falls_back_without_crash():
     # f is constant: after one step the residual history is exactly zero and the
     # least-squares system is singular.

@@ -15,6 +15,9 @@ Stopping (``stop``):
 
 A solve that does not reach ``tol`` returns, per sample, the iterate with the smallest residual
 seen (never a diverged one) and says so in ``stats.converged``.
+
+On CUDA the stop test reads the previous iteration's flags (``lagged_stop``, see ``_StopCheck``):
+the host never waits for the device inside the loop, and a solve may run one iteration more.
 """
 
 from __future__ import annotations
@@ -46,29 +49,30 @@ class _BestIterate:
     """Keeps, per sample, the iterate with the smallest residual seen so far.
 
     ``copy=False`` (Picard): the best iterate is a reference to a candidate (no copy in the common,
-    monotone case). ``copy=True`` (Anderson): candidates live in buffers that get overwritten, so the
-    best iterate is kept in an own buffer, updated in place without a host synchronisation.
+    monotone case, found by one host read). ``copy=True`` (Anderson): candidates live in buffers that
+    get overwritten, so the best iterate is kept in an own buffer, updated in place. ``lazy=True``:
+    no host read at all (a GPU would stall on it): a ``torch.where`` per update instead.
     """
 
-    def __init__(self, u: Tensor, copy: bool = False) -> None:
+    def __init__(self, u: Tensor, copy: bool = False, lazy: bool = False) -> None:
         self.copy = copy
+        self.lazy = lazy
         self.value = u.clone() if copy else u
         dtype = u.dtype if u.is_floating_point() else torch.float32
         self.residual = torch.full((u.shape[0],), float("inf"), device=u.device, dtype=dtype)
 
-    def update(self, candidate: Tensor, residual: Tensor, finished: Tensor) -> bool:
-        """Take the improved samples of ``candidate``; return whether every sample is ``finished``.
-
-        All host synchronisations of an iteration happen in one transfer (they stall a GPU).
-        """
+    def update(self, candidate: Tensor, residual: Tensor) -> None:
+        """Take the improved samples of ``candidate``."""
         improved = torch.isfinite(residual) & (residual <= self.residual)
         if self.copy:
             torch.where(_expand(improved, candidate), candidate, self.value, out=self.value)
             torch.where(improved, residual, self.residual, out=self.residual)
-            return bool(finished.all())
-        all_improved, any_improved, all_finished = torch.stack(
-            (improved.all(), improved.any(), finished.all())
-        ).tolist()
+            return
+        if self.lazy:
+            self.value = torch.where(_expand(improved, candidate), candidate, self.value)
+            self.residual = torch.where(improved, residual, self.residual)
+            return
+        all_improved, any_improved = torch.stack((improved.all(), improved.any())).tolist()
         if all_improved:
             # The common, monotone case: no new tensor.
             self.value = candidate
@@ -76,7 +80,40 @@ class _BestIterate:
         elif any_improved:
             self.value = torch.where(_expand(improved, candidate), candidate, self.value)
             self.residual = torch.where(improved, residual, self.residual)
-        return bool(all_finished)
+
+
+class _StopCheck:
+    """Whether every sample has finished, read without stalling a GPU.
+
+    On the CPU the flags are read at once. On CUDA a read in every iteration would make the host
+    wait for the device, which then idles while the host queues the next iteration's kernels; so
+    (``lagged``) the flag is copied to pinned host memory asynchronously and read one iteration
+    later: a solve runs at most one iteration more than needed, never fewer.
+    """
+
+    def __init__(self, device: torch.device, lagged: bool | None = None) -> None:
+        self.lagged = device.type == "cuda" if lagged is None else lagged
+        self._host: Tensor | None = None
+        self._event: torch.cuda.Event | None = None
+
+    def __call__(self, finished: Tensor) -> bool:
+        """Record this iteration's ``finished`` flags; return whether to stop now."""
+        flag = finished.all()
+        if not self.lagged:
+            return bool(flag)
+        stop = False
+        if self._host is None:
+            on_cuda = flag.device.type == "cuda"
+            self._host = torch.empty((), dtype=torch.bool, pin_memory=on_cuda)
+            self._event = torch.cuda.Event() if on_cuda else None
+        else:  # the previous iteration's flag
+            if self._event is not None:
+                self._event.synchronize()
+            stop = bool(self._host)
+        self._host.copy_(flag, non_blocking=self._event is not None)
+        if self._event is not None:
+            self._event.record(torch.cuda.current_stream(flag.device))
+        return stop
 
 
 class _Trace:
@@ -157,6 +194,7 @@ class Picard(FixedPointSolver):
     tol: float = 1e-4
     max_iter: int = 50
     stop: StopRule = "batch"
+    lagged_stop: bool | None = None  # None: on CUDA (see _StopCheck)
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha <= 1:
@@ -170,7 +208,8 @@ class Picard(FixedPointSolver):
         batch = u.shape[0]
         active = torch.ones(batch, dtype=torch.bool, device=u.device)
         iterations = torch.zeros(batch, dtype=torch.long, device=u.device)
-        best = _BestIterate(u)
+        check = _StopCheck(u.device, self.lagged_stop)
+        best = _BestIterate(u, lazy=check.lagged)
         trace = _Trace(self.max_iter)
         evaluations = 0
         per_sample = self.stop == "sample"
@@ -190,11 +229,11 @@ class Picard(FixedPointSolver):
             trace.append(res)
             # Converged or blown up: nothing more to gain for that sample.
             finished = (res <= self.tol) | ~torch.isfinite(res)
-            all_finished = best.update(nxt, res, finished)
+            best.update(nxt, res)
             u = nxt
             if per_sample:
                 active = active & ~finished
-            if all_finished:
+            if check(finished):
                 break
         return _finish(best, trace, iterations, evaluations, self.tol)
 
@@ -216,6 +255,7 @@ class Anderson(FixedPointSolver):
     tol: float = 1e-4
     max_iter: int = 50
     stop: StopRule = "batch"
+    lagged_stop: bool | None = None  # None: on CUDA (see _StopCheck)
 
     def __post_init__(self) -> None:
         if self.m < 1:
@@ -245,6 +285,7 @@ class Anderson(FixedPointSolver):
 
         active = torch.ones(batch, dtype=torch.bool, device=u0.device)
         iterations = torch.zeros(batch, dtype=torch.long, device=u0.device)
+        check = _StopCheck(u0.device, self.lagged_stop)
         best = _BestIterate(u0, copy=True)
         trace = _Trace(self.max_iter)
         per_sample = self.stop == "sample"
@@ -299,10 +340,10 @@ class Anderson(FixedPointSolver):
             trace.append(res)
             prev = cur
             finished = (res <= self.tol) | ~torch.isfinite(res)
-            all_finished = best.update(F[cur].view(shape), res, finished)
+            best.update(F[cur].view(shape), res)
             if per_sample:
                 active = active & ~finished
-            if all_finished:
+            if check(finished):
                 break
         return _finish(best, trace, iterations, evaluations, self.tol)
 
