@@ -25,7 +25,7 @@ A training step is ``zero_grad + forward + MSE + backward +
 Adam.step`` (lr=0 so both stay identical); inference runs under ``torch.no_grad``. Ours and
 deepinv's alternate in one process; medians and the ratio ours/deepinv are reported.
 
-    python benchmarks/vs_deepinv.py [--device cpu|cuda] [--quick] [--K 20]
+    python benchmarks/vs_deepinv.py [--device cpu|cuda] [--quick] [--K 20] [--patch 256 --batch 32]
 """
 
 from __future__ import annotations
@@ -124,8 +124,13 @@ def run(
     repeats: int | None = None,
     depth: int | None = None,
     plot: bool = True,
+    size: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """Check equality, then time training steps and inference, alternating; write JSON + PNG."""
+    """Check equality, then time training steps and inference, alternating; write JSON + PNG.
+
+    ``size``: ``(patch, batch)``, default 64x64 x 8 on CPU, 128x128 x 16 on GPU. The JSON is
+    ``vs_deepinv.json``, or ``vs_deepinv_<patch>x<batch>.json`` for a size given.
+    """
     device = torch.device(device)
     K = depth or (4 if quick else 20)
     if quick:
@@ -134,6 +139,8 @@ def run(
         patch, batch = 128, 16
     else:
         patch, batch = 64, 8
+    if size is not None:
+        patch, batch = size
     repeats = repeats or (2 if quick else 7)
     info = benchlib.machine_info(device)
     ours, ours_same, theirs, x, y, physics = build_pair(device, patch, batch, K)
@@ -264,9 +271,10 @@ def run(
         },
     }
     out = Path(out)
-    benchlib.write_json(out, "vs_deepinv", payload)
+    name = "vs_deepinv" if size is None else f"vs_deepinv_{patch}x{batch}"
+    benchlib.write_json(out, name, payload)
     if plot:
-        plot_pair(payload, out / "vs_deepinv.png")
+        plot_pair(payload, out / f"{name}.png")
     return payload
 
 
@@ -312,9 +320,14 @@ def main() -> None:
     """Command line."""
     parser = benchlib.base_parser(__doc__.splitlines()[0])
     parser.add_argument("--K", type=int, default=None, help="forward iterations (default 20; 4 with --quick)")
+    parser.add_argument("--patch", type=int, default=None, help="image side (default 64 on CPU, 128 on GPU)")
+    parser.add_argument("--batch", type=int, default=None, help="batch size (default 8 on CPU, 16 on GPU)")
     args = parser.parse_args()
+    if (args.patch is None) != (args.batch is None):
+        parser.error("give --patch and --batch together")
     device = benchlib.setup(args)
-    payload = run(device, args.quick, args.out, args.repeats, args.K)
+    size = None if args.patch is None else (args.patch, args.batch)
+    payload = run(device, args.quick, args.out, args.repeats, args.K, size=size)
     print("  check:", payload["check"])
     print("  ratios:", payload["ratios"])
 
