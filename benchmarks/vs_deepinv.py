@@ -63,7 +63,8 @@ class NoiseLevelFree(nn.Module):
 def build_pair(device: torch.device, patch: int, batch: int, depth: int, eta: float = 1.0, seed: int = 0):
     """``(ours, ours_same_layout, theirs, x, y, physics)``: identical denoiser weights, step, start and
     iterations. ``ours`` lays the denoiser out as the package does (``model.memory_format="auto"``:
-    channels-last on the CPU); ``ours_same_layout`` keeps PyTorch's default layout, as deepinv's."""
+    channels-last on the CPU and on CUDA GPUs of compute capability 8.0+); ``ours_same_layout`` keeps
+    PyTorch's default layout and plain layers, as deepinv's."""
     import deepinv as dinv
     from deepinv.optim import DEQConfig
 
@@ -244,7 +245,7 @@ def run(
             "batch": batch,
             "patch": patch,
             "repeats": repeats,
-            "ours": "the package's layout (model.memory_format='auto': channels-last on CPU); "
+            "ours": "the package's layout (model.memory_format='auto': channels-last on CPU and CUDA 8.0+); "
             "ours_same_layout: PyTorch's default layout, as deepinv's; both "
             "ImplicitReconstructor(step='gradient', init='adjoint', solver=Picard(tol=1e-30, max_iter=K), "
             "eval_solver=Picard(tol=1e-30, max_iter=K+1), gradient=JFB())",
@@ -281,7 +282,8 @@ def run(
 GPU_VARIANTS = {
     "ours_synced_stop": "ours with the solvers' stop flag read synchronously in every iteration "
     "(lagged_stop=False, as before the lagged check)",
-    "ours_channels_last": "ours with the regulariser channels-last (model.memory_format='channels_last')",
+    "ours_contiguous": "ours with the regulariser in PyTorch's default layout (model.memory_format='contiguous'; "
+    "'auto' is channels-last on CUDA GPUs of compute capability 8.0+ since the eighth session)",
 }
 
 
@@ -294,9 +296,9 @@ def gpu_variants(ours: nn.Module, depth: int, device: torch.device) -> dict[str,
     synced = copy.deepcopy(ours)
     synced.solver = Picard(tol=benchlib.TINY_TOL, max_iter=depth, lagged_stop=False)
     synced.eval_solver = Picard(tol=benchlib.TINY_TOL, max_iter=depth + 1, lagged_stop=False)
-    channels_last = copy.deepcopy(ours)
-    apply_memory_format(channels_last.regularizer, "channels_last", device)
-    return {"ours_synced_stop": synced, "ours_channels_last": channels_last}
+    contiguous = copy.deepcopy(ours)
+    apply_memory_format(contiguous.regularizer, "contiguous", device)
+    return {"ours_synced_stop": synced, "ours_contiguous": contiguous}
 
 
 def plot_pair(payload: dict[str, Any], path: Path) -> None:

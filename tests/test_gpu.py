@@ -73,3 +73,13 @@ def test_stop_check_on_cuda_reads_flags_one_iteration_late(make):
     assert synced.all_converged and auto.all_converged
     assert auto.evaluations == synced.evaluations + 1
     assert torch.allclose(u_auto, u_sync, rtol=1e-6, atol=1e-9)
+
+
+def test_auto_memory_format_on_cuda_follows_tensor_cores():
+    # Channels-last on GPUs with TF32 tensor cores (compute capability 8.0+), measured faster on an
+    # H200 (benchmarks/vs_deepinv.py --patch 256 --batch 32); the default layout on older GPUs.
+    model, _ = build_model(resolve_config("deblur"), "cuda")
+    weight = next(m.weight for m in model.regularizer.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
+    tensor_cores = torch.cuda.get_device_capability() >= (8, 0)
+    assert weight.is_contiguous(memory_format=torch.channels_last) == tensor_cores
+    assert weight.is_contiguous() != tensor_cores

@@ -141,6 +141,13 @@ def _reconstruct_camera(physics, size: int, *models):
         return x, y, [m.eval()(y) for m in models]
 
 
+def test_auto_memory_format_is_channels_last_on_cpu_only_among_non_cuda_devices():
+    from jfb_inverse.models.build import channels_last_is_faster
+
+    assert channels_last_is_faster("cpu")
+    assert not channels_last_is_faster("meta")  # neither CPU nor CUDA: PyTorch's default layout
+
+
 def test_memory_format_changes_the_layout_not_the_reconstruction():
     # auto = channels-last on the CPU; the same weights in PyTorch's default layout give the same
     # reconstruction to float rounding.

@@ -16,15 +16,16 @@ from jfb_inverse.problems.operators import build_physics, image_shape_for
 
 
 def apply_memory_format(module: torch.nn.Module, memory_format: str, device: torch.device) -> torch.nn.Module:
-    """Lay ``module``'s convolution weights out channels-last (``channels_last``, or ``auto`` on the
-    CPU) or in PyTorch's default layout (``contiguous``, or ``auto`` elsewhere), in place.
+    """Lay ``module``'s convolution weights out channels-last (``channels_last``, or ``auto`` where
+    it runs faster: see :func:`channels_last_is_faster`) or in PyTorch's default layout
+    (``contiguous``, or ``auto`` elsewhere), in place.
 
     Convolutions follow their weights' layout, so the activations follow too. A weight with one
     input channel is restrided as well (its strides make the first convolution pick NHWC), but
     buffers are left alone: torch.distributed's buffer broadcast refuses a (1, 1, k, k) buffer
     with channels-last strides as overlapping.
     """
-    channels_last = memory_format == "channels_last" or (memory_format == "auto" and device.type == "cpu")
+    channels_last = memory_format == "channels_last" or (memory_format == "auto" and channels_last_is_faster(device))
     layout = torch.channels_last if channels_last else torch.contiguous_format
     for layer in module.modules():
         if isinstance(layer, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
@@ -32,6 +33,21 @@ def apply_memory_format(module: torch.nn.Module, memory_format: str, device: tor
             w = layer.weight.data
             layer.weight.data = torch.empty_like(w, memory_format=layout).copy_(w)
     return module
+
+
+def channels_last_is_faster(device: torch.device | str) -> bool:
+    """Where ``memory_format = "auto"`` picks channels-last: the CPU (oneDNN; 1.04-1.10x on one
+    application of ``D``) and CUDA GPUs with tensor cores for float32 (TF32, compute capability 8.0
+    and up), whose cuDNN kernels want NHWC: on an H200 training steps and solves at 256x256 x 32
+    and 512x512 x 16 ran 1.28-1.33x faster (no change at 128x128 x 16, where kernel launches bound
+    them; ``benchmarks/vs_deepinv.py --patch 256 --batch 32``). Older GPUs keep PyTorch's default.
+    """
+    device = torch.device(device)
+    if device.type == "cpu":
+        return True
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    return False
 
 
 def make_solvers(cfg: SolverConfig) -> tuple[FixedPointSolver, FixedPointSolver]:

@@ -202,7 +202,8 @@ class ModelConfig(_Strict):
     ``tikhonov`` (closed form or CG, weight ``init_lam``) or ``adjoint`` (``A^T y``). ``arch``: the
     regulariser's CNN, ``dilated`` (``depth`` layers, dilations 1, 2, 4, ...) or ``unet`` (three scales).
     ``memory_format``: the layout of the regulariser's convolutions; ``auto`` is channels-last (NHWC)
-    on the CPU, where oneDNN's convolutions run faster in it (benchmarks/profile_hot_path.py), and
+    on the CPU and on CUDA GPUs with TF32 tensor cores (compute capability 8.0+), where the
+    convolutions run faster in it (benchmarks/profile_hot_path.py, benchmarks/vs_deepinv.py), and
     PyTorch's default elsewhere. The weights and results are the same in either layout.
     ``equivariance``: at evaluation, ``D`` inside ``T`` is averaged over the four quarter-turns
     (``rotations``, the default) or the eight quarter-turns and flips (``dihedral``) of its input,
