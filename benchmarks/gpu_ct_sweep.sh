@@ -17,39 +17,17 @@ STEPS=${STEPS:-1000}
 BUDGET_S=${BUDGET_S:-420}
 VARIANTS=${VARIANTS:-"ct_full ct_full_sn ct_unet ct_unet_sn"}
 REPO=$(pwd)
-mkdir -p "$OUT"
-log() { echo "[$(date +%T)] $*" | tee -a "$OUT/log.txt"; }
-if [ -z "${DRY_RUN:-}" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || { echo "wheel install failed" >> "$OUT/log.txt"; exit 1; }
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=3
-# Run from elsewhere: the checkout's jfb_inverse/ lacks cli/ and datasets/ (they install into it).
-mkdir -p /tmp/work && cd /tmp/work || exit 1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >> "$OUT/log.txt" 2>&1
-python3 -c "import torch, deepinv, jfb_inverse.cli; print('torch', torch.__version__, 'deepinv', deepinv.__version__)" \
-  >> "$OUT/log.txt" 2>&1 || { log "imports failed"; exit 1; }
+. "$REPO/benchmarks/gpu_lib.sh"
+gpu_setup || exit 1
+export OMP_NUM_THREADS=3
 
 log "training $VARIANTS: $STEPS steps each"
 cap_min=$(python3 -c "print($BUDGET_S * 1.1 / 60)")
 for v in $VARIANTS; do
-  # SIGINT after the budget and a margin: the trainer then checkpoints and exits cleanly.
-  timeout -s INT $((BUDGET_S + 60)) python3 -m jfb_inverse.cli train --config "$REPO/benchmarks/configs/$v.json" \
-    --preset full --steps "$STEPS" --device "$DEVICE" --out "/tmp/runs/$v" --max-minutes "$cap_min" \
-    --lipschitz-every "${LIPSCHITZ_EVERY:-0}" > "/tmp/train_$v.log" 2>&1 &
+  start_training "$v" "$STEPS" "$cap_min" --lipschitz-every "${LIPSCHITZ_EVERY:-0}"
 done
-if [ "$DEVICE" = cuda ]; then
-  mkdir -p /tmp/t && cp -r "$REPO/tests" /tmp/t/ && (cd /tmp/t && timeout 150 python3 -m pytest -q -m gpu \
-    -p no:cacheprovider tests/test_gpu.py > /tmp/pytest_gpu.log 2>&1)
-  log "gpu tests rc=$?"
-fi
+run_gpu_tests
 wait
 log "trainings done"
-for v in $VARIANTS; do
-  cp "/tmp/runs/$v/model.pt" "$OUT/$v.pt" 2>/dev/null || log "$v: no model.pt"
-  sed "s/^{/{\"variant\": \"$v\", /" "/tmp/runs/$v/history.jsonl" >> "$OUT/histories.jsonl" 2>/dev/null
-  { echo "== $v"; grep -v "━" "/tmp/train_$v.log" | tail -30; } >> "$OUT/log.txt"
-done
-[ "$DEVICE" = cuda ] && { echo "== pytest -m gpu"; tail -15 /tmp/pytest_gpu.log; } >> "$OUT/log.txt"
+for v in $VARIANTS; do collect_training "$v"; done
 log "done"
