@@ -72,7 +72,7 @@ def simulate(
             if config
             else resolve_config(problem or "", overrides=overrides)
         )
-    x = load_image(input, channels=cfg.data.channels)
+    x = load_image(input, channels=cfg.data.channels, check_range=True)
     physics = PhysicsCache(cfg, torch.device("cpu")).for_image(tuple(x.shape))
     gen = torch.Generator().manual_seed(seed)
     y = simulate_measurements(x[None], physics, cfg.noise, gen)[0]

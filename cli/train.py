@@ -169,11 +169,6 @@ def train(
     main_process = distributed.is_main_process()
     if cfg.operator.kind == "custom":
         _check_custom_operator(cfg, dev)
-    console.print(
-        f"training [bold]{cfg.problem}[/] on {dev}: {cfg.training.steps} steps, batch {cfg.training.batch_size}, "
-        f"gradient {cfg.training.gradient}, solver {cfg.solver.name} "
-        f"(tol {cfg.solver.tol:g}, max {cfg.solver.max_iter})"
-    )
     progress = Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -188,40 +183,56 @@ def train(
     # Steps whose forward solve stopped at max_iter: warned once when first seen, totalled at the end
     # (a warning per log line buried the progress bar: ~70 lines in the default deblur run).
     not_converged = [0]
-    with progress:
-        task = progress.add_task("train", total=cfg.training.steps, info="")
+    task = progress.add_task("train", total=cfg.training.steps, info="")
 
-        def on_log(record: dict[str, Any]) -> None:
-            progress.update(
-                task,
-                info=f"loss {record['loss']:.2e}  psnr {record['psnr']:.2f}  iters {record['iterations']:.1f}",
+    def on_log(record: dict[str, Any]) -> None:
+        progress.update(
+            task,
+            info=f"loss {record['loss']:.2e}  psnr {record['psnr']:.2f}  iters {record['iterations']:.1f}",
+        )
+        if record.get("lipschitz", 0.0) > 1.0:
+            warn(
+                f"T is not contractive at step {record['step']}: Lipschitz estimate {record['lipschitz']:.2f} > 1 "
+                "(JFB's descent guarantee needs < 1); consider model.spectral_norm = true or a lower --lr"
             )
-            if record.get("lipschitz", 0.0) > 1.0:
+        if record["not_converged_steps"]:
+            if not not_converged[0]:
                 warn(
-                    f"T is not contractive at step {record['step']}: Lipschitz estimate {record['lipschitz']:.2f} > 1 "
-                    "(JFB's descent guarantee needs < 1); consider model.spectral_norm = true or a lower --lr"
+                    f"{record['not_converged_steps']} steps before step {record['step']} hit max_iter "
+                    f"({cfg.solver.max_iter}) before tol ({cfg.solver.tol:g}); the total follows at the end, "
+                    "per log interval in history.jsonl (not_converged_steps)"
                 )
-            if record["not_converged_steps"]:
-                if not not_converged[0]:
-                    warn(
-                        f"{record['not_converged_steps']} steps before step {record['step']} hit max_iter "
-                        f"({cfg.solver.max_iter}) before tol ({cfg.solver.tol:g}); the total follows at the end, "
-                        "per log interval in history.jsonl (not_converged_steps)"
-                    )
-                not_converged[0] += record["not_converged_steps"]
+            not_converged[0] += record["not_converged_steps"]
 
+    def on_start() -> None:
+        # Called once the model and the data are set up: bad data fails before the header, and
+        # before an --overwrite removes the old run's files. Those go now, not at the new run's
+        # first checkpoint: an interrupted --overwrite must not leave the old weights next to the
+        # new history (and --resume them).
         if overwrite and main_process:
-            # The old run's files go now, not at the new run's first checkpoint: an interrupted
-            # --overwrite must not leave the old weights next to the new history (and --resume them).
             for name in ("model.pt", "problem.toml", "history.jsonl", "training.png"):
                 (out / name).unlink(missing_ok=True)
-        try:
-            result = run_training(
-                cfg, out, dev, on_log=on_log, on_step=lambda s: progress.update(task, completed=s + 1), resume=resume
-            )
-        finally:
-            if not main_process:
-                distributed.shutdown_distributed()
+        console.print(
+            f"training [bold]{cfg.problem}[/] on {dev}: {cfg.training.steps} steps, batch {cfg.training.batch_size}, "
+            f"gradient {cfg.training.gradient}, solver {cfg.solver.name} "
+            f"(tol {cfg.solver.tol:g}, max {cfg.solver.max_iter})"
+        )
+        progress.start()
+
+    try:
+        result = run_training(
+            cfg,
+            out,
+            dev,
+            on_log=on_log,
+            on_step=lambda s: progress.update(task, completed=s + 1),
+            resume=resume,
+            on_start=on_start,
+        )
+    finally:
+        progress.stop()
+        if not main_process:
+            distributed.shutdown_distributed()
     if not main_process:
         return
     distributed.shutdown_distributed()

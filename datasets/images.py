@@ -201,7 +201,11 @@ def _npy_to_hwc(array: np.ndarray, source: str) -> np.ndarray:
     raise UserError(f"{source}: .npy array has shape {array.shape}; save it as (H, W), (C, H, W) or (H, W, C)")
 
 
-def load_image(path: str | Path, channels: int = 1, size: int | None = None) -> Tensor:
+#: How far a clean float image may stray outside [0, 1] (rounding, interpolation overshoot).
+UNIT_RANGE_SLACK = 0.05
+
+
+def load_image(path: str | Path, channels: int = 1, size: int | None = None, *, check_range: bool = False) -> Tensor:
     """Read an image file as a (C, H, W) float32 tensor.
 
     PNG, JPEG and TIFF are read with :func:`skimage.io.imread`; ``.npy`` files may hold an
@@ -209,7 +213,9 @@ def load_image(path: str | Path, channels: int = 1, size: int | None = None) -> 
     else as (H, W, C) when its last axis has at most 4. uint8 and uint16 pixels are scaled to
     [0, 1]; float pixels are kept unchanged (not clipped). Colour is converted to grey by
     luminance and grey repeated to RGB as ``channels`` asks; an alpha channel is dropped. ``size``
-    crops the central square and resizes it as :func:`load_builtin` does.
+    crops the central square and resizes it as :func:`load_builtin` does. ``check_range``: refuse
+    float pixels outside [0, 1] (by more than ``UNIT_RANGE_SLACK``), for clean images, whose noise
+    model and metrics assume that range (measurements may leave it).
 
     Examples
     --------
@@ -241,8 +247,22 @@ def load_image(path: str | Path, channels: int = 1, size: int | None = None) -> 
                 f"{path}: image has shape {array.shape}, expected (H, W) or (H, W, C); "
                 "multi-page or volume files are not supported"
             )
-    array = _to_channels(_to_unit_float(array, source), channels, source)
+    array = _to_unit_float(array, source)
+    if check_range:
+        _check_unit_range(array, source)
+    array = _to_channels(array, channels, source)
     return torch.from_numpy(array if size is None else _center_square_resize(array, size))
+
+
+def _check_unit_range(array: np.ndarray, source: str) -> None:
+    if array.size == 0:
+        return
+    low, high = float(array.min()), float(array.max())
+    if low < -UNIT_RANGE_SLACK or high > 1 + UNIT_RANGE_SLACK:
+        raise UserError(
+            f"{source}: pixel values span [{low:.4g}, {high:.4g}], not [0, 1]; scale the image to [0, 1] "
+            "(e.g. divide 8-bit data by 255)"
+        )
 
 
 def save_image(x: Tensor, path: str | Path) -> None:
@@ -277,13 +297,15 @@ def save_image(x: Tensor, path: str | Path) -> None:
     skimage.io.imsave(path, hwc, check_contrast=False)
 
 
-def load_folder(path: str | Path, channels: int = 1) -> list[tuple[str, Tensor]]:
+def load_folder(path: str | Path, channels: int = 1, check_range: bool = True) -> list[tuple[str, Tensor]]:
     """Load every image in a folder (not its subfolders), sorted by file name.
 
     Reads the files whose suffix is in ``IMAGE_SUFFIXES`` with :func:`load_image` and returns
     ``(file name, (C, H, W) tensor)`` pairs; hidden files (names starting with ".") are skipped.
+    The folder holds clean images (training data, evaluation sets), so float pixels outside
+    [0, 1] are refused unless ``check_range=False``.
     """
-    return [(p.name, load_image(p, channels)) for p in image_files(path)]
+    return [(p.name, load_image(p, channels, check_range=check_range)) for p in image_files(path)]
 
 
 def image_files(path: str | Path) -> list[Path]:

@@ -191,7 +191,8 @@ def test_overwrite_removes_the_old_run_before_training(tmp_path, monkeypatch):
         (run / name).write_text("the old run")
     seen: list[list[str]] = []
 
-    def interrupted(cfg, out, *args, **kwargs):
+    def interrupted(cfg, out, *args, on_start, **kwargs):
+        on_start()  # the model and the data are set up: training begins
         seen.append(sorted(p.name for p in out.iterdir()))
         raise UserError("interrupted before the first checkpoint")
 
@@ -199,6 +200,21 @@ def test_overwrite_removes_the_old_run_before_training(tmp_path, monkeypatch):
     result = invoke("train", "--problem", "deblur", "--out", str(run), "--overwrite", "--device", "cpu")
     one_line_error(result, "interrupted before the first checkpoint")
     assert seen == [[]]  # nothing of the old run is left for --resume to mix with the new one
+
+
+def test_overwrite_with_bad_data_keeps_the_old_run_and_says_so_before_the_header(tmp_path):
+    # Float pixels in 0-255: refused when the data are loaded, which comes before the old run goes.
+    run, data = tmp_path / "run", tmp_path / "data"
+    run.mkdir()
+    data.mkdir()
+    for name in ("model.pt", "problem.toml", "history.jsonl", "training.png"):
+        (run / name).write_text("the old run")
+    np.save(data / "a.npy", np.full((80, 80), 200.0, dtype=np.float32))
+    result = invoke("train", "--problem", "deblur", "--data", str(data), "--out", str(run), "--overwrite",
+                    "--steps", "2", "--device", "cpu")  # fmt: skip
+    one_line_error(result, "a.npy: pixel values span [200, 200], not [0, 1]; scale the image to [0, 1]")
+    assert "training deblur" not in result.output
+    assert all((run / name).read_text() == "the old run" for name in ("model.pt", "history.jsonl"))
 
 
 def test_evaluate_names_the_image_that_does_not_fit_before_any_work(tmp_path):
@@ -228,3 +244,11 @@ def test_upper_case_output_names_are_written_and_leave_no_temporary_file(tmp_pat
     assert np.load(tmp_path / "Y.NPY").shape == (1, 40, 40)
     assert (tmp_path / "Y.PNG").stat().st_size > 100
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_simulate_refuses_a_clean_image_outside_the_unit_range(tmp_path):
+    np.save(tmp_path / "clean.npy", np.full((40, 40), 128.0, dtype=np.float32))
+    out = tmp_path / "y.npy"
+    result = invoke("simulate", "--problem", "deblur", "--input", str(tmp_path / "clean.npy"), "--output", str(out))
+    one_line_error(result, "clean.npy: pixel values span [128, 128], not [0, 1]; scale the image to [0, 1]")
+    assert not out.exists()

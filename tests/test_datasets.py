@@ -318,3 +318,16 @@ def test_patch_sampler_errors_are_clear() -> None:
         PatchSampler([], patch_size=32, batch_size=2)
     with pytest.raises(ValueError, match="state_dict"):
         PatchSampler([torch.rand(1, 64, 64)], 32, 2).load_state_dict({})
+
+
+def test_clean_images_in_another_range_are_refused_with_the_fix(tmp_path):
+    np.save(tmp_path / "scaled.npy", np.linspace(0, 255, 64, dtype=np.float32).reshape(8, 8))
+    np.save(tmp_path / "overshoot.npy", np.linspace(-0.03, 1.04, 64, dtype=np.float32).reshape(8, 8))
+    with pytest.raises(UserError, match=r"scaled.npy: pixel values span \[0, 255\], not \[0, 1\]; scale"):
+        load_image(tmp_path / "scaled.npy", check_range=True)
+    with pytest.raises(UserError, match=r"scaled\.npy"):
+        load_folder(tmp_path)  # a folder holds clean images: checked by default
+    # Measurements may leave [0, 1]: unchecked unless asked; slight overshoot is accepted.
+    assert float(load_image(tmp_path / "scaled.npy").max()) == 255.0
+    assert float(load_image(tmp_path / "overshoot.npy", check_range=True).min()) == pytest.approx(-0.03)
+    assert [n for n, _ in load_folder(tmp_path, check_range=False)] == ["overshoot.npy", "scaled.npy"]

@@ -138,8 +138,13 @@ def train(
     on_log: LogCallback | None = None,
     on_step: Callable[[int], None] | None = None,
     resume: bool = False,
+    on_start: Callable[[], None] | None = None,
 ) -> TrainResult:
-    """Train the definition's implicit network with its gradient strategy; see the module docstring."""
+    """Train the definition's implicit network with its gradient strategy; see the module docstring.
+
+    ``on_start`` is called once the model, the data and the optimiser are set up (so bad data has
+    failed by then) and before anything is written to ``out_dir``.
+    """
     out = Path(out_dir)
     rank, world = _rank_and_world()
     is_main = rank == 0
@@ -179,6 +184,8 @@ def train(
         if history_path.is_file():
             history = [json.loads(line) for line in history_path.read_text().splitlines() if line.strip()]
             history = [h for h in history if h["step"] <= first_step]
+    if on_start is not None:
+        on_start()
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         history_path.write_text("".join(json.dumps(h) + "\n" for h in history))
