@@ -22,9 +22,9 @@ gpu_setup || exit 1
 export OMP_NUM_THREADS=3
 
 log "training $VARIANTS: $STEPS steps each"
-cap_min=$(python3 -c "print($BUDGET_S * 1.1 / 60)")
+budget_min=$(python3 -c "print($BUDGET_S / 60)")  # --max-minutes; SIGINT 60 s later
 for v in $VARIANTS; do
-  start_training "$v" "$STEPS" "$cap_min" --lipschitz-every "${LIPSCHITZ_EVERY:-0}"
+  start_training "$v" "$STEPS" "$budget_min" --lipschitz-every "${LIPSCHITZ_EVERY:-0}"
 done
 run_gpu_tests
 wait

@@ -247,10 +247,9 @@ def load_image(path: str | Path, channels: int = 1, size: int | None = None, *, 
                 f"{path}: image has shape {array.shape}, expected (H, W) or (H, W, C); "
                 "multi-page or volume files are not supported"
             )
-    array = _to_unit_float(array, source)
-    if check_range:
+    array = _to_channels(_to_unit_float(array, source), channels, source)
+    if check_range:  # the channels kept (an alpha channel is dropped unchecked)
         _check_unit_range(array, source)
-    array = _to_channels(array, channels, source)
     return torch.from_numpy(array if size is None else _center_square_resize(array, size))
 
 
@@ -297,7 +296,7 @@ def save_image(x: Tensor, path: str | Path) -> None:
     skimage.io.imsave(path, hwc, check_contrast=False)
 
 
-def load_folder(path: str | Path, channels: int = 1, check_range: bool = True) -> list[tuple[str, Tensor]]:
+def load_folder(path: str | Path, channels: int = 1, *, check_range: bool = True) -> list[tuple[str, Tensor]]:
     """Load every image in a folder (not its subfolders), sorted by file name.
 
     Reads the files whose suffix is in ``IMAGE_SUFFIXES`` with :func:`load_image` and returns

@@ -83,3 +83,22 @@ def test_auto_memory_format_on_cuda_follows_tensor_cores():
     tensor_cores = torch.cuda.get_device_capability() >= (8, 0)
     assert weight.is_contiguous(memory_format=torch.channels_last) == tensor_cores
     assert weight.is_contiguous() != tensor_cores
+
+
+@pytest.mark.parametrize("name", ["builtin:deblur", "builtin:ct"])
+def test_lipschitz_estimate_on_cuda_matches_the_cpu(name):
+    # The estimate's central difference needs full fp32: TF32 convolutions (cuDNN's default on
+    # compute capability 8.0+) would swamp it. The same weights and measurements on both devices.
+    from jfb_inverse.datasets import load_builtin
+
+    from jfb_inverse.training.checkpoint import load_model
+    from jfb_inverse.training.loop import lipschitz_at_fixed_point
+
+    model, cfg, cache = load_model(name, "cpu")
+    x = load_builtin("camera", size=64)[None]
+    y = simulate(x, cache.for_image(tuple(x.shape[1:])), cfg.noise, torch.Generator().manual_seed(0))
+    estimates = {}
+    for device in ("cpu", "cuda"):
+        model, _, cache = load_model(name, device)
+        estimates[device] = lipschitz_at_fixed_point(model, y.to(device), cache.for_image(tuple(x.shape[1:])))
+    assert estimates["cuda"] == pytest.approx(estimates["cpu"], rel=0.02)

@@ -80,6 +80,31 @@ def test_lagged_stop_check_runs_one_iteration_more_and_keeps_results(make, stop,
     assert float(((u_lag - exact).norm(dim=1) / exact.norm(dim=1)).max()) < 5e-5
 
 
+@pytest.mark.parametrize("make", [Picard, Anderson])
+@pytest.mark.parametrize("lagged", [False, True])
+def test_per_sample_stop_never_returns_the_iterate_that_diverged(make, lagged):
+    # Sample 0 contracts; sample 1 turns NaN from the 5th call on and is frozen there. Its frozen
+    # iterate is the NaN one: it must not replace the best iterate on the later iterations.
+    calls = [0]
+
+    def f(u):
+        calls[0] += 1
+        out = 0.5 * u + 1.0
+        if calls[0] >= 5:
+            out = out.clone()
+            out[1] = float("nan")
+        return out
+
+    u, stats = make(tol=1e-10, max_iter=200, stop="sample", lagged_stop=lagged).solve(f, torch.zeros(2, 3))
+    assert torch.isfinite(u).all()
+    assert bool(stats.converged[0]) and not bool(stats.converged[1])
+    assert torch.allclose(u[0], torch.full((3,), 2.0))
+    finite = stats.trace[:, 1][torch.isfinite(stats.trace[:, 1])]
+    assert float(stats.residual[1]) == float(finite.min())  # the best one seen before it diverged
+    if make is Picard:  # u_k = 2 - 2 * 0.5^k: the 4th iterate is the last finite one
+        assert torch.allclose(u[1], torch.full((3,), 1.875))
+
+
 def test_lagged_stop_check_never_exceeds_max_iter(linear_contraction):
     w, b = linear_contraction
     _, stats = Picard(tol=1e-12, max_iter=7, lagged_stop=True).solve(lambda u: u @ w.T + b, torch.zeros_like(b))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import jfb_inverse.training.loop as loop
-from jfb_inverse.problems import resolve_config
+from jfb_inverse.problems import resolve_config, simulate
 from jfb_inverse.training.checkpoint import load_checkpoint
 from jfb_inverse.training.loop import TrainingDivergedError, train
 
@@ -248,3 +248,24 @@ def test_lipschitz_monitor_measures_the_trained_map_not_the_averaged_one():
         u, _ = model.solver.solve(fn, u0)
     averaged = float(lipschitz_estimate(fn, u, n_iter=20).max())
     assert averaged < plain - 0.05
+
+
+def test_lipschitz_monitor_measures_the_fp32_map_whatever_the_training_precision():
+    # The central difference in the estimate is swamped by bf16 rounding (7.8 instead of 1.04 was
+    # seen): the monitor measures the map in fp32 and leaves the model's precision as it was.
+    from jfb_inverse.datasets import load_builtin
+
+    from jfb_inverse.training.checkpoint import load_model
+    from jfb_inverse.training.loop import lipschitz_at_fixed_point
+
+    model, cfg, cache = load_model("builtin:deblur")
+    x = load_builtin("camera", size=64)[None]
+    physics = cache.for_image(tuple(x.shape[1:]))
+    y = simulate(x, physics, cfg.noise, torch.Generator().manual_seed(0))
+    estimates = {}
+    for precision in ("fp32", "bf16"):
+        model.precision = precision
+        estimates[precision] = lipschitz_at_fixed_point(model, y, physics)
+        assert model.precision == precision
+    assert estimates["bf16"] == pytest.approx(estimates["fp32"], rel=1e-6)
+    assert 0.5 < estimates["fp32"] < 2.0

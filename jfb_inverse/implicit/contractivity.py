@@ -7,6 +7,9 @@ map at a given point.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrizations
@@ -46,23 +49,38 @@ def lipschitz_estimate(fn: FixedPointMap, u: Tensor, n_iter: int = 20, seed: int
     sampler in it, whose backward has no derivative and refuses to run with cuDNN switched off).
     The step is small because the trained maps have kinks (ReLU): on the shipped models a step of
     ``1e-3 ||u||`` read 1-4% low, ``1e-5 ||u||`` matched the exact double-VJP estimate to 0.2%
-    in float32.
+    in float32. So ``fn`` must compute in ``u``'s precision: TF32 convolutions and matrix products
+    (CUDA's default for cuDNN on compute capability 8.0+) are switched off here, and a map under
+    bf16/fp16 autocast must not be passed (rounding then swamps the difference: 7.8 instead of
+    1.04 seen with bf16; ``jfb_inverse.training.loop.lipschitz_at_fixed_point`` measures fp32).
     """
     generator = torch.Generator(device=u.device).manual_seed(seed)
     u = u.detach()
     shape = (-1, *([1] * (u.dim() - 1)))
     rel_step = max(1e-5, 10 * torch.finfo(u.dtype).eps)
     step = (rel_step * u.flatten(1).norm(dim=1)).clamp_min(rel_step).view(shape)
-    with torch.enable_grad():
-        u_grad = u.clone().requires_grad_()
-        out = fn(u_grad)  # one graph, reused for every J^T w
-    v = torch.randn(u.shape, generator=generator, device=u.device, dtype=u.dtype)
-    sigma = torch.zeros(u.shape[0], device=u.device)
-    for _ in range(n_iter):
-        v = v / (v.flatten(1).norm(dim=1).view(shape) + 1e-30)
-        with torch.no_grad():
-            jv = (fn(u + step * v) - fn(u - step * v)) / (2 * step)
-        (jtjv,) = torch.autograd.grad(out, u_grad, jv, retain_graph=True)
-        sigma = jv.flatten(1).norm(dim=1)
-        v = jtjv.detach()
+    with _without_tf32():
+        with torch.enable_grad():
+            u_grad = u.clone().requires_grad_()
+            out = fn(u_grad)  # one graph, reused for every J^T w
+        v = torch.randn(u.shape, generator=generator, device=u.device, dtype=u.dtype)
+        sigma = torch.zeros(u.shape[0], device=u.device)
+        for _ in range(n_iter):
+            v = v / (v.flatten(1).norm(dim=1).view(shape) + 1e-30)
+            with torch.no_grad():
+                jv = (fn(u + step * v) - fn(u - step * v)) / (2 * step)
+            (jtjv,) = torch.autograd.grad(out, u_grad, jv, retain_graph=True)
+            sigma = jv.flatten(1).norm(dim=1)
+            v = jtjv.detach()
     return sigma.detach()
+
+
+@contextlib.contextmanager
+def _without_tf32() -> Iterator[None]:
+    """Full float32 convolutions and matrix products on CUDA (TF32 keeps 10 mantissa bits)."""
+    cudnn, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = cudnn, matmul

@@ -61,9 +61,13 @@ class _BestIterate:
         dtype = u.dtype if u.is_floating_point() else torch.float32
         self.residual = torch.full((u.shape[0],), float("inf"), device=u.device, dtype=dtype)
 
-    def update(self, candidate: Tensor, residual: Tensor) -> None:
-        """Take the improved samples of ``candidate``."""
+    def update(self, candidate: Tensor, residual: Tensor, active: Tensor | None = None) -> None:
+        """Take the improved samples of ``candidate``; with ``active`` (per-sample stopping), only
+        those of the samples still iterating: a frozen sample's candidate may be the non-finite
+        iterate that froze it."""
         improved = torch.isfinite(residual) & (residual <= self.residual)
+        if active is not None:
+            improved &= active
         if self.copy:
             torch.where(_expand(improved, candidate), candidate, self.value, out=self.value)
             torch.where(improved, residual, self.residual, out=self.residual)
@@ -229,7 +233,7 @@ class Picard(FixedPointSolver):
             trace.append(res)
             # Converged or blown up: nothing more to gain for that sample.
             finished = (res <= self.tol) | ~torch.isfinite(res)
-            best.update(nxt, res)
+            best.update(nxt, res, active if per_sample else None)
             u = nxt
             if per_sample:
                 active = active & ~finished
@@ -340,7 +344,7 @@ class Anderson(FixedPointSolver):
             trace.append(res)
             prev = cur
             finished = (res <= self.tol) | ~torch.isfinite(res)
-            best.update(F[cur].view(shape), res)
+            best.update(F[cur].view(shape), res, active if per_sample else None)
             if per_sample:
                 active = active & ~finished
             if check(finished):
