@@ -36,6 +36,7 @@ import torch
 from torch.nn import functional as F
 
 from jfb_inverse.implicit import JFB, Anderson, ImplicitDiff, JFBk, Picard, Unrolled
+from jfb_inverse.models.precision import effective_precision
 
 KEYS = ("benchmark", "problem", "machine", "setup", "contenders", "ratios", "targets")
 
@@ -137,6 +138,7 @@ def run(
     depth: int | None = None,
     forward: str = "picard",
     plot: bool = True,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Measure items 1-2 and write ``training_step_<problem>.json`` / ``.png``; returns the payload."""
     device = torch.device(device)
@@ -146,6 +148,8 @@ def run(
     info = benchlib.machine_info(device)
     model, cfg, x, y, physics, note = build(problem, device, size["patch"], size["batch"], checkpoint)
     model.train()
+    if precision is not None:
+        model.precision = precision
     model.solver = (
         Anderson(tol=benchlib.TINY_TOL, max_iter=K)
         if forward == "anderson"
@@ -207,6 +211,8 @@ def run(
             "repeats": repeats,
             "step": "zero_grad + forward + MSE + backward + Adam.step (lr=0: weights unchanged)",
             "model_step": cfg.model.step if checkpoint is None else model.step_kind,
+            "precision": f"{model.precision} (regulariser in training mode: "
+            f"{effective_precision(model.precision, device, training=True)})",
             **note,
             "order": "interleaved, rotating; median over repeats",
         },
@@ -253,12 +259,22 @@ def main() -> None:
     parser.add_argument("--untrained", action="store_true", help="use the untrained network")
     parser.add_argument("--K", type=int, default=None, help="forward iterations (default 40; 5 with --quick)")
     parser.add_argument("--forward", choices=("picard", "anderson"), default="picard")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16", "auto"),
+        default=None,
+        help="the regulariser's precision (default: the checkpoint's; auto is the training default: "
+        "bf16 on a CPU with native bf16)",
+    )
     args = parser.parse_args()
     device = benchlib.setup(args)
     checkpoint = args.checkpoint
     if checkpoint is None and not args.untrained and not args.quick and args.problem == "deblur":
         checkpoint, _ = benchlib.reference_checkpoint(args.problem, args.out, None, device, steps=300)
-    payload = run(device, args.quick, args.out, args.repeats, args.problem, checkpoint, args.K, args.forward)
+    payload = run(
+        device, args.quick, args.out, args.repeats, args.problem, checkpoint, args.K, args.forward,
+        precision=args.precision,
+    )
     print_summary(payload)
 
 

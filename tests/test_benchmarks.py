@@ -49,6 +49,17 @@ def test_training_step_counts_and_keys(tmp_path, _one_thread):
     assert (tmp_path / "training_step_deblur.json").is_file()
 
 
+def test_training_step_runs_the_precision_asked_for(tmp_path, _one_thread):
+    import training_step
+
+    payload = training_step.run("cpu", quick=True, out=tmp_path, repeats=1, depth=2, plot=False, precision="bf16")
+    assert payload["setup"]["precision"] == "bf16 (regulariser in training mode: bf16)"
+    # The regulariser really ran in bf16: autograd saved half-size activations for JFB's one tracked T.
+    fp32 = training_step.run("cpu", quick=True, out=tmp_path, repeats=1, depth=2, plot=False, precision="fp32")
+    saved = [p["contenders"]["jfb"]["counts"]["saved_tensor_bytes"] for p in (payload, fp32)]
+    assert saved[0] < saved[1]
+
+
 def test_memory_point_in_process(_one_thread):
     import memory
 
