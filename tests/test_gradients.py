@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jfb_inverse.implicit import JFB, Anderson, ImplicitDiff, JFBk, Unrolled, fixed_point, make_gradient
+from jfb_inverse.implicit import JFB, Anderson, ImplicitDiff, JFBk, Picard, Unrolled, fixed_point, make_gradient
 
 
 def run(strategy, w, b, target, solver=None):
@@ -115,3 +115,45 @@ def test_make_gradient_by_name():
         make_gradient("adjoint")
     with pytest.raises(ValueError, match="k >= 1"):
         JFBk(0)
+
+
+def test_implicit_diff_refuses_tol_it_would_ignore():
+    with pytest.raises(ValueError, match="set them on the instance"):
+        ImplicitDiff(Picard(), tol=1e-10)
+    strategy = ImplicitDiff(Picard(tol=1e-6, max_iter=7))
+    assert (strategy.tol, strategy.max_iter) == (1e-6, 7)  # reports what the backward solve uses
+    assert (ImplicitDiff("picard").tol, ImplicitDiff("picard").max_iter) == (1e-4, 50)
+
+
+def test_implicit_diff_output_takes_in_place_edits(linear_contraction, target):
+    w, b = linear_contraction
+    w = w.clone().requires_grad_()
+    b = b.clone().requires_grad_()
+    u, _ = fixed_point(
+        lambda u: u @ w.T + b,
+        torch.zeros_like(b),
+        Anderson(tol=1e-12, max_iter=500),
+        ImplicitDiff("anderson", tol=1e-12, max_iter=500),
+    )
+    u.clamp_(-1e9, 1e9)  # a view output would refuse this
+    (0.5 * ((u - target) ** 2).sum()).backward()
+    assert rel(b.grad, analytic(w.detach(), b.detach(), target)["true_b"]) < 1e-6
+
+
+def test_implicit_diff_of_a_map_that_ignores_u():
+    # T(u) = b: u* = b and dL/db = dL/du (the Jacobian in u is zero; autograd sees no path to u).
+    b = torch.randn(2, 3, requires_grad=True)
+    u, stats = fixed_point(lambda u: b * 1.0, torch.zeros(2, 3), Picard(tol=1e-8), ImplicitDiff("picard"))
+    u.sum().backward()
+    assert torch.equal(b.grad, torch.ones(2, 3))
+    assert stats.backward is not None and stats.backward.all_converged
+
+
+def test_unrolled_and_lipschitz_on_one_dimensional_iterates():
+    b = torch.ones(4, requires_grad=True)
+    u, stats = fixed_point(lambda u: 0.5 * u + b, torch.zeros(4), Picard(tol=1e-6), Unrolled(30))
+    assert torch.allclose(u, torch.full((4,), 2.0)) and stats.trace.shape == (30, 4)
+    from jfb_inverse.implicit import lipschitz_estimate
+
+    u = torch.rand(4, dtype=torch.float64)
+    assert torch.allclose(lipschitz_estimate(lambda u: 0.5 * u, u), torch.full((4,), 0.5, dtype=torch.float64))

@@ -103,6 +103,9 @@ def test_per_sample_stop_never_returns_the_iterate_that_diverged(make, lagged):
     assert float(stats.residual[1]) == float(finite.min())  # the best one seen before it diverged
     if make is Picard:  # u_k = 2 - 2 * 0.5^k: the 4th iterate is the last finite one
         assert torch.allclose(u[1], torch.full((3,), 1.875))
+    # The solve ends when the last sample freezes (one evaluation later with the lagged check),
+    # not at max_iter: a sample frozen by a NaN never reaches tol.
+    assert stats.evaluations == int(stats.iterations.max()) + int(lagged) < 200
 
 
 def test_lagged_stop_check_never_exceeds_max_iter(linear_contraction):
@@ -125,8 +128,8 @@ def test_divergence_returns_best_iterate_and_says_so():
     u, stats = Picard(tol=1e-6, max_iter=500).solve(f, torch.zeros(2, 4))
     assert not stats.converged.any()
     assert not torch.isfinite(stats.trace[-1]).any()  # it did blow up...
-    # ...but the returned iterate is the one of the smallest residual: the first step 0 -> 1,
-    # residual ||1 - 0|| / ||1|| = 1 (later ones tend to 1.5, then overflow).
+    # ...but it returns f(u_k) for the u_k of the smallest residual: f(0) = 1, with the residual of
+    # u_0 = 0, ||1 - 0|| / ||1|| = 1 (later ones tend to 1.5, then overflow).
     assert torch.equal(u, torch.ones(2, 4))
     assert torch.allclose(stats.residual, torch.ones(2))
 
@@ -140,3 +143,30 @@ def test_solver_validation_messages():
         make_solver("newton")
     with pytest.raises(ValueError, match="tol"):
         Picard(tol=0.0).solve(lambda u: u, torch.zeros(1, 2))
+
+
+@pytest.mark.parametrize("make", [Picard, Anderson])
+def test_map_output_must_match_the_iterate(make):
+    u0 = torch.zeros(2, 3)
+    with pytest.raises(ValueError, match="shape and dtype"):  # would be cast into float32 buffers
+        make(max_iter=5).solve(lambda u: (0.5 * u + 1).double(), u0)
+    with pytest.raises(ValueError, match="shape and dtype"):  # would be broadcast over the batch
+        make(max_iter=5).solve(lambda u: torch.ones(1, 3), u0)
+    with pytest.raises(ValueError, match="floating-point"):
+        make(max_iter=5).solve(lambda u: u, torch.zeros(2, 3, dtype=torch.long))
+
+
+def test_anderson_refuses_half_precision_iterates_picard_runs_them():
+    u0 = torch.zeros(2, 3, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        Anderson().solve(lambda u: 0.5 * u + 1, u0)
+    u, stats = Picard(tol=1e-2, max_iter=50).solve(lambda u: 0.5 * u + 1, u0)
+    assert u.dtype == torch.bfloat16 and stats.all_converged
+
+
+def test_anderson_damps_its_first_step_too():
+    # f(u) = 0.5 u + 1 from 0 with beta = 0.5: u_1 = 0.5 * f(0) + 0.5 * 0 = 0.5, f(u_1) = 1.25. The
+    # second residual ||1.25 - 0.5|| / 1.25 = 0.6 beats the first (1), so f(u_1) is returned.
+    u, stats = Anderson(beta=0.5, tol=1e-12, max_iter=2).solve(lambda u: 0.5 * u + 1, torch.zeros(1, 4))
+    assert torch.allclose(u, torch.full((1, 4), 1.25))
+    assert torch.allclose(stats.residual, torch.tensor([0.6]))

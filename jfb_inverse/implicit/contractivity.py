@@ -58,7 +58,8 @@ def lipschitz_estimate(fn: FixedPointMap, u: Tensor, n_iter: int = 20, seed: int
     u = u.detach()
     shape = (-1, *([1] * (u.dim() - 1)))
     rel_step = max(1e-5, 10 * torch.finfo(u.dtype).eps)
-    step = (rel_step * u.flatten(1).norm(dim=1)).clamp_min(rel_step).view(shape)
+    batch = u.shape[0]  # reshape, not flatten(1): iterates may be 1-D, (B,)
+    step = (rel_step * u.reshape(batch, -1).norm(dim=1)).clamp_min(rel_step).view(shape)
     with _without_tf32():
         with torch.enable_grad():
             u_grad = u.clone().requires_grad_()
@@ -66,11 +67,13 @@ def lipschitz_estimate(fn: FixedPointMap, u: Tensor, n_iter: int = 20, seed: int
         v = torch.randn(u.shape, generator=generator, device=u.device, dtype=u.dtype)
         sigma = torch.zeros(u.shape[0], device=u.device)
         for _ in range(n_iter):
-            v = v / (v.flatten(1).norm(dim=1).view(shape) + 1e-30)
+            v = v / (v.reshape(batch, -1).norm(dim=1).view(shape) + 1e-30)
             with torch.no_grad():
                 jv = (fn(u + step * v) - fn(u - step * v)) / (2 * step)
-            (jtjv,) = torch.autograd.grad(out, u_grad, jv, retain_graph=True)
-            sigma = jv.flatten(1).norm(dim=1)
+            if not out.requires_grad:  # fn ignores u and has no parameters: J = 0
+                return torch.zeros(batch, device=u.device)
+            (jtjv,) = torch.autograd.grad(out, u_grad, jv, retain_graph=True, allow_unused=True, materialize_grads=True)
+            sigma = jv.reshape(batch, -1).norm(dim=1)
             v = jtjv.detach()
     return sigma.detach()
 

@@ -122,7 +122,8 @@ class _ImplicitBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, u: Tensor, backward_fn: Callable[[Tensor], Tensor]) -> Tensor:  # type: ignore[override]
         ctx.backward_fn = backward_fn
-        return u.view_as(u)
+        # A copy, not a view: autograd forbids in-place edits (u.clamp_(0, 1)) of a Function's view output.
+        return u.clone()
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
@@ -134,24 +135,37 @@ class ImplicitDiff(GradientStrategy):
     """Exact implicit differentiation: solve ``g = J_T(u*)^T g + dL/du`` with VJP iterations.
 
     The adjoint fixed-point problem is solved by ``solver`` (``"picard"``, ``"anderson"`` or a
-    :class:`FixedPointSolver`) to ``tol`` in at most ``max_iter`` vector-Jacobian products. Its
-    statistics land in ``stats.backward`` once ``backward()`` has run.
+    :class:`FixedPointSolver`) to ``tol`` (default 1e-4) in at most ``max_iter`` (default 50)
+    vector-Jacobian products; a solver instance brings its own ``tol`` and ``max_iter``, and giving
+    others here as well is an error rather than silently ignored. Its statistics land in
+    ``stats.backward`` once ``backward()`` has run.
     """
 
     solver: FixedPointSolver | str = "anderson"
-    tol: float = 1e-4
-    max_iter: int = 50
+    tol: float | None = None
+    max_iter: int | None = None
     _backward_solver: FixedPointSolver = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.solver, FixedPointSolver):
+            if (self.tol, self.max_iter) != (None, None):
+                raise ValueError(
+                    "ImplicitDiff got tol/max_iter and a solver instance; set them on the instance, "
+                    "e.g. ImplicitDiff(Picard(tol=1e-6, max_iter=200))"
+                )
             self._backward_solver = self.solver
-        elif self.solver in ("picard", "fixed_point", "fixed-point"):
-            self._backward_solver = Picard(tol=self.tol, max_iter=self.max_iter)
-        elif self.solver == "anderson":
-            self._backward_solver = Anderson(tol=self.tol, max_iter=self.max_iter)
         else:
-            raise ValueError(f"unknown backward solver {self.solver!r}; use 'picard', 'anderson' or a FixedPointSolver")
+            tol = 1e-4 if self.tol is None else self.tol
+            max_iter = 50 if self.max_iter is None else self.max_iter
+            if self.solver in ("picard", "fixed_point", "fixed-point"):
+                self._backward_solver = Picard(tol=tol, max_iter=max_iter)
+            elif self.solver == "anderson":
+                self._backward_solver = Anderson(tol=tol, max_iter=max_iter)
+            else:
+                raise ValueError(
+                    f"unknown backward solver {self.solver!r}; use 'picard', 'anderson' or a FixedPointSolver"
+                )
+        self.tol, self.max_iter = self._backward_solver.tol, self._backward_solver.max_iter
 
     def __call__(self, fn: FixedPointMap, u0: Tensor, solver: FixedPointSolver) -> tuple[Tensor, SolverStats]:
         """Solve without autograd, apply ``fn`` once with autograd and attach the implicit backward."""
@@ -166,7 +180,8 @@ class ImplicitDiff(GradientStrategy):
 
         def implicit_backward(v: Tensor) -> Tensor:
             def adjoint_map(g: Tensor) -> Tensor:
-                (vjp,) = torch.autograd.grad(u, z, g, retain_graph=True)
+                # materialize_grads: a T that ignores u (a zero Jacobian) gives zeros, not an error.
+                (vjp,) = torch.autograd.grad(u, z, g, retain_graph=True, allow_unused=True, materialize_grads=True)
                 return vjp + v
 
             g, back_stats = backward_solver.solve(adjoint_map, v)

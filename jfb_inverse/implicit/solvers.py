@@ -13,8 +13,14 @@ Stopping (``stop``):
 - ``"sample"``: a sample that reaches ``tol`` is frozen (no further updates, its iteration count
   stops) while the others go on; the map is still evaluated on the full batch.
 
-A solve that does not reach ``tol`` returns, per sample, the iterate with the smallest residual
-seen (never a diverged one) and says so in ``stats.converged``.
+What a solve returns: ``f(u_k)`` for the ``u_k`` of the smallest residual ``r_k`` seen, per sample
+(never a diverged one), and ``stats.residual`` is that ``r_k``: the residual of the step that made
+the returned value, so for a map that contracts by ``rho`` the returned value's own residual is
+about ``rho r_k`` or less (the report is conservative; for a map that expands it is not). A solve
+that does not reach ``tol`` says so in ``stats.converged``.
+
+``f`` must return a tensor of ``u``'s shape and dtype (checked on its first call); iterates are
+floating point, and Anderson's small least-squares solve needs float32 or float64 ones.
 
 On CUDA the stop test reads the previous iteration's flags (``lagged_stop``, see ``_StopCheck``):
 the host never waits for the device inside the loop, and a solve may run one iteration more.
@@ -150,10 +156,22 @@ class _Trace:
 def _validate(u0: Tensor, tol: float, max_iter: int) -> None:
     if u0.dim() < 1 or u0.shape[0] == 0:
         raise ValueError(f"u0 must have a leading batch dimension, got shape {tuple(u0.shape)}")
+    if not u0.is_floating_point():
+        raise ValueError(f"u0 must be a floating-point tensor, got {u0.dtype}; cast it, e.g. u0.float()")
     if tol <= 0:
         raise ValueError(f"tol must be > 0, got {tol}")
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+
+
+def _check_output(fu: Tensor, u: Tensor) -> None:
+    """``f(u)`` must be an iterate like ``u``: a broadcast shape or another dtype would be silently
+    cast or broadcast into the solver's buffers."""
+    if fu.shape != u.shape or fu.dtype != u.dtype:
+        raise ValueError(
+            f"the map returned {fu.dtype} of shape {tuple(fu.shape)} for an iterate of {u.dtype} and shape "
+            f"{tuple(u.shape)}; f must return its input's shape and dtype (cast u0 to the dtype f computes in)"
+        )
 
 
 def _finish(
@@ -220,6 +238,8 @@ class Picard(FixedPointSolver):
         diff: Tensor | None = None  # reused for f(u) - u: no allocation per iteration
         for _ in range(self.max_iter):
             fu = f(u)
+            if evaluations == 0:
+                _check_output(fu, u)
             evaluations += 1
             if diff is None or diff.shape != fu.shape or diff.dtype != fu.dtype:
                 diff = torch.empty_like(fu, memory_format=torch.contiguous_format)
@@ -236,7 +256,10 @@ class Picard(FixedPointSolver):
             best.update(nxt, res, active if per_sample else None)
             u = nxt
             if per_sample:
+                # Stop once every sample is frozen: a frozen sample's reported residual is its best
+                # one, which for a sample frozen by a non-finite step is above tol.
                 active = active & ~finished
+                finished = ~active
             if check(finished):
                 break
         return _finish(best, trace, iterations, evaluations, self.tol)
@@ -273,6 +296,11 @@ class Anderson(FixedPointSolver):
     def solve(self, f: FixedPointMap, u0: Tensor) -> tuple[Tensor, SolverStats]:
         """Run Anderson acceleration from ``u0``."""
         _validate(u0, self.tol, self.max_iter)
+        if u0.dtype not in (torch.float32, torch.float64):
+            raise ValueError(
+                f"Anderson needs float32 or float64 iterates (its mixing weights come from a small linear "
+                f"solve), got {u0.dtype}; cast u0, or use Picard"
+            )
         shape = u0.shape
         batch = shape[0]
         m = self.m
@@ -307,8 +335,13 @@ class Anderson(FixedPointSolver):
         evaluations = 0
         for k in range(self.max_iter):
             cur = k % slots
-            if k == 1:
-                X[cur] = F[prev]
+            if k == 1:  # one iterate: a plain (damped) step
+                if self.beta == 1.0:
+                    X[cur] = F[prev]
+                else:
+                    torch.lerp(X[prev], F[prev], self.beta, out=X[cur])
+                if per_sample:
+                    torch.where(active[:, None], X[cur], X[prev], out=X[cur])
             elif k > 1:
                 n = min(k, slots)
                 sub = H[:, 1 : n + 1, 1 : n + 1]
@@ -329,7 +362,10 @@ class Anderson(FixedPointSolver):
                     torch.where(active[:, None], target, X[prev], out=target)
                 if mix is not None:
                     X[cur] = target
-            F[cur].view(shape).copy_(f(X[cur].view(shape)))
+            fu = f(X[cur].view(shape))
+            if evaluations == 0:
+                _check_output(fu, u0)
+            F[cur].view(shape).copy_(fu)
             evaluations += 1
             torch.sub(F[cur], X[cur], out=R[cur])
             valid = min(k + 1, slots)
@@ -347,6 +383,7 @@ class Anderson(FixedPointSolver):
             best.update(F[cur].view(shape), res, active if per_sample else None)
             if per_sample:
                 active = active & ~finished
+                finished = ~active  # as in Picard
             if check(finished):
                 break
         return _finish(best, trace, iterations, evaluations, self.tol)

@@ -14,7 +14,8 @@ class SolverStats:
 
     Attributes:
         iterations: applications of the map used by each sample, shape ``(B,)``.
-        residual: final relative residual ``||f(u) - u|| / ||f(u)||`` of each sample, shape ``(B,)``.
+        residual: relative residual ``||f(u_k) - u_k|| / ||f(u_k)||`` of the iterate ``u_k`` whose
+            image ``f(u_k)`` the solver returned (the smallest seen), per sample, shape ``(B,)``.
         converged: whether each sample reached the tolerance, shape ``(B,)``.
         trace: relative residual after every iteration, shape ``(K, B)``.
         evaluations: applications of the map for the whole batch (what costs time).
@@ -54,7 +55,8 @@ def relative_residual(fu: Tensor, u: Tensor, eps: float = 1e-12) -> Tensor:
 
     An overflowing iterate gives ``inf`` (never a spuriously small ratio of two huge norms).
     """
-    return residual_from_norms((fu - u).flatten(1).norm(dim=1), fu.flatten(1).norm(dim=1), eps)
+    batch = fu.shape[0]  # reshape, not flatten(1): iterates may be 1-D, (B,)
+    return residual_from_norms((fu - u).reshape(batch, -1).norm(dim=1), fu.reshape(batch, -1).norm(dim=1), eps)
 
 
 def residual_from_norms(diff: Tensor, scale: Tensor, eps: float = 1e-12) -> Tensor:
