@@ -272,7 +272,14 @@ def main() -> None:
     if checkpoint is None and not args.untrained and not args.quick and args.problem == "deblur":
         checkpoint, _ = benchlib.reference_checkpoint(args.problem, args.out, None, device, steps=300)
     payload = run(
-        device, args.quick, args.out, args.repeats, args.problem, checkpoint, args.K, args.forward,
+        device,
+        args.quick,
+        args.out,
+        args.repeats,
+        args.problem,
+        checkpoint,
+        args.K,
+        args.forward,
         precision=args.precision,
     )
     print_summary(payload)

@@ -107,6 +107,12 @@ def run_app(args: list[str] | None = None) -> int:
     except ImportError:
         from click import exceptions as click_exceptions
 
+    argv = sys.argv[1:] if args is None else args
+    if "" in argv:
+        # Typer reads an empty path as the current folder: `--out "$UNSET"` would train into it.
+        after = argv[argv.index("") - 1] if argv.index("") > 0 else "the command"
+        error(f"an empty argument after {after} (an unset shell variable?); give a value")
+        return 2
     try:
         code = app(args=args, standalone_mode=False)
     except click_exceptions.UsageError as exc:

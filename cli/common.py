@@ -24,7 +24,9 @@ DeviceOption = Annotated[Device, typer.Option(help="auto picks CUDA when present
 TrustOperatorOption = Annotated[
     bool, typer.Option("--trust-operator", help="Import the checkpoint's custom operator (runs its code).")
 ]
-TolOption = Annotated[float | None, typer.Option(min=0, help="Override the fixed-point tolerance of the checkpoint.")]
+TolOption = Annotated[
+    float | None, typer.Option(help="Override the fixed-point tolerance of the checkpoint (> 0, e.g. 1e-4).")
+]
 MaxIterOption = Annotated[int | None, typer.Option(min=1, help="Override the fixed-point iteration cap.")]
 # A torch-free copy of jfb_inverse.problems.config.Equivariance, so --help stays fast.
 Equivariance = Literal["none", "rotations", "dihedral"]
@@ -56,7 +58,7 @@ def user_errors(fn: F) -> F:
                 raise
             message = str(exc) if isinstance(exc, UserError) else f"{exc.strerror or exc}: {exc.filename}"
             error(message)
-            raise typer.Exit(code=2) from None
+            raise typer.Exit(code=getattr(exc, "exit_code", 2)) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")
             raise typer.Exit(code=130) from None
@@ -83,6 +85,8 @@ def override_evaluation(
     and the model's evaluation-time averaging."""
     import dataclasses
 
+    if tol is not None and not tol > 0:  # also NaN
+        raise UserError(f"--tol must be > 0, got {tol:g}; give a relative residual such as 1e-4")
     changes = {k: v for k, v in (("tol", tol), ("max_iter", max_iter)) if v is not None}
     if changes:
         model.eval_solver = dataclasses.replace(model.eval_solver, **changes)
@@ -92,7 +96,7 @@ def override_evaluation(
 
 def warn(message: str) -> None:
     """A yellow warning on stderr."""
-    err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
+    err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 #: Sections of a definition file; each must be a table (``[training]``), never a plain value.

@@ -52,8 +52,10 @@ def simulate(
     from jfb_inverse.problems.registry import resolve_config
 
     check_output_path(output)
+    if input.is_dir():
+        raise UserError(f"input {str(input)!r} is a folder; simulate takes one clean image (PNG/JPEG/TIFF/npy)")
     if not input.is_file():
-        raise UserError(f"input {str(input)!r} not found (or not a file); give a clean image (PNG/JPEG/TIFF/npy)")
+        raise UserError(f"input {str(input)!r} not found; give a clean image (PNG/JPEG/TIFF/npy)")
     _refuse_overwriting_input(input, output)
     _one_definition_source(problem, config, checkpoint)
     overrides = {"noise": {"sigma": noise_sigma}} if noise_sigma is not None else {}
@@ -72,7 +74,7 @@ def simulate(
             if config
             else resolve_config(problem or "", overrides=overrides)
         )
-    x = load_image(input, channels=cfg.data.channels, check_range=True)
+    x = load_image(input, channels=cfg.data.channels, check_range=True, note=warn)
     physics = PhysicsCache(cfg, torch.device("cpu")).for_image(tuple(x.shape))
     gen = torch.Generator().manual_seed(seed)
     y = simulate_measurements(x[None], physics, cfg.noise, gen)[0]
@@ -219,7 +221,7 @@ def _reconstruct_one(
 
     from jfb_inverse.measurements import check_fits, check_provenance, read_measurement, write_array
 
-    y = read_measurement(path, cfg.data.channels).to(dev)
+    y = read_measurement(path, cfg.data.channels, note=warn).to(dev)
     mismatch = check_provenance(path, cfg, checkpoint)  # raises for another operator kind
     check_fits(y, cfg, physics, str(path))
     if mismatch:

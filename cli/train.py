@@ -34,7 +34,7 @@ def train(
     problem: Annotated[str | None, typer.Option(help="Registered problem (see `jfb-inverse problems`).")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML/JSON file with any definition field.")] = None,
     preset: Annotated[str | None, typer.Option(help="Named preset of the problem, e.g. `full`.")] = None,
-    data: Annotated[Path | None, typer.Option(help="Folder of training images (PNG/JPEG/TIFF).")] = None,
+    data: Annotated[Path | None, typer.Option(help="Folder of training images (PNG/JPEG/TIFF/.npy).")] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Training steps.")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Patches per step.")] = None,
     lr: Annotated[float | None, typer.Option(min=0, help="Peak learning rate.")] = None,
@@ -153,7 +153,13 @@ def train(
         if steps is not None:
             run_control["steps"] = steps
         # Validated like any definition (model_copy would not): --max-minutes 0 is refused here too.
+        planned = cfg.training.steps
         cfg = validate_definition(deep_merge(cfg.model_dump(), {"training": run_control}))
+        done = int(payload["step"])
+        if cfg.training.steps <= done:
+            raise UserError(
+                f"the run in --out is at step {done} of {planned}; give --steps above {done} to train it further"
+            )
     else:
         if config is not None:
             check_config_file(config)
@@ -169,6 +175,8 @@ def train(
     main_process = distributed.is_main_process()
     if cfg.operator.kind == "custom":
         _check_custom_operator(cfg, dev)
+    if cfg.training.precision == "fp16" and dev.type == "cpu" and main_process:
+        warn("precision fp16 on a CPU is emulated and several times slower than fp32; use bf16 or auto there")
     progress = Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -230,13 +238,19 @@ def train(
             on_start=on_start,
         )
     finally:
-        progress.stop()
+        if progress.live.is_started:  # stopping a bar never started prints a blank line before the error
+            progress.stop()
         if not main_process:
             distributed.shutdown_distributed()
     if not main_process:
         return
     distributed.shutdown_distributed()
     console.print(f"trained {result.steps} steps in {result.seconds:.0f} s -> {escape(str(out / 'model.pt'))}")
+    if result.steps < cfg.training.steps:  # the time budget ended it
+        console.print(
+            f"stopped by --max-minutes at step {result.steps} of {cfg.training.steps}; "
+            f"continue with: jfb-inverse train --resume --out {escape(str(out))}"
+        )
     if not_converged[0]:
         warn(
             f"{not_converged[0]} training steps of this run hit max_iter before tol: JFB took their gradient at "

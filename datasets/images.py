@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import functools
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -104,8 +105,11 @@ def _to_unit_float(array: np.ndarray, source: str) -> np.ndarray:
     raise UserError(f"{source}: unsupported pixel type {array.dtype}; save it as uint8, uint16 or float in [0, 1]")
 
 
-def _to_channels(array: np.ndarray, channels: int, source: str) -> np.ndarray:
-    """Turn an (H, W) or (H, W, C) float array into (channels, H, W)."""
+def _to_channels(
+    array: np.ndarray, channels: int, source: str, note: Callable[[str], None] | None = None
+) -> np.ndarray:
+    """Turn an (H, W) or (H, W, C) float array into (channels, H, W); ``note`` hears of a colour
+    change (colour to grey, grey to RGB), not of a dropped alpha channel."""
     if channels < 1:
         raise UserError(f"channels must be a positive integer, got {channels}")
     if array.ndim == 2:
@@ -116,10 +120,14 @@ def _to_channels(array: np.ndarray, channels: int, source: str) -> np.ndarray:
     elif channels == 1 and have in (3, 4):
         # Luminance (ITU-R 709 weights) of the colour channels; an alpha channel is dropped.
         out = rgb2gray(array[..., :3])[..., None]
+        if note is not None:
+            note(f"{source}: colour image converted to grey (luminance); this problem's images are grey")
     elif channels == 1 and have == 2:
         out = array[..., :1]  # grey + alpha
     elif channels == 3 and have in (1, 2):
         out = np.repeat(array[..., :1], 3, axis=-1)
+        if note is not None:
+            note(f"{source}: grey image repeated to 3 channels; this problem's images are RGB")
     elif channels == 3 and have == 4:
         out = array[..., :3]  # RGBA: drop alpha
     else:
@@ -205,7 +213,14 @@ def _npy_to_hwc(array: np.ndarray, source: str) -> np.ndarray:
 UNIT_RANGE_SLACK = 0.05
 
 
-def load_image(path: str | Path, channels: int = 1, size: int | None = None, *, check_range: bool = False) -> Tensor:
+def load_image(
+    path: str | Path,
+    channels: int = 1,
+    size: int | None = None,
+    *,
+    check_range: bool = False,
+    note: Callable[[str], None] | None = None,
+) -> Tensor:
     """Read an image file as a (C, H, W) float32 tensor.
 
     PNG, JPEG and TIFF are read with :func:`skimage.io.imread`; ``.npy`` files may hold an
@@ -215,7 +230,8 @@ def load_image(path: str | Path, channels: int = 1, size: int | None = None, *, 
     luminance and grey repeated to RGB as ``channels`` asks; an alpha channel is dropped. ``size``
     crops the central square and resizes it as :func:`load_builtin` does. ``check_range``: refuse
     float pixels outside [0, 1] (by more than ``UNIT_RANGE_SLACK``), for clean images, whose noise
-    model and metrics assume that range (measurements may leave it).
+    model and metrics assume that range (measurements may leave it). ``note``: called with a
+    one-line message when colour is converted to grey or grey to RGB (the CLI shows it).
 
     Examples
     --------
@@ -247,7 +263,7 @@ def load_image(path: str | Path, channels: int = 1, size: int | None = None, *, 
                 f"{path}: image has shape {array.shape}, expected (H, W) or (H, W, C); "
                 "multi-page or volume files are not supported"
             )
-    array = _to_channels(_to_unit_float(array, source), channels, source)
+    array = _to_channels(_to_unit_float(array, source), channels, source, note)
     if check_range:  # the channels kept (an alpha channel is dropped unchecked)
         _check_unit_range(array, source)
     return torch.from_numpy(array if size is None else _center_square_resize(array, size))
@@ -264,12 +280,12 @@ def _check_unit_range(array: np.ndarray, source: str) -> None:
         )
 
 
-def save_image(x: Tensor, path: str | Path) -> None:
+def save_image(x: Tensor, path: str | Path, *, clip: bool = True) -> None:
     """Write a (C, H, W) or (1, C, H, W) tensor to ``path``.
 
-    ``.png`` stores 8-bit pixels and ``.tif``/``.tiff`` float32 pixels, both clipped to [0, 1]
-    (1, 3 or 4 channels); ``.npy`` stores the raw float32 (C, H, W) array, unclipped. The parent
-    folder must exist: nothing is created.
+    ``.png`` stores 8-bit pixels (always clipped to [0, 1]) and ``.tif``/``.tiff`` float32 pixels,
+    clipped to [0, 1] unless ``clip=False`` (1, 3 or 4 channels); ``.npy`` stores the raw float32
+    (C, H, W) array, unclipped. The parent folder must exist: nothing is created.
     """
     path = Path(path)
     if not isinstance(x, Tensor):
@@ -289,7 +305,8 @@ def save_image(x: Tensor, path: str | Path) -> None:
         raise UserError(f"cannot save {path}: unsupported file type {path.suffix!r}; use .png, .tif, .tiff or .npy")
     if array.shape[0] not in (1, 3, 4):
         raise UserError(f"cannot save a {array.shape[0]}-channel image as {suffix}; use .npy for that")
-    hwc = np.clip(np.moveaxis(array, 0, -1), 0.0, 1.0)
+    hwc = np.moveaxis(array, 0, -1)
+    hwc = np.clip(hwc, 0.0, 1.0) if clip or suffix == ".png" else hwc
     hwc = hwc[..., 0] if hwc.shape[-1] == 1 else hwc
     if suffix == ".png":
         hwc = np.round(hwc * 255.0).astype(np.uint8)

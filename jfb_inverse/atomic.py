@@ -26,9 +26,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except OSError as exc:
+        _discard(tmp)
+        if exc.filename is not None and str(exc.filename) == str(tmp):
+            # Name the file the caller asked for, not the hidden temporary one.
+            raise type(exc)(exc.errno, exc.strerror, str(path)) from exc
         raise
+    except BaseException:
+        _discard(tmp)
+        raise
+
+
+def _discard(tmp: Path) -> None:
+    """Remove a temporary file if it is there; never let that hide the error being handled."""
+    with contextlib.suppress(OSError):
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: str | Path, write: Callable[[IO[bytes]], object]) -> None:

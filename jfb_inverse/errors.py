@@ -10,6 +10,9 @@ _LINE_BREAKS = str.maketrans({c: repr(c)[1:-1] for c in "\n\r\x0b\x0c\x1c\x1d\x1
 class UserError(ValueError):
     """Bad input from the user: the message names the problem and the fix, on one line."""
 
+    #: The CLI's exit code for it.
+    exit_code: int = 2
+
     def __str__(self) -> str:
         return super().__str__().translate(_LINE_BREAKS)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from torch import Tensor
 
 from jfb_inverse.atomic import atomic_path, atomic_write_bytes
 from jfb_inverse.datasets import load_image, save_image
+from jfb_inverse.datasets.images import UNIT_RANGE_SLACK
 from jfb_inverse.errors import UserError
 from jfb_inverse.models.build import PhysicsCache
 from jfb_inverse.problems.config import ProblemConfig
@@ -38,8 +40,11 @@ OUTPUT_SUFFIXES = {".npy", ".png", ".tif", ".tiff"}
 PROVENANCE_FORMAT = "jfb-inverse-measurement/1"
 
 
-def read_measurement(path: str | Path, channels: int) -> Tensor:
-    """A measurement (C, ...) from ``.npy`` or an image file; NaN/Inf and bad files are :class:`UserError`."""
+def read_measurement(path: str | Path, channels: int, note: Callable[[str], None] | None = None) -> Tensor:
+    """A measurement (C, ...) from ``.npy`` or an image file; NaN/Inf and bad files are :class:`UserError`.
+
+    An image file's colour is converted to ``channels`` (``note`` hears of it); a ``.npy`` array is
+    taken as it is (its channel count is checked against the operator by :func:`check_fits`)."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"input {str(p)!r} not found; give an existing .npy or image file")
@@ -60,7 +65,7 @@ def read_measurement(path: str | Path, channels: int) -> Tensor:
         y = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
         y = y[None] if y.ndim == 2 else y
     elif p.suffix.lower() in IMAGE_SUFFIXES:
-        y = load_image(p, channels=channels)
+        y = load_image(p, channels=channels, note=note)
     else:
         raise UserError(f"{str(p)!r}: unsupported measurement file type; use .npy, .png or .tif")
     if not torch.isfinite(y).all():
@@ -170,7 +175,11 @@ def check_output_path(path: str | Path, option: str = "--output") -> Path:
 
 
 def write_array(x: Tensor, path: str | Path) -> None:
-    """Save a (C, ...) tensor as ``.npy`` (raw) or as an image file (clipped to [0, 1]), atomically."""
+    """Save a (C, ...) tensor atomically: ``.npy`` and ``.tif`` raw float32, ``.png`` 8-bit.
+
+    An 8-bit PNG holds [0, 1]: values beyond it by more than ``UNIT_RANGE_SLACK`` (a CT sinogram,
+    say) are refused rather than clipped, values within it (the noise of a blurred image) clipped.
+    """
     p = Path(path)
     if not p.parent.is_dir():
         raise UserError(f"output folder {str(p.parent)!r} does not exist; create it first")
@@ -179,11 +188,18 @@ def write_array(x: Tensor, path: str | Path) -> None:
         raise UserError(f"{str(p)!r}: a measurement of shape {tuple(x.shape)} is not an image; write .npy instead")
     if suffix not in OUTPUT_SUFFIXES:
         raise UserError(f"{str(p)!r}: unsupported output type; use .npy, .png or .tif")
+    if suffix == ".png" and x.numel():
+        low, high = float(x.min()), float(x.max())
+        if low < -UNIT_RANGE_SLACK or high > 1 + UNIT_RANGE_SLACK:
+            raise UserError(
+                f"{str(p)!r}: values span [{low:.3g}, {high:.3g}], beyond the [0, 1] an 8-bit PNG holds; "
+                "write .npy or .tif (float32) instead"
+            )
     with atomic_path(p) as tmp:
         if suffix == ".npy":
             np.save(tmp, x.detach().cpu().numpy().astype(np.float32))
         else:
-            save_image(x.detach().cpu().clamp(0, 1), tmp)
+            save_image(x.detach().cpu(), tmp, clip=suffix == ".png")
 
 
 def write_json(data: Any, path: str | Path) -> None:

@@ -252,3 +252,75 @@ def test_simulate_refuses_a_clean_image_outside_the_unit_range(tmp_path):
     result = invoke("simulate", "--problem", "deblur", "--input", str(tmp_path / "clean.npy"), "--output", str(out))
     one_line_error(result, "clean.npy: pixel values span [128, 128], not [0, 1]; scale the image to [0, 1]")
     assert not out.exists()
+
+
+def test_tol_zero_is_a_one_line_error_not_a_traceback(tmp_path):
+    y = tmp_path / "y.npy"
+    np.save(y, np.zeros((1, 32, 32), dtype=np.float32))
+    for command in ("reconstruct", "evaluate"):
+        args = ["--input", str(y), "--output", str(tmp_path / "x.npy")] if command == "reconstruct" else []
+        result = invoke(command, "--checkpoint", "builtin:deblur", *args, "--tol", "0")
+        one_line_error(result, "--tol must be > 0, got 0")
+    assert not (tmp_path / "x.npy").exists()
+
+
+def test_an_empty_argument_is_refused_not_read_as_the_current_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_app(["train", "--problem", "deblur", "--out", ""]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "empty argument after --out" in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_refuses_steps_it_has_already_done(tmp_path):
+    (tmp_path / "tiny.toml").write_text(TINY)
+    run = str(tmp_path / "run")
+    args = ["train", "--problem", "deblur", "--config", str(tmp_path / "tiny.toml"), "--steps", "2", "--out", run]
+    assert invoke(*args, "--device", "cpu").exit_code == 0
+    before = (tmp_path / "run" / "problem.toml").read_text()
+    one_line_error(invoke("train", "--resume", "--out", run, "--steps", "1"), "is at step 2 of 2; give --steps above 2")
+    one_line_error(invoke("train", "--resume", "--out", run), "is at step 2 of 2")
+    assert (tmp_path / "run" / "problem.toml").read_text() == before
+
+
+def test_a_train_error_before_the_progress_bar_is_exactly_one_line(tmp_path, capsys):
+    (tmp_path / "bad.toml").write_text('problem = "deblur"\n[operator]\nkernel = "file"\npath = "nothere.npy"\n')
+    assert run_app(["train", "--config", str(tmp_path / "bad.toml"), "--out", str(tmp_path / "run")]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("error: kernel file") and captured.err.count("\n") == 1, repr(captured.err)
+
+
+def test_a_colour_measurement_for_a_grey_model_is_converted_and_said(tmp_path):
+    rgb = tmp_path / "rgb.png"
+    save_image(load_builtin("astronaut", channels=3, size=40), rgb)
+    result = invoke("reconstruct", "--checkpoint", "builtin:deblur", "--input", str(rgb),
+                    "--output", str(tmp_path / "x.png"))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "colour image converted to grey (luminance)" in " ".join(result.output.split())
+    assert (tmp_path / "x.png").is_file()
+
+
+def test_measurements_beyond_the_unit_range_go_to_tif_unclipped_never_to_png(tmp_path):
+    from jfb_inverse.measurements import read_measurement, write_array
+
+    y = torch.linspace(-0.2, 1.7, 12 * 10).reshape(1, 12, 10)  # a CT sinogram's kind of range
+    from jfb_inverse.errors import UserError
+
+    with pytest.raises(UserError, match=r"beyond the \[0, 1\] an 8-bit PNG holds; write .npy or .tif"):
+        write_array(y, tmp_path / "y.png")
+    assert not (tmp_path / "y.png").exists()
+    write_array(y, tmp_path / "y.tif")
+    assert torch.equal(read_measurement(tmp_path / "y.tif", channels=1), y)
+    write_array(y.clamp(0, 1), tmp_path / "ok.png")  # within [0, 1]: 8-bit
+    assert float((read_measurement(tmp_path / "ok.png", channels=1) - y.clamp(0, 1)).abs().max()) <= 0.5 / 255 + 1e-6
+
+
+def test_a_write_that_fails_names_the_users_file_not_the_temporary_one(tmp_path):
+    from jfb_inverse.atomic import atomic_path
+
+    (tmp_path / "afile").write_text("not a folder")
+    target = tmp_path / "afile" / "x.npy"
+    with pytest.raises(NotADirectoryError) as info, atomic_path(target) as tmp:
+        np.save(tmp, np.zeros(3))
+    assert info.value.filename == str(target)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import types
 
 import pytest
 import torch
@@ -269,3 +270,27 @@ def test_lipschitz_monitor_measures_the_fp32_map_whatever_the_training_precision
         assert model.precision == precision
     assert estimates["bf16"] == pytest.approx(estimates["fp32"], rel=1e-6)
     assert 0.5 < estimates["fp32"] < 2.0
+
+
+def test_a_run_the_time_budget_stops_logs_its_last_steps(tmp_path, monkeypatch):
+    # A budget that runs out after the 5th step, before the first record (log_every 50).
+    clock = iter(range(1000))  # each reading of the loop's clock: one more second
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    cfg = resolve_config("deblur", overrides={**TINY, "training": {**TINY["training"], "log_every": 50,
+                                                                    "max_minutes": 0.07}})  # fmt: skip
+    result = train(cfg, tmp_path / "run")
+    assert 1 <= result.steps < 12
+    records = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [result.steps]  # the stretch before the stop is not lost
+    assert load_checkpoint(tmp_path / "run" / "model.pt")[0]["step"] == result.steps
+
+
+def test_every_lipschitz_estimate_between_two_records_counts(tmp_path, monkeypatch):
+    estimates = iter([1.5, 0.5, 0.7, 0.9])
+    monkeypatch.setattr(loop, "lipschitz_at_fixed_point", lambda *args, **kwargs: next(estimates))
+    cfg = resolve_config("deblur", overrides={**TINY, "training": {**TINY["training"], "steps": 4, "log_every": 2,
+                                                                    "lipschitz_every": 1}})  # fmt: skip
+    train(cfg, tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    # The largest since the previous record: the 1.5 above 1 must reach the log (and the CLI's warning).
+    assert [(r["step"], r["lipschitz"]) for r in records] == [(2, 1.5), (4, 0.9)]

@@ -250,7 +250,8 @@ class TrainingConfig(_Strict):
     :mod:`jfb_inverse.models.precision`); the consistency
     step, the fixed-point residual and the solver's mixing stay in fp32. ``lipschitz_every``: every
     that many steps, estimate the Lipschitz constant of ``T`` at the fixed point of the first training
-    sample (power iteration) and log it as ``lipschitz`` in history.jsonl (0: off). Above 1, JFB's
+    sample (power iteration) and log it as ``lipschitz`` in history.jsonl (the largest since the previous
+    record when several fall between two; 0: off). Above 1, JFB's
     descent guarantee is gone and the CLI warns. ``init_from``: start from the weights of a
     checkpoint (a ``model.pt``, a run folder or ``builtin:NAME``) instead of the untrained network,
     to fine-tune it on other data or another operator; the network's shape (``model.arch``,

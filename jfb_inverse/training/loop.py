@@ -51,7 +51,12 @@ class TrainingDivergedError(UserError):
 
 
 class TrainingInterruptedError(UserError):
-    """SIGINT/SIGTERM: a checkpoint was written; ``--resume`` continues."""
+    """SIGINT/SIGTERM: a checkpoint was written; ``--resume`` continues. Exit code 128 + the signal's
+    number (130, 143), as a shell reports a process the signal ended."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 @dataclass
@@ -205,7 +210,9 @@ def train(
     window: list[dict[str, float]] = window_state
     skipped = 0
     bad_in_a_row = 0
-    lipschitz: float | None = None  # the latest contractivity estimate, logged with the next record
+    # The largest contractivity estimate since the last record (NaN sticks), logged with the next one:
+    # with lipschitz_every < log_every several estimates share a record, and none above 1 may be lost.
+    lipschitz: float | None = None
     step = first_step - 1
 
     def seconds() -> float:
@@ -279,11 +286,15 @@ def train(
                 }
             )
             if t.lipschitz_every and (step + 1) % t.lipschitz_every == 0 and is_main:
-                lipschitz = lipschitz_at_fixed_point(model, y[:1], physics)
+                estimate = lipschitz_at_fixed_point(model, y[:1], physics)
+                if lipschitz is None or not estimate <= lipschitz:
+                    lipschitz = estimate
             if on_step is not None:
                 on_step(step)
             last = step + 1 == t.steps
-            if (step + 1) % t.log_every == 0 or last:
+            out_of_time = t.max_minutes is not None and seconds() > 60 * t.max_minutes
+            # A run that ends (last step or time budget) logs the steps since its last record too.
+            if (step + 1) % t.log_every == 0 or last or (out_of_time and window):
                 record: dict[str, Any] = {"step": step + 1, "seconds": round(seconds(), 3)}
                 for key in ("loss", "psnr", "iterations", "residual", "converged"):
                     record[key] = sum(w[key] for w in window) / len(window)
@@ -305,11 +316,12 @@ def train(
                 checkpoint()
                 raise TrainingInterruptedError(
                     f"interrupted by signal {received['signal']} after step {step + 1}; checkpoint written to "
-                    f"{out / 'model.pt'}; continue with --resume"
+                    f"{out / 'model.pt'}; continue with --resume",
+                    int(received["signal"]),
                 )
             if (step + 1) % t.checkpoint_every == 0 and not last:
                 checkpoint()
-            if t.max_minutes is not None and seconds() > 60 * t.max_minutes:
+            if out_of_time:
                 break
     checkpoint(final=True)
     return TrainResult(out, step + 1, seconds(), history, skipped)
