@@ -237,8 +237,19 @@ def fbp_filter(n_detectors: int, filter: str = "ramp", device: torch.device | st
     return (ramp * window).float().to(device)
 
 
+def _on_native_detector(y: Tensor, physics: LinearPhysics) -> tuple[Tensor, LinearPhysics]:
+    """A sinogram of a CT with a resampled detector (``operator.detectors``) brought back to the
+    native detector of its :class:`Tomography`, where FBP's filter and scaling hold."""
+    from jfb_inverse.problems.operators import DetectorResampledTomography
+
+    if isinstance(physics, DetectorResampledTomography):
+        return torch.einsum("do,bcoa->bcda", physics.to_native, y), physics.tomography
+    return y, physics
+
+
 def filtered_backprojection(y: Tensor, physics: Tomography, filter: str) -> Tensor:
     """Differentiable, linear FBP of sinograms with ``ramp x window`` (see :func:`fbp` for the scaling)."""
+    y, physics = _on_native_detector(y, physics)
     if not isinstance(physics, Tomography):
         raise TypeError(f"filtered back-projection needs a deepinv Tomography, got {type(physics).__name__}")
     return _filtered_backprojection(y, physics, filter)
@@ -271,6 +282,7 @@ def fbp(y: Tensor, physics: Tomography, filter: str = "ramp") -> Tensor:
     ``physics.A_adjoint`` under the same scaling as ``physics.fbp``; works for ``normalize`` True
     or False. Not clipped: FBP is linear, and callers may want its negative values.
     """
+    y, physics = _on_native_detector(y, physics)
     if not isinstance(physics, Tomography):
         raise TypeError(f"fbp needs a deepinv Tomography, got {type(physics).__name__}")
     if physics.fan_beam:
