@@ -89,3 +89,23 @@ def test_gradient_iteration_decreases_data_misfit(blur, data):
 def test_unknown_step():
     with pytest.raises(ValueError, match="unknown consistency step"):
         make_step("admm", None, SIZE)
+
+
+def test_operator_norm_is_cached_until_the_physics_changes():
+    kernel = gaussian_blur(sigma=(1.5, 1.5))
+    blur = dinv.physics.BlurFFT(img_size=SIZE, filter=kernel)
+    calls = []
+    real_a = blur.A
+    blur.A = lambda x, **kw: calls.append(1) or real_a(x, **kw)
+    value = operator_norm_squared(blur, SIZE)
+    assert abs(value - 1.0) < 1e-3 and calls
+    calls.clear()
+    assert operator_norm_squared(blur, SIZE) == value and not calls  # cached: no power iteration
+    blur.update(filter=3 * kernel)  # deepinv's own parameter update: ||A||^2 becomes 9
+    assert abs(operator_norm_squared(blur, SIZE) - 9.0) < 1e-2
+    with torch.no_grad():  # an in-place edit of its tensors counts too
+        for t in blur.buffers():
+            if t.is_floating_point():
+                t.mul_(0.5)
+    fresh = dinv.physics.BlurFFT(img_size=SIZE, filter=1.5 * kernel)
+    assert abs(operator_norm_squared(blur, SIZE) - operator_norm_squared(fresh, SIZE)) < 1e-2

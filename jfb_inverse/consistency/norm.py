@@ -7,7 +7,16 @@ import weakref
 import torch
 from deepinv.physics import LinearPhysics
 
-_CACHE: weakref.WeakKeyDictionary[LinearPhysics, dict[tuple, float]] = weakref.WeakKeyDictionary()
+# physics -> {(image size, device): (fingerprint of its tensors, ||A||^2)}
+_CACHE: weakref.WeakKeyDictionary[LinearPhysics, dict[tuple, tuple[tuple, float]]] = weakref.WeakKeyDictionary()
+
+
+def _fingerprint(physics: LinearPhysics) -> tuple:
+    """Identity and version of every buffer and parameter of ``physics``: deepinv's ``update(...)``
+    (and physics generators) replace them, in-place edits bump their version, and either makes a
+    cached norm stale."""
+    tensors = [*physics.named_buffers(), *physics.named_parameters()]
+    return tuple((name, t.data_ptr(), t._version, tuple(t.shape), t.dtype) for name, t in tensors)
 
 
 def operator_norm_squared(
@@ -20,12 +29,15 @@ def operator_norm_squared(
     """Largest eigenvalue of ``A^T A`` for images of shape ``img_size`` (C, H, W), cached.
 
     Power iteration from a seeded random image, so the estimate is reproducible; the relative
-    change of the eigenvalue below 1e-5 stops it early.
+    change of the eigenvalue below 1e-5 stops it early. The cache is per physics object, image
+    size and device, and is refreshed when the physics' tensors change (``physics.update(...)``).
     """
     key = (tuple(img_size), str(device))
+    fingerprint = _fingerprint(physics)
     per_physics = _CACHE.setdefault(physics, {})
-    if key in per_physics:
-        return per_physics[key]
+    cached = per_physics.get(key)
+    if cached is not None and cached[0] == fingerprint:
+        return cached[1]
     g = torch.Generator(device="cpu").manual_seed(seed)
     x = torch.randn((1, *img_size), generator=g).to(device)
     x = x / x.norm()
@@ -39,5 +51,5 @@ def operator_norm_squared(
                 value = new
                 break
             value = new
-    per_physics[key] = value
+    per_physics[key] = (fingerprint, value)
     return value
