@@ -181,7 +181,7 @@ def test_onednn_conv_equals_conv2d_and_keeps_autograd(shape: tuple[int, ...], kw
     plain, fast = _pair(shape[1], 8, OneDNNConv2d, seed=3, kernel_size=3, **kwargs)
     x = torch.randn(*shape)
     with torch.no_grad():
-        assert fast._onednn_applies(x)
+        assert fast._onednn_applies(x) == (kwargs.get("stride", 1) == 1)  # strided: the plain path
         torch.testing.assert_close(fast(x), plain(x), rtol=1e-5, atol=1e-5)
     # With autograd the plain convolution runs, so gradients are PyTorch's.
     out = fast(x)
@@ -212,3 +212,23 @@ def test_onednn_conv_compiles() -> None:
     x = torch.randn(1, 1, 12, 12)
     with torch.no_grad():
         torch.testing.assert_close(torch.compile(layer)(x), layer(x), rtol=1e-5, atol=1e-5)
+
+
+def test_onednn_conv_strided_dilated_on_a_tiny_input_matches_conv2d_in_a_subprocess() -> None:
+    # oneDNN's kernel crashed the process (SIGSEGV, one thread) on this input, where nn.Conv2d at
+    # batch 1 runs its reference path: the layer runs oneDNN itself at stride 1 only.
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch\n"
+        "from jfb_inverse.models.layers import OneDNNConv2d\n"
+        "m = OneDNNConv2d(3, 1, (3, 1), padding=1, dilation=(1, 2), stride=2)\n"
+        "x = torch.randn(1, 3, 1, 1).to(memory_format=torch.channels_last)\n"
+        "with torch.no_grad():\n"
+        "    assert torch.equal(m(x), torch.nn.Conv2d.forward(m, x))\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])

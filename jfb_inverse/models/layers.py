@@ -77,6 +77,10 @@ class OneDNNConv2d(nn.Conv2d):
             and not torch.is_autocast_enabled("cpu")
             and self.padding_mode == "zeros"
             and not isinstance(self.padding, str)
+            # Stride 1, the package's case. oneDNN's kernel for a strided, dilated filter on a tiny
+            # input crashes the process (SIGSEGV, one thread; nn.Conv2d does too at batch 2, where
+            # PyTorch picks oneDNN), while nn.Conv2d at batch 1 takes its reference path and works.
+            and tuple(self.stride) == (1, 1)
             and torch.backends.mkldnn.is_available()
             and torch.backends.mkldnn.enabled  # the user's switch (torch.backends.mkldnn.flags)
             # torch.compile traces with fake tensors, which the oneDNN entry point refuses.
