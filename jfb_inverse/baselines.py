@@ -262,15 +262,32 @@ def _filtered_backprojection(y: Tensor, physics: Tomography, filter: str) -> Ten
     # Sinograms are (B, C, n_detectors, n_angles): filter along dim -2, zero-padded against wrap-around.
     padded = torch.nn.functional.pad(y, (0, 0, 0, size - n_det))
     filtered = torch.fft.irfft(torch.fft.rfft(padded, dim=-2) * response[:, None], n=size, dim=-2)[..., :n_det, :]
-    # physics.fbp's scaling: pi / (2 n_angles) for the angular quadrature, and ||A||^2 to undo the
-    # 1/||A|| that normalize=True puts in both A (hence in y) and A^T.
-    scale = math.pi / (2 * len(physics.angles))
+    # physics.fbp's scaling: pi / (2 n_angles) for the angular quadrature (times the covered
+    # fraction of 180 degrees, see _angular_coverage), and ||A||^2 to undo the 1/||A|| that
+    # normalize=True puts in both A (hence in y) and A^T.
+    scale = math.pi / (2 * len(physics.angles)) * _angular_coverage(physics)
     if physics.normalize:
         scale = scale * physics.operator_norm**2
     out = physics.A_adjoint(filtered) * scale
     if physics.fbp_interpolate_boundary:
         out = torch.nn.functional.pad(out[..., 2:-2, 2:-2], (2, 2, 2, 2), mode="replicate")
     return out
+
+
+def _angular_coverage(physics: Tomography) -> float:
+    """``min(range, 180) / 180`` for views evenly spaced over ``range`` degrees.
+
+    deepinv's FBP weights each of n views by ``pi / (2 n)``, the quadrature of n views over 180
+    degrees. Views over a limited range (90 degrees, say) are denser, so that weight counts each
+    direction they see ``180 / range`` times: FBP(A x) comes out twice as bright at 90 degrees. A
+    range of 180 degrees or more (360: each direction twice) keeps deepinv's weight.
+    """
+    angles = physics.angles.detach().flatten()
+    n = angles.numel()
+    if n < 2:
+        return 1.0
+    spacing = abs(float(angles[-1] - angles[0])) / (n - 1)
+    return min(n * spacing, 180.0) / 180.0
 
 
 def fbp(y: Tensor, physics: Tomography, filter: str = "ramp") -> Tensor:
@@ -289,7 +306,7 @@ def fbp(y: Tensor, physics: Tomography, filter: str = "ramp") -> Tensor:
         raise NotImplementedError("fbp supports parallel-beam Tomography only (fan_beam=False)")
     with torch.no_grad():
         if filter == "ramp":
-            return physics.A_dagger(y, fbp=True)
+            return physics.A_dagger(y, fbp=True) * _angular_coverage(physics)
         return _filtered_backprojection(y, physics, filter)
 
 
