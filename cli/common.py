@@ -14,8 +14,9 @@ from rich.markup import escape
 
 from jfb_inverse.errors import ConfigError, UserError
 
-console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: a message is never broken at 80 columns when stdout is not a terminal (logs, CI).
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Options several commands share, declared once so their names and help stay the same everywhere.
