@@ -40,6 +40,15 @@ def test_any_image_size_with_physics_built_from_the_measurement():
             assert model(y).shape == (2, 1, h, w)
 
 
+def test_a_measurement_in_another_dtype_is_one_clear_error():
+    model, _ = build_model(resolve_config("deblur"))
+    model.eval()
+    with pytest.raises(ValueError, match=r"measurements are torch.float64 on cpu, the model's weights torch.float32"):
+        model(torch.rand(1, 1, 24, 24, dtype=torch.float64))
+    with torch.no_grad():  # the same model in float64 takes float64 measurements
+        assert model.double()(torch.rand(1, 1, 24, 24, dtype=torch.float64)).dtype == torch.float64
+
+
 def test_training_mode_gives_gradients_to_regularizer_and_step_size():
     physics = blur_physics(32, 32)
     model = ImplicitReconstructor(SmoothingResidualCNN(width=8, depth=3)).train()

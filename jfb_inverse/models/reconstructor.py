@@ -103,8 +103,19 @@ class ImplicitReconstructor(Reconstructor):
             raise ValueError("no physics given and the model has no physics_factory; pass physics=...")
         return self.physics_factory(tuple(y.shape[1:]))
 
+    def _check_measurement(self, y: Tensor) -> None:
+        """``y`` in the weights' dtype and on their device: said in one line, not by a convolution
+        deep inside the first iteration."""
+        weight = next(self.parameters())
+        if y.dtype != weight.dtype or y.device != weight.device:
+            raise ValueError(
+                f"measurements are {y.dtype} on {y.device}, the model's weights {weight.dtype} on {weight.device}; "
+                f"pass y.to(device='{weight.device}', dtype={weight.dtype}) (or move the model)"
+            )
+
     def fixed_point_map(self, y: Tensor, physics: LinearPhysics | None = None) -> tuple[FixedPointMap, Tensor]:
         """``T(.; y)`` as a one-argument function, and the starting point ``u0``."""
+        self._check_measurement(y)
         physics, img_size = self._physics_for(y, physics)
         step = make_step(self.step_kind, physics, img_size)
         consistency = step.bind(y, self.eta)
