@@ -45,7 +45,6 @@ def evaluate(
     from jfb_inverse.errors import UserError
     from jfb_inverse.evaluation import comparison_figure
     from jfb_inverse.evaluation import evaluate as run_evaluation
-    from jfb_inverse.problems.custom import ensure_trusted
     from jfb_inverse.training.checkpoint import load_model
     from jfb_inverse.training.data import evaluation_images
     from jfb_inverse.training.device import resolve_device
@@ -62,8 +61,7 @@ def evaluate(
     if figure is not None and figure.suffix.lower() not in FIGURE_SUFFIXES:
         raise UserError(f"--figure {str(figure)!r}: give a file name ending in {', '.join(FIGURE_SUFFIXES)}")
     dev = resolve_device(device)
-    model, cfg, physics = load_model(checkpoint, dev)
-    ensure_trusted(cfg, trust_operator)
+    model, cfg, physics = load_model(checkpoint, dev, trust_operator)
     override_evaluation(model, tol, max_iter, equivariance)
     clean = load_folder(images, channels=cfg.data.channels) if images else evaluation_images(cfg.data)
     ev = run_evaluation(model, physics, cfg, clean, seed=seed)

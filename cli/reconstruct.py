@@ -111,7 +111,6 @@ def reconstruct(
     """
     from jfb_inverse.errors import UserError
     from jfb_inverse.measurements import IMAGE_SUFFIXES, check_output_path
-    from jfb_inverse.problems.custom import ensure_trusted
     from jfb_inverse.training.checkpoint import load_model
     from jfb_inverse.training.device import resolve_device
 
@@ -138,8 +137,7 @@ def reconstruct(
         check_output_path(output)
         _refuse_overwriting_input(input, output)
     dev = resolve_device(device)
-    model, cfg, physics = load_model(checkpoint, dev)
-    ensure_trusted(cfg, trust_operator)
+    model, cfg, physics = load_model(checkpoint, dev, trust_operator)
     override_evaluation(model, tol, max_iter, equivariance)
     if input.is_dir():
         created = not output.exists()

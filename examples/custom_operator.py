@@ -105,7 +105,7 @@ def main() -> None:
     )
     print(f"trained {result.steps} steps in {result.seconds:.1f} s -> {opts.out}/model.pt")
 
-    model, cfg, physics = load_model(opts.out)
+    model, cfg, physics = load_model(opts.out, trust_operator=True)  # our own operator, from this file
     x = load_builtin("camera", size=cfg.data.eval_size)[None]
     y = simulate(x, physics.for_image(tuple(x.shape[1:])), cfg.noise, torch.Generator().manual_seed(0))
     with torch.no_grad():

@@ -320,3 +320,15 @@ def test_example_trains_and_reconstructs(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "trained 2 steps" in out and "measurement (1, 16, 32) -> image (1, 32, 32)" in out
     assert (tmp_path / "run" / "model.pt").is_file()
+
+
+def test_load_model_refuses_a_custom_operator_unless_trusted(striped_run):
+    # Every loader (the CLI, the benchmarks, users' scripts) goes through load_model: building the
+    # physics would import and run the operator's file.
+    from jfb_inverse.errors import OperatorError
+    from jfb_inverse.training.checkpoint import load_model
+
+    with pytest.raises(OperatorError, match="rerun with --trust-operator"):
+        load_model(striped_run)
+    model, cfg, _ = load_model(striped_run, trust_operator=True)
+    assert cfg.operator.kind == "custom" and not model.training

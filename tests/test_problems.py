@@ -39,6 +39,14 @@ def test_deblur_reference_defaults():
         ({"data": {"source": "folder"}}, "needs data.path"),
         ({"solver": {"name": "newton"}}, "solver.name"),
         ({"bogus": 1}, "bogus: Extra inputs are not permitted"),
+        # Seeds that torch or the derived phantom seeds (seed * 1,000,003) cannot take.
+        ({"training": {"seed": 2**64}}, "training.seed: Input should be less than or equal to 4294967295"),
+        ({"training": {"seed": -1}}, "training.seed: Input should be greater than or equal to 0"),
+        ({"training": {"lr": 1e300}}, "training.lr: Input should be less than or equal to 10"),
+        (
+            {"operator": {"kind": "custom", "target": "ops.py:Scale", "args": {"offset": None}}},
+            "operator.args.offset is null, which problem.toml cannot store",
+        ),
     ],
 )
 def test_invalid_values_are_one_line_errors(overrides, message):
@@ -134,3 +142,41 @@ def test_motion_example_fine_tunes_from_the_shipped_model(tmp_path):
     source = load_checkpoint("builtin:deblur")[0]["state_dict"]
     tuned = load_checkpoint(tmp_path / "model.pt")[0]["state_dict"]
     assert max(float((tuned[k] - v).abs().max()) for k, v in source.items()) < 1e-6
+
+
+def test_a_plugin_that_fails_is_named_and_the_others_still_load(monkeypatch):
+    good = registry_module.Problem(
+        "plugin-good", "from a plugin", {"problem": "plugin-good", "operator": {"kind": "blur", "kernel": "box"}}
+    )
+
+    def broken_factory():
+        raise RuntimeError("factory bug")
+
+    monkeypatch.setattr("tests.plugin_problem.GOOD", good, raising=False)
+    monkeypatch.setattr("tests.plugin_problem.BROKEN", broken_factory, raising=False)
+    group = registry_module.ENTRY_POINT_GROUP
+    eps = [
+        EntryPoint(name="plugin-broken", value="tests.plugin_problem:BROKEN", group=group),
+        EntryPoint(name="plugin-good", value="tests.plugin_problem:GOOD", group=group),
+    ]
+    monkeypatch.setattr(registry_module, "entry_points", lambda group: eps)
+    monkeypatch.setattr(registry_module, "_entry_points_loaded", False)
+    with pytest.raises(ConfigError, match=r"'plugin-broken' \(tests.plugin_problem:BROKEN\): factory bug"):
+        list_problems()
+    assert "plugin-good" in list_problems()
+    monkeypatch.delitem(registry_module._REGISTRY, "plugin-good")
+
+
+def test_overwriting_a_builtin_name_before_the_builtins_load_keeps_the_registry_usable():
+    # In a fresh interpreter: the built-ins registered after the user's overwrite used to collide.
+    import subprocess
+    import sys
+
+    code = (
+        "from jfb_inverse.problems import list_problems, register_problem, resolve_config\n"
+        "register_problem('mri', 'my MRI', {'operator': {'kind': 'blur', 'kernel': 'box'}}, overwrite=True)\n"
+        "assert list_problems()['mri'] == 'my MRI'\n"
+        "assert resolve_config('deblur').operator.kind == 'blur'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -294,3 +294,62 @@ def test_every_lipschitz_estimate_between_two_records_counts(tmp_path, monkeypat
     records = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
     # The largest since the previous record: the 1.5 above 1 must reach the log (and the CLI's warning).
     assert [(r["step"], r["lipschitz"]) for r in records] == [(2, 1.5), (4, 0.9)]
+
+
+def test_a_resumed_run_gets_its_own_time_budget(tmp_path, monkeypatch):
+    clock = iter(range(100_000))  # each reading of the loop's clock: one more second
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    overrides = {**TINY, "training": {**TINY["training"], "steps": 200, "checkpoint_every": 1000, "max_minutes": 0.1}}
+    cfg = resolve_config("deblur", overrides=overrides)
+    first = train(cfg, tmp_path / "run").steps
+    second = train(cfg, tmp_path / "run", resume=True).steps
+    assert 2 <= first < 200
+    assert second - first >= first - 1  # not one step per invocation
+
+
+def test_a_nan_loss_is_caught_in_fp16_too(tmp_path, monkeypatch):
+    # fp16's loss scaler skips overflowing gradients itself; a NaN loss is no overflow and must
+    # reach the guard (it trained on, every loss NaN, before).
+    cfg = resolve_config("deblur", overrides={**TINY, "training": {**TINY["training"], "precision": "fp16"}})
+    real_mse = loop.F.mse_loss
+    monkeypatch.setattr(loop.F, "mse_loss", lambda a, b: real_mse(a, b) * float("nan"))
+    with pytest.raises(TrainingDivergedError, match="NaN/Inf for 5 steps in a row"):
+        train(cfg, tmp_path)
+
+
+def test_the_pending_lipschitz_maximum_survives_a_resume(tmp_path, monkeypatch):
+    estimates = [1.5, 0.5, 0.7, 0.9, 0.8, 0.6]
+    monkeypatch.setattr(loop, "lipschitz_at_fixed_point", lambda *args, **kwargs: estimates[len(seen)])
+    seen: list[int] = []
+
+    def crash_at_step_5(step: int) -> None:
+        seen.append(step)
+        if step == 4:
+            raise CrashError
+
+    overrides = {**TINY, "training": {**TINY["training"], "steps": 6, "log_every": 6, "checkpoint_every": 3,
+                                      "lipschitz_every": 1}}  # fmt: skip
+    cfg = resolve_config("deblur", overrides=overrides)
+    with pytest.raises(CrashError):
+        train(cfg, tmp_path / "run", on_step=crash_at_step_5)
+    seen[:] = seen[:3]  # the resumed run starts after the checkpoint of step 3
+    train(cfg, tmp_path / "run", resume=True, on_step=seen.append)
+    records = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["lipschitz"]) for r in records] == [(6, 1.5)]  # step 1's estimate is not lost
+
+
+def test_a_resume_with_more_steps_takes_its_first_step_on_the_new_schedule(tmp_path, monkeypatch):
+    short = resolve_config("deblur", overrides={**TINY, "training": {**TINY["training"], "steps": 30}})
+    train(short, tmp_path / "run")
+    used: list[float] = []
+    real_step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        used.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    longer = resolve_config("deblur", overrides={**TINY, "training": {**TINY["training"], "steps": 60}})
+    train(longer, tmp_path / "run", resume=True)
+    assert used[0] == pytest.approx(longer.training.lr * loop._lr_lambda(60)(30))
+    assert used[0] > 5 * longer.training.lr * loop._lr_lambda(30)(29)  # not the old schedule's floor

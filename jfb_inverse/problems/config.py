@@ -23,15 +23,23 @@ from pydantic import (
 
 
 def _require_finite(value: Any, where: str) -> None:
-    """Raise ``ValueError`` for an inf/NaN anywhere inside ``value`` (nested dicts and lists)."""
+    """Raise ``ValueError`` for an inf/NaN or a null anywhere inside ``value`` (nested dicts and
+    lists): neither survives the checkpoint's JSON and ``problem.toml``."""
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{where} must be a finite number (got {value!r})")
+    if value is None:
+        raise ValueError(f"{where} is null, which problem.toml cannot store; give a value or leave the key out")
     if isinstance(value, dict):
         for key, item in value.items():
             _require_finite(item, f"{where}.{key}")
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
             _require_finite(item, f"{where}[{i}]")
+
+
+#: Seeds: torch and numpy generators take 64-bit seeds, and phantom and dead-leaves streams use
+#: ``seed * 1,000,003 + draw``; 32 bits keep every derived seed in range.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 class _Strict(BaseModel):
@@ -82,7 +90,7 @@ class InpaintingOperator(_Strict):
 
     kind: Literal["inpainting"] = "inpainting"
     missing: Annotated[float, Field(gt=0, lt=1)] = 0.5
-    mask_seed: int = 0
+    mask_seed: Seed = 0
 
 
 class SuperResOperator(_Strict):
@@ -99,7 +107,7 @@ class MRIOperator(_Strict):
     kind: Literal["mri"] = "mri"
     acceleration: Annotated[int, Field(ge=2, le=16)] = 4
     center_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.08
-    mask_seed: int = 0
+    mask_seed: Seed = 0
 
 
 class CustomOperator(_Strict):
@@ -260,13 +268,13 @@ class TrainingConfig(_Strict):
 
     steps: PositiveInt = 600
     batch_size: PositiveInt = 8
-    lr: PositiveFloat = 2e-3
+    lr: Annotated[float, Field(gt=0, le=10)] = 2e-3
     gradient: Literal["jfb", "jfbk", "implicit", "unrolled"] = "jfb"
     jfbk_k: PositiveInt = 5
     unrolled_k: PositiveInt = 20
     log_every: PositiveInt = 20
     checkpoint_every: PositiveInt = 100
-    seed: int = 0
+    seed: Seed = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Precision = "auto"
     max_minutes: PositiveFloat | None = None

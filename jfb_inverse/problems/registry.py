@@ -55,6 +55,10 @@ def register_problem(
     """
 
     def add(values: Mapping[str, Any] | ProblemConfig) -> Problem:
+        # The built-ins first: registered later, they would collide with a user's overwrite of one
+        # of their names (inside builtin's own import this returns the module being imported).
+        import jfb_inverse.problems.builtin  # noqa: F401
+
         if name in _REGISTRY and not overwrite:
             raise ConfigError(f"problem {name!r} is already registered; pass overwrite=True to replace it")
         raw = values.model_dump() if isinstance(values, ProblemConfig) else dict(values)
@@ -79,17 +83,21 @@ def _load_entry_points() -> None:
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
+    failures: list[str] = []
     for ep in entry_points(group=ENTRY_POINT_GROUP):
+        # Every plugin gets its turn: one that fails (to import, or in its factory) is reported
+        # with the others' names registered, not as a traceback that hides them.
         try:
             obj = ep.load()
-        except Exception as exc:  # a broken plugin must not break the tool
-            raise ConfigError(f"problem plugin {ep.name!r} ({ep.value}) failed to load: {exc}") from exc
+            if not isinstance(obj, Problem) and callable(obj):
+                obj = obj()
+        except Exception as exc:
+            failures.append(f"{ep.name!r} ({ep.value}): {exc}")
+            continue
         if isinstance(obj, Problem):
             _REGISTRY.setdefault(obj.name, obj)
-        elif callable(obj):
-            result = obj()
-            if isinstance(result, Problem):
-                _REGISTRY.setdefault(result.name, result)
+    if failures:
+        raise ConfigError(f"problem plugin(s) failed to load: {'; '.join(failures)}; fix or uninstall them")
 
 
 def _ensure_loaded() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import pickle
 import warnings
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -108,11 +109,20 @@ def load_checkpoint(name: str | Path, map_location: str | torch.device = "cpu") 
     return payload, cfg
 
 
-def load_model(name: str | Path, device: torch.device | str = "cpu") -> tuple[Any, ProblemConfig, Any]:
-    """A trained ``ImplicitReconstructor`` in eval mode, its definition and its physics cache."""
+def load_model(
+    name: str | Path, device: torch.device | str = "cpu", trust_operator: Iterable[str] | bool = False
+) -> tuple[Any, ProblemConfig, Any]:
+    """A trained ``ImplicitReconstructor`` in eval mode, its definition and its physics cache.
+
+    A checkpoint of a custom operator is refused unless ``trust_operator`` (``True``, or the
+    operator targets the caller trusts; see :func:`jfb_inverse.problems.custom.ensure_trusted`):
+    building its physics imports and runs the operator's code.
+    """
     from jfb_inverse.models.build import build_model
+    from jfb_inverse.problems.custom import ensure_trusted
 
     payload, cfg = load_checkpoint(name, map_location=device)
+    ensure_trusted(cfg, trust_operator)
     model, physics = build_model(cfg, device)
     try:
         model.load_state_dict(payload["state_dict"])

@@ -179,6 +179,7 @@ def train(
     first_step = 0
     elapsed_before = 0.0
     window_state: list[dict[str, float]] = []
+    lipschitz_state: float | None = None
     history: list[dict[str, Any]] = []
     history_path = out / "history.jsonl"
     if resume:
@@ -192,6 +193,11 @@ def train(
         first_step = int(payload["step"])
         elapsed_before = float(payload.get("seconds", 0.0))
         window_state = json.loads(payload.get("log_window", "[]"))
+        lipschitz_state = payload.get("lipschitz_pending")
+        # The learning rate of the next step under this run's schedule: a resume with more --steps
+        # stretches the schedule, and the optimiser's stored lr is the old schedule's.
+        for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+            group["lr"] = base * _lr_lambda(t.steps)(scheduler.last_epoch)
         if history_path.is_file():
             history = [json.loads(line) for line in history_path.read_text().splitlines() if line.strip()]
             history = [h for h in history if h["step"] <= first_step]
@@ -212,7 +218,7 @@ def train(
     bad_in_a_row = 0
     # The largest contractivity estimate since the last record (NaN sticks), logged with the next one:
     # with lipschitz_every < log_every several estimates share a record, and none above 1 may be lost.
-    lipschitz: float | None = None
+    lipschitz: float | None = lipschitz_state
     step = first_step - 1
 
     def seconds() -> float:
@@ -235,6 +241,7 @@ def train(
             torch_rng=torch.get_rng_state(),
             seconds=seconds(),
             log_window=json.dumps(window),
+            lipschitz_pending=lipschitz,
             finished=final,
         )
 
@@ -249,15 +256,15 @@ def train(
             loss = F.mse_loss(x_hat, x)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            finite = bool(torch.isfinite(loss)) and _all_finite(
-                p.grad for p in model.parameters() if p.grad is not None
-            )
+            loss_finite = bool(torch.isfinite(loss))
+            finite = loss_finite and _all_finite(p.grad for p in model.parameters() if p.grad is not None)
             if world > 1:  # every rank must take the same decision
-                flag = torch.tensor([float(finite)], device=device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-                finite = bool(flag.item() > 0)
-            if finite or t.precision == "fp16":
-                # fp16: the scaler skips steps with inf gradients itself and lowers its scale.
+                flags = torch.tensor([float(finite), float(loss_finite)], device=device)
+                dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+                finite, loss_finite = (bool(v > 0) for v in flags.tolist())
+            if finite or (t.precision == "fp16" and loss_finite):
+                # fp16: the scaler skips steps with inf gradients itself and lowers its scale; a NaN
+                # loss is no overflow, and goes to the guard below as in the other precisions.
                 scaler.step(optimizer)
                 scaler.update()
                 bad_in_a_row = 0
@@ -292,7 +299,14 @@ def train(
             if on_step is not None:
                 on_step(step)
             last = step + 1 == t.steps
-            out_of_time = t.max_minutes is not None and seconds() > 60 * t.max_minutes
+            # The budget is this invocation's (a resumed run gets --max-minutes again), and every
+            # rank stops at the same step, as for signals: a rank that went on alone would hang.
+            out_of_time = t.max_minutes is not None and time.perf_counter() - start > 60 * t.max_minutes
+            signum = int(received.get("signal", 0))
+            if world > 1:
+                flags = torch.tensor([float(out_of_time), float(signum)], device=device)
+                dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+                out_of_time, signum = bool(flags[0] > 0), int(flags[1])
             # A run that ends (last step or time budget) logs the steps since its last record too.
             if (step + 1) % t.log_every == 0 or last or (out_of_time and window):
                 record: dict[str, Any] = {"step": step + 1, "seconds": round(seconds(), 3)}
@@ -312,12 +326,12 @@ def train(
                         fh.write(json.dumps(record) + "\n")
                 if on_log is not None:
                     on_log(record)
-            if "signal" in received:
+            if signum:
                 checkpoint()
                 raise TrainingInterruptedError(
-                    f"interrupted by signal {received['signal']} after step {step + 1}; checkpoint written to "
+                    f"interrupted by signal {signum} after step {step + 1}; checkpoint written to "
                     f"{out / 'model.pt'}; continue with --resume",
-                    int(received["signal"]),
+                    signum,
                 )
             if (step + 1) % t.checkpoint_every == 0 and not last:
                 checkpoint()
