@@ -44,6 +44,11 @@ def test_deblur_reference_defaults():
         ({"training": {"seed": -1}}, "training.seed: Input should be greater than or equal to 0"),
         ({"training": {"lr": 1e300}}, "training.lr: Input should be less than or equal to 10"),
         (
+            {"data": {"dead_leaves": 0.1}, "training": {"batch_size": 4}},
+            "data.dead_leaves 0.1 of a batch of 4 rounds to no synthetic patch",
+        ),
+        ({"data": {"dead_leaves": 0.9}, "training": {"batch_size": 2}}, "rounds to 2 synthetic patches, no real image"),
+        (
             {"operator": {"kind": "custom", "target": "ops.py:Scale", "args": {"offset": None}}},
             "operator.args.offset is null, which problem.toml cannot store",
         ),

@@ -353,3 +353,15 @@ def test_a_resume_with_more_steps_takes_its_first_step_on_the_new_schedule(tmp_p
     train(longer, tmp_path / "run", resume=True)
     assert used[0] == pytest.approx(longer.training.lr * loop._lr_lambda(60)(30))
     assert used[0] > 5 * longer.training.lr * loop._lr_lambda(30)(29)  # not the old schedule's floor
+
+
+def test_resume_from_python_refuses_another_definition(tmp_path):
+    from jfb_inverse.errors import UserError
+
+    cfg = resolve_config("deblur", overrides={**TINY, "training": {**TINY["training"], "steps": 3}})
+    train(cfg, tmp_path / "run")
+    noisier = resolve_config("deblur", overrides={**TINY, "noise": {"sigma": 0.2}})
+    with pytest.raises(UserError, match=r"resume: noise.sigma is 0.2 here but 0.01 in the stored run"):
+        train(noisier, tmp_path / "run", resume=True)
+    longer = resolve_config("deblur", overrides={**TINY, "training": {**TINY["training"], "steps": 5}})
+    assert train(longer, tmp_path / "run", resume=True).steps == 5  # steps may change

@@ -292,3 +292,21 @@ class ProblemConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     solver: SolverConfig = Field(default_factory=SolverConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+    @model_validator(mode="after")
+    def _dead_leaves_fit_the_batch(self) -> ProblemConfig:
+        # The fraction is rounded to whole patches of each batch: say so when that leaves none of
+        # one kind, instead of training silently without the synthetic (or the real) images.
+        fraction, batch = self.data.dead_leaves, self.training.batch_size
+        synthetic = round(fraction * batch)
+        if fraction > 0 and synthetic == 0:
+            raise ValueError(
+                f"data.dead_leaves {fraction:g} of a batch of {batch} rounds to no synthetic patch; "
+                f"use at least {1 / batch:.3g} or a larger training.batch_size"
+            )
+        if fraction < 1 and synthetic == batch:
+            raise ValueError(
+                f"data.dead_leaves {fraction:g} of a batch of {batch} rounds to {batch} synthetic patches, no real "
+                f"image; use at most {(batch - 1) / batch:.3g}, 1.0 for synthetic images only, or a larger batch"
+            )
+        return self

@@ -142,6 +142,33 @@ def lipschitz_at_fixed_point(model: torch.nn.Module, y: torch.Tensor, physics: A
             model.precision = precision
 
 
+#: What a resume may change: how long it trains and where.
+RESUMABLE_CHANGES = ("steps", "max_minutes", "device")
+
+
+def _check_same_definition(cfg: ProblemConfig, stored: ProblemConfig) -> None:
+    """A resume continues the stored run: any other change to its definition is refused, named."""
+
+    def flat(values: Any, prefix: str = "") -> dict[str, Any]:
+        if isinstance(values, dict):
+            return {k: v for key, item in values.items() for k, v in flat(item, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: values}
+
+    new, old = flat(cfg.model_dump(mode="json")), flat(stored.model_dump(mode="json"))
+    changed = [
+        key
+        for key in sorted(set(new) | set(old))
+        if new.get(key) != old.get(key) and key not in {f"training.{name}" for name in RESUMABLE_CHANGES}
+    ]
+    if changed:
+        key = changed[0]
+        raise UserError(
+            f"resume: {key} is {new.get(key)!r} here but {old.get(key)!r} in the stored run"
+            f"{f' (and {len(changed) - 1} more)' if len(changed) > 1 else ''}; resume with the stored definition "
+            "(problem.toml) or start a new run"
+        )
+
+
 def train(
     cfg: ProblemConfig,
     out_dir: str | Path,
@@ -183,7 +210,8 @@ def train(
     history: list[dict[str, Any]] = []
     history_path = out / "history.jsonl"
     if resume:
-        payload, _ = load_checkpoint(out / "model.pt", map_location=device)
+        payload, stored = load_checkpoint(out / "model.pt", map_location=device)
+        _check_same_definition(cfg, stored)
         model.load_state_dict(payload["state_dict"])
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
