@@ -365,3 +365,29 @@ def test_resume_from_python_refuses_another_definition(tmp_path):
         train(noisier, tmp_path / "run", resume=True)
     longer = resolve_config("deblur", overrides={**TINY, "training": {**TINY["training"], "steps": 5}})
     assert train(longer, tmp_path / "run", resume=True).steps == 5  # steps may change
+
+
+def test_fp16_resume_carries_the_loss_scale_and_the_guard(tmp_path, monkeypatch):
+    cfg = resolve_config("deblur", overrides={**TINY, "training": {**TINY["training"], "precision": "fp16"}})
+    real_mse = loop.F.mse_loss
+    calls = {"n": 0}
+
+    def one_nan(a, b):  # step 2's loss is NaN: skipped, counted, learning rate halved
+        calls["n"] += 1
+        return real_mse(a, b) * float("nan") if calls["n"] == 2 else real_mse(a, b)
+
+    monkeypatch.setattr(loop.F, "mse_loss", one_nan)
+    full = train(cfg, tmp_path / "full")
+    calls["n"] = 0
+
+    def crash_at_step_10(step: int) -> None:
+        if step == 9:
+            raise CrashError
+
+    with pytest.raises(CrashError):
+        train(cfg, tmp_path / "part", on_step=crash_at_step_10)
+    part = train(cfg, tmp_path / "part", resume=True)
+    assert full.skipped_steps == part.skipped_steps == 1
+    a, b = (load_checkpoint(tmp_path / d / "model.pt")[0] for d in ("full", "part"))
+    assert a["grad_scaler"] == b["grad_scaler"] and a["grad_scaler"]["scale"] > 0
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])

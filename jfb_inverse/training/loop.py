@@ -207,6 +207,7 @@ def train(
     elapsed_before = 0.0
     window_state: list[dict[str, float]] = []
     lipschitz_state: float | None = None
+    guard_state = (0, 0)
     history: list[dict[str, Any]] = []
     history_path = out / "history.jsonl"
     if resume:
@@ -222,6 +223,10 @@ def train(
         elapsed_before = float(payload.get("seconds", 0.0))
         window_state = json.loads(payload.get("log_window", "[]"))
         lipschitz_state = payload.get("lipschitz_pending")
+        # fp16's loss scale and the NaN guard's counters carry on too (absent in older checkpoints).
+        if "grad_scaler" in payload:
+            scaler.load_state_dict(payload["grad_scaler"])
+        guard_state = (int(payload.get("skipped_steps", 0)), int(payload.get("bad_in_a_row", 0)))
         # The learning rate of the next step under this run's schedule: a resume with more --steps
         # stretches the schedule, and the optimiser's stored lr is the old schedule's.
         for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
@@ -242,8 +247,7 @@ def train(
     start = time.perf_counter()
     # Steps since the last log line: saved in checkpoints so a resumed run logs the same averages.
     window: list[dict[str, float]] = window_state
-    skipped = 0
-    bad_in_a_row = 0
+    skipped, bad_in_a_row = guard_state
     # The largest contractivity estimate since the last record (NaN sticks), logged with the next one:
     # with lipschitz_every < log_every several estimates share a record, and none above 1 may be lost.
     lipschitz: float | None = lipschitz_state
@@ -270,6 +274,9 @@ def train(
             seconds=seconds(),
             log_window=json.dumps(window),
             lipschitz_pending=lipschitz,
+            grad_scaler=scaler.state_dict(),
+            skipped_steps=skipped,
+            bad_in_a_row=bad_in_a_row,
             finished=final,
         )
 
