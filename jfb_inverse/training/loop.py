@@ -229,8 +229,8 @@ def train(
         guard_state = (int(payload.get("skipped_steps", 0)), int(payload.get("bad_in_a_row", 0)))
         # The learning rate of the next step under this run's schedule: a resume with more --steps
         # stretches the schedule, and the optimiser's stored lr is the old schedule's.
-        for group, base in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
-            group["lr"] = base * _lr_lambda(t.steps)(scheduler.last_epoch)
+        for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+            group["lr"] = base * factor(scheduler.last_epoch)
         if history_path.is_file():
             history = [json.loads(line) for line in history_path.read_text().splitlines() if line.strip()]
             history = [h for h in history if h["step"] <= first_step]
