@@ -170,3 +170,51 @@ def test_anderson_damps_its_first_step_too():
     u, stats = Anderson(beta=0.5, tol=1e-12, max_iter=2).solve(lambda u: 0.5 * u + 1, torch.zeros(1, 4))
     assert torch.allclose(u, torch.full((1, 4), 1.25))
     assert torch.allclose(stats.residual, torch.tensor([0.6]))
+
+
+def test_residual_is_infinite_whenever_a_norm_is_not_finite():
+    from jfb_inverse.implicit.stats import residual_from_norms
+
+    inf, nan = float("inf"), float("nan")
+    diff = torch.tensor([1.0, nan, 1.0, inf, inf, 0.0, 2.0])
+    scale = torch.tensor([2.0, 1.0, nan, 1.0, inf, inf, 0.0])
+    res = residual_from_norms(diff, scale)
+    # A finite ratio, then every non-finite case as inf: a huge iterate's norm that overflows
+    # (scale inf, diff finite) must not read as converged (ratio 0); a zero scale stays finite.
+    assert res[0] == 0.5
+    assert torch.equal(res[1:6], torch.full((5,), inf))
+    assert torch.isfinite(res[6]) and res[6] > 1e9
+
+
+@pytest.mark.parametrize("make", [Picard, Anderson])
+@pytest.mark.parametrize("lagged", [False, True])
+def test_whole_batch_stop_counts_every_evaluation_for_every_sample(make, lagged):
+    # Sample 1 contracts far more slowly: the batch runs until it converges, and every sample's
+    # iteration count is the number of evaluations (the count is not tracked per iteration).
+    rate = torch.tensor([[0.1], [0.9]])
+    u, stats = make(tol=1e-6, max_iter=500, lagged_stop=lagged).solve(lambda u: rate * u + 1.0, torch.zeros(2, 4))
+    assert torch.allclose(u, 1.0 / (1.0 - rate).expand(2, 4), rtol=1e-4)
+    assert stats.iterations.tolist() == [stats.evaluations] * 2
+    assert stats.trace.shape == (stats.evaluations, 2)
+    assert bool(stats.converged.all())
+
+
+def test_a_diverged_first_iterate_is_never_the_best_one():
+    # f(u0) is inf for sample 1 on the first call (the iteration then stays at inf): a residual of
+    # inf is never an improvement, so sample 1 keeps its finite start and reports inf.
+    calls = [0]
+
+    def f(u):
+        calls[0] += 1
+        out = 0.5 * u + 1.0
+        if calls[0] == 1:
+            out = out.clone()
+            out[1] = float("inf")
+        return out
+
+    for lagged in (False, True):
+        calls[0] = 0
+        u, stats = Picard(tol=1e-12, max_iter=3, lagged_stop=lagged).solve(f, torch.zeros(2, 3))
+        assert torch.equal(u[1], torch.zeros(3))
+        assert float(stats.residual[1]) == float("inf") and not bool(stats.converged[1])
+        assert torch.isfinite(stats.residual[0])

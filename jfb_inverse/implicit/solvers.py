@@ -70,8 +70,12 @@ class _BestIterate:
     def update(self, candidate: Tensor, residual: Tensor, active: Tensor | None = None) -> None:
         """Take the improved samples of ``candidate``; with ``active`` (per-sample stopping), only
         those of the samples still iterating: a frozen sample's candidate may be the non-finite
-        iterate that froze it."""
-        improved = torch.isfinite(residual) & (residual <= self.residual)
+        iterate that froze it.
+
+        ``residual`` is in ``[0, inf]`` (see ``residual_from_norms``); the strict ``<`` against a
+        start of ``inf`` then never takes a diverged candidate, in one kernel (ties keep the earlier
+        iterate)."""
+        improved = residual < self.residual
         if active is not None:
             improved &= active
         if self.copy:
@@ -174,6 +178,11 @@ def _check_output(fu: Tensor, u: Tensor) -> None:
         )
 
 
+def _finished(res: Tensor, tol: float) -> Tensor:
+    """Converged or blown up (``res`` is in ``[0, inf]``): nothing more to gain for that sample."""
+    return (res <= tol) | (res == float("inf"))
+
+
 def _finish(
     best: _BestIterate,
     trace: _Trace,
@@ -249,10 +258,9 @@ class Picard(FixedPointSolver):
             if per_sample:
                 nxt = torch.where(_expand(active, nxt), nxt, u)
                 res = torch.where(active, res, best.residual)
-            iterations += active
+                iterations += active
             trace.append(res)
-            # Converged or blown up: nothing more to gain for that sample.
-            finished = (res <= self.tol) | ~torch.isfinite(res)
+            finished = _finished(res, self.tol)
             best.update(nxt, res, active if per_sample else None)
             u = nxt
             if per_sample:
@@ -262,6 +270,8 @@ class Picard(FixedPointSolver):
                 finished = ~active
             if check(finished):
                 break
+        if not per_sample:
+            iterations.fill_(evaluations)  # every sample ran every iteration
         return _finish(best, trace, iterations, evaluations, self.tol)
 
 
@@ -350,9 +360,10 @@ class Anderson(FixedPointSolver):
                 sub.diagonal(dim1=1, dim2=2).add_((self.lam * scale)[:, None])
                 sol, info = torch.linalg.solve_ex(H[:, : n + 1, : n + 1], rhs[:, : n + 1])
                 weights = sol[:, 1 : n + 1, 0]
-                # A singular or non-finite system: a plain step for that sample (no host sync).
-                bad = (info != 0) | ~torch.isfinite(weights).all(dim=1)
-                weights = torch.where(bad[:, None], plain_steps[prev, :n], weights)
+                # A singular or non-finite system: a plain step for that sample (no host sync). The
+                # sum of |weights| is finite exactly when every weight is (NaN fails `<`).
+                good = (info == 0) & (weights.abs().sum(dim=1) < float("inf"))
+                weights = torch.where(good[:, None], weights, plain_steps[prev, :n])
                 target = X[cur] if mix is None else mix
                 torch.bmm(weights[:, None], F[:n].transpose(0, 1), out=target[:, None])
                 if mix_x is not None:
@@ -376,16 +387,18 @@ class Anderson(FixedPointSolver):
             res = residual_from_norms(gram[:, cur, cur].clamp_min(0).sqrt(), _norms(F[cur]))
             if per_sample:
                 res = torch.where(active, res, best.residual)
-            iterations += active
+                iterations += active
             trace.append(res)
             prev = cur
-            finished = (res <= self.tol) | ~torch.isfinite(res)
+            finished = _finished(res, self.tol)
             best.update(F[cur].view(shape), res, active if per_sample else None)
             if per_sample:
                 active = active & ~finished
                 finished = ~active  # as in Picard
             if check(finished):
                 break
+        if not per_sample:
+            iterations.fill_(evaluations)
         return _finish(best, trace, iterations, evaluations, self.tol)
 
 
