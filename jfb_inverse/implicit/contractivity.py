@@ -47,6 +47,7 @@ def lipschitz_estimate(fn: FixedPointMap, u: Tensor, n_iter: int = 20, seed: int
     precision), ``J^T w`` one first-order VJP: no double backward, which some operators lack
     (CT's Radon transform on CUDA: deepinv records its adjoint's VJP graph once, with cuDNN's grid
     sampler in it, whose backward has no derivative and refuses to run with cuDNN switched off).
+    The start ``v`` is a seeded draw, the same on every device.
     The step is small because the trained maps have kinks (ReLU): on the shipped models a step of
     ``1e-3 ||u||`` read 1-4% low, ``1e-5 ||u||`` matched the exact double-VJP estimate to 0.2%
     in float32. So ``fn`` must compute in ``u``'s precision: TF32 convolutions and matrix products
@@ -54,7 +55,9 @@ def lipschitz_estimate(fn: FixedPointMap, u: Tensor, n_iter: int = 20, seed: int
     bf16/fp16 autocast must not be passed (rounding then swamps the difference: 7.8 instead of
     1.04 seen with bf16; ``jfb_inverse.training.loop.lipschitz_at_fixed_point`` measures fp32).
     """
-    generator = torch.Generator(device=u.device).manual_seed(seed)
+    # The start is drawn on the CPU and moved: a CUDA generator draws other numbers for the same
+    # seed, and ten power iterations from another start read ~3% apart on the shipped CT model.
+    generator = torch.Generator().manual_seed(seed)
     u = u.detach()
     shape = (-1, *([1] * (u.dim() - 1)))
     rel_step = max(1e-5, 10 * torch.finfo(u.dtype).eps)
@@ -64,7 +67,8 @@ def lipschitz_estimate(fn: FixedPointMap, u: Tensor, n_iter: int = 20, seed: int
         with torch.enable_grad():
             u_grad = u.clone().requires_grad_()
             out = fn(u_grad)  # one graph, reused for every J^T w
-        v = torch.randn(u.shape, generator=generator, device=u.device, dtype=u.dtype)
+        draw_dtype = u.dtype if u.dtype in (torch.float32, torch.float64) else torch.float32
+        v = torch.randn(u.shape, generator=generator, dtype=draw_dtype).to(u)
         sigma = torch.zeros(u.shape[0], device=u.device)
         for _ in range(n_iter):
             v = v / (v.reshape(batch, -1).norm(dim=1).view(shape) + 1e-30)
