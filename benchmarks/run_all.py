@@ -9,7 +9,8 @@ Writes one JSON + PNG per benchmark under the output folder, then ``summary.json
 - ``quality``: held-out PSNR against time, JFB vs ImplicitDiff (time_to_quality.py);
 - ``deepinv``: ours vs deepinv's DEQ-PGD with JFB (vs_deepinv.py);
 - ``malloc``: glibc allocator thresholds (malloc_env.py, CPU only);
-- ``hot_path``: profiles, solver overhead, grad mode, regulariser variants (profile_hot_path.py).
+- ``hot_path``: profiles, solver overhead, grad mode, regulariser variants (profile_hot_path.py);
+- ``kernels``: the solvers' own kernels and time per iteration on a one-kernel map (solver_kernels.py).
 
 Problems: ``deblur`` always; ``ct`` for items 1-3 when registered (skipped with a note otherwise).
 ``--quick``: tiny sizes, few repeats, CT only for the step benchmark, no torch.compile: a smoke
@@ -32,7 +33,7 @@ from typing import Any
 import benchlib
 import torch
 
-ITEMS = ("step", "memory", "solver", "quality", "deepinv", "malloc", "hot_path")
+ITEMS = ("step", "memory", "solver", "quality", "deepinv", "malloc", "hot_path", "kernels")
 KEYS = ("machine", "options", "results", "skipped", "errors", "table", "seconds")
 
 
@@ -58,6 +59,7 @@ def run_all(
     import memory
     import profile_hot_path
     import solver_convergence
+    import solver_kernels
     import time_to_quality
     import training_step
     import vs_deepinv
@@ -137,6 +139,8 @@ def run_all(
             skipped["malloc"] = "CPU allocator check: not run on CUDA"
     if "hot_path" in items:
         attempt("hot_path", lambda: profile_hot_path.run(dev, quick, out, compile_it=not quick))
+    if "kernels" in items:
+        attempt("kernels", lambda: solver_kernels.run(dev, quick, out, repeats))
     table = headline_table(results)
     summary = {
         "machine": benchlib.finish_info(info),

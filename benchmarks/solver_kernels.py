@@ -31,6 +31,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from jfb_inverse.implicit import Anderson, Picard
 
+KEYS = ("benchmark", "machine", "setup", "map_only_us_per_iteration", "solvers")
+
 # Operators that only make views, allocate or wrap a scalar: no kernel runs.
 NO_KERNEL = {
     "aten::as_strided", "aten::view", "aten::select", "aten::slice", "aten::reshape", "aten::expand",

@@ -149,3 +149,19 @@ def test_tune_malloc_is_safe_to_call():
 
     assert isinstance(runtime.tune_malloc(), bool)
     assert isinstance(runtime.release_memory(), bool)
+
+
+def test_solver_kernels_counts_the_bookkeeping(tmp_path, _one_thread):
+    import solver_kernels
+
+    payload = solver_kernels.run("cpu", quick=True, out=tmp_path, repeats=1)
+    assert set(solver_kernels.KEYS) <= payload.keys()
+    rows = payload["solvers"]
+    assert set(rows) == {f"{s}_{t}" for s in ("picard", "picard_sample", "anderson") for t in ("lagged", "sync")}
+    # Deterministic counts, not times: a Picard iteration's residual, best iterate, trace and stop
+    # test take about 23 operators here (48 before the tenth session's change); per-sample
+    # stopping adds its masks, Anderson its Gram row and small solve.
+    picard = rows["picard_lagged"]["ops_per_iteration"]
+    assert 5 < picard <= 30
+    assert rows["picard_sample_lagged"]["ops_per_iteration"] > picard
+    assert rows["anderson_lagged"]["ops_per_iteration"] > picard
