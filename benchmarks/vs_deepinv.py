@@ -198,6 +198,10 @@ def run(
         return infer
 
     variants = gpu_variants(ours, K, device)
+    with torch.no_grad():  # each variant computes what ours does (eval mode, K+1 applications)
+        check["variants_max_abs_diff"] = {
+            k: float((m.eval()(y, physics) - inf_ours).abs().max()) for k, m in variants.items()
+        }
     train_times = benchlib.alternate(
         {
             "ours": train_step(ours, opt_ours),
@@ -284,6 +288,8 @@ GPU_VARIANTS = {
     "(lagged_stop=False, as before the lagged check)",
     "ours_contiguous": "ours with the regulariser in PyTorch's default layout (model.memory_format='contiguous'; "
     "'auto' is channels-last on CUDA GPUs of compute capability 8.0+ since the eighth session)",
+    "ours_cuda_graph": "ours with T recorded once per solve as a CUDA graph and replayed (cuda_graph=True; "
+    "the training step's one tracked application of T and its backward run eagerly)",
 }
 
 
@@ -298,7 +304,10 @@ def gpu_variants(ours: nn.Module, depth: int, device: torch.device) -> dict[str,
     synced.eval_solver = Picard(tol=benchlib.TINY_TOL, max_iter=depth + 1, lagged_stop=False)
     contiguous = copy.deepcopy(ours)
     apply_memory_format(contiguous.regularizer, "contiguous", device)
-    return {"ours_synced_stop": synced, "ours_contiguous": contiguous}
+    graphed = copy.deepcopy(ours)
+    graphed.solver = Picard(tol=benchlib.TINY_TOL, max_iter=depth, cuda_graph=True)
+    graphed.eval_solver = Picard(tol=benchlib.TINY_TOL, max_iter=depth + 1, cuda_graph=True)
+    return {"ours_synced_stop": synced, "ours_contiguous": contiguous, "ours_cuda_graph": graphed}
 
 
 def plot_pair(payload: dict[str, Any], path: Path) -> None:

@@ -103,3 +103,77 @@ def test_lipschitz_estimate_on_cuda_matches_the_cpu(name):
         model, _, cache = load_model(name, device)
         estimates[device] = lipschitz_at_fixed_point(model, y.to(device), cache.for_image(tuple(x.shape[1:])))
     assert estimates["cuda"] == pytest.approx(estimates["cpu"], rel=0.02)
+
+
+def _conv_contraction(device: str = "cuda"):
+    """A small convolutional contraction with an FFT in it (as the deblur T has), and a counter of
+    its Python-level calls: a replayed CUDA graph does not run the Python."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 8, 3, padding=1, device=device)
+    back = torch.nn.Conv2d(8, 1, 3, padding=1, device=device)
+    with torch.no_grad():
+        back.weight.mul_(0.1)
+    b = torch.rand(4, 1, 32, 32, device=device)
+    calls = [0]
+
+    def f(u):
+        calls[0] += 1
+        smooth = torch.fft.irfft2(torch.fft.rfft2(u) * 0.5, s=u.shape[-2:])
+        return smooth + back(torch.relu(conv(u))) + b
+
+    return f, b, calls
+
+
+@pytest.mark.parametrize("make", [Picard, Anderson])
+def test_cuda_graph_replays_the_map_and_matches_eager_solves(make):
+    f, b, calls = _conv_contraction()
+    eager_u, eager = make(tol=1e-6, max_iter=200).solve(f, torch.zeros_like(b))
+    calls[0] = 0
+    graph_u, graphed = make(tol=1e-6, max_iter=200, cuda_graph=True).solve(f, torch.zeros_like(b))
+    assert graphed.evaluations == eager.evaluations > 5
+    assert calls[0] == 2  # the warm-up and the recording; every later application was a replay
+    assert torch.allclose(graph_u, eager_u, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(graphed.residual, eager.residual, rtol=1e-3, atol=1e-9)
+
+
+def test_cuda_graph_falls_back_to_eager_for_a_map_that_reads_the_host():
+    f, b, _ = _conv_contraction()
+
+    def syncing(u):
+        if float(u.abs().max()) > 1e9:  # a host read: cannot be recorded
+            raise AssertionError
+        return f(u)
+
+    eager_u, _ = Picard(tol=1e-6, max_iter=200).solve(syncing, torch.zeros_like(b))
+    with pytest.warns(RuntimeWarning, match="could not be recorded"):
+        graph_u, stats = Picard(tol=1e-6, max_iter=200, cuda_graph=True).solve(syncing, torch.zeros_like(b))
+    assert bool(stats.converged.all())
+    assert torch.allclose(graph_u, eager_u, rtol=1e-5, atol=1e-6)
+    # The CUDA context is usable after the failed recording.
+    assert float((torch.ones(3, device="cuda") * 2).sum()) == 6.0
+
+
+def test_cuda_graph_in_the_model_matches_reconstructions_and_jfb_gradients():
+    # solver.cuda_graph from the problem definition: the same reconstruction in eval mode (under
+    # inference_mode, as the CLI runs it) and the same JFB gradient in a training step.
+    cfg = resolve_config("deblur", overrides={"solver": {"name": "picard", "max_iter": 15, "eval_max_iter": 30}})
+    graph_cfg = cfg.model_copy(update={"solver": cfg.solver.model_copy(update={"cuda_graph": True})})
+    x = torch.rand(4, 1, 64, 64, device="cuda")
+    results = {}
+    for name, c in (("eager", cfg), ("graph", graph_cfg)):
+        torch.manual_seed(0)
+        model, cache = build_model(c, "cuda")
+        assert model.solver.cuda_graph == (name == "graph") and model.eval_solver.cuda_graph == (name == "graph")
+        p = cache.for_image((1, 64, 64))
+        y = simulate(x, p, cfg.noise, torch.Generator(device="cuda").manual_seed(0))
+        model.eval()
+        with torch.inference_mode():
+            rec = model(y, p)
+        model.train()
+        torch.nn.functional.mse_loss(model(y, p), x).backward()
+        grads = torch.cat([q.grad.flatten() for q in model.parameters() if q.grad is not None])
+        results[name] = (rec, grads, model.last_stats.evaluations)
+    (rec_e, grad_e, ev_e), (rec_g, grad_g, ev_g) = results["eager"], results["graph"]
+    assert ev_e == ev_g
+    assert torch.allclose(rec_g, rec_e, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(grad_g, grad_e, rtol=1e-3, atol=1e-6)

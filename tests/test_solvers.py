@@ -218,3 +218,12 @@ def test_a_diverged_first_iterate_is_never_the_best_one():
         assert torch.equal(u[1], torch.zeros(3))
         assert float(stats.residual[1]) == float("inf") and not bool(stats.converged[1])
         assert torch.isfinite(stats.residual[0])
+
+
+@pytest.mark.parametrize("make", [Picard, Anderson])
+def test_cuda_graph_is_ignored_off_cuda(make, linear_contraction):
+    # The option only changes how f runs on a CUDA device; on the CPU the solve is the same one.
+    w, b = linear_contraction
+    plain_u, plain = make(tol=1e-8, max_iter=500).solve(lambda u: u @ w.T + b, torch.zeros_like(b))
+    graph_u, graphed = make(tol=1e-8, max_iter=500, cuda_graph=True).solve(lambda u: u @ w.T + b, torch.zeros_like(b))
+    assert torch.equal(graph_u, plain_u) and graphed.evaluations == plain.evaluations

@@ -24,10 +24,14 @@ floating point, and Anderson's small least-squares solve needs float32 or float6
 
 On CUDA the stop test reads the previous iteration's flags (``lagged_stop``, see ``_StopCheck``):
 the host never waits for the device inside the loop, and a solve may run one iteration more.
+``cuda_graph=True`` (CUDA only, off by default) records ``f`` once per solve as a CUDA graph and
+replays it (see ``_GraphedMap``): for small images, where launching kernels costs more than running
+them.
 """
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -130,6 +134,79 @@ class _StopCheck:
         return stop
 
 
+class _GraphedMap:
+    """``f`` replayed from a CUDA graph: one launch per application instead of one per kernel.
+
+    Recorded once per solve, so a graph never outlives the measurements, weights and physics it
+    read. Call 1 runs ``f`` eagerly on a side stream (the warm-up CUDA graphs need: cuDNN, cuBLAS
+    and cuFFT set up their plans and workspaces there); call 2 records ``f`` on a static input and
+    replays it; later calls copy their input in and replay. Each call returns a copy of the graph's
+    output buffer, which the next replay overwrites (Picard's next input is this call's output).
+
+    A map that cannot be recorded (it reads a value on the host, say) runs eagerly from then on,
+    with a warning that names the error: the solve's result is the same, only slower.
+    """
+
+    def __init__(self, f: FixedPointMap) -> None:
+        self.f = f
+        self.calls = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.failed = False
+        self.static_in: Tensor | None = None
+        self.static_out: Tensor | None = None
+
+    def __call__(self, u: Tensor) -> Tensor:
+        self.calls += 1
+        if self.failed:
+            return self.f(u)
+        if self.calls == 1:
+            current = torch.cuda.current_stream(u.device)
+            side = torch.cuda.Stream(u.device)
+            side.wait_stream(current)
+            with torch.cuda.stream(side):
+                out = self.f(u)
+            current.wait_stream(side)
+            out.record_stream(current)  # used on the current stream from here: no early reuse
+            return out
+        if self.graph is None:
+            return self._record(u)
+        assert self.static_in is not None and self.static_out is not None
+        self.static_in.copy_(u)
+        self.graph.replay()
+        return self.static_out.clone()
+
+    def _record(self, u: Tensor) -> Tensor:
+        self.static_in = u.clone()
+        graph = torch.cuda.CUDAGraph()
+        stream = torch.cuda.current_stream(u.device)
+        try:
+            with torch.cuda.graph(graph):
+                self.static_out = self.f(self.static_in)
+        except Exception as exc:  # any failure to record: fall back to eager calls
+            # The graph context leaves its capture stream current when ending the capture fails.
+            torch.cuda.set_stream(stream)
+            torch.cuda.synchronize(u.device)
+            self.failed = True
+            self.static_in = self.static_out = None
+            warnings.warn(
+                f"cuda_graph: the map could not be recorded as a CUDA graph ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}); it runs eagerly (same result, slower)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return self.f(u)
+        self.graph = graph
+        graph.replay()  # recording runs nothing: this is the call's result
+        return self.static_out.clone()
+
+
+def _maybe_graphed(f: FixedPointMap, u0: Tensor, cuda_graph: bool) -> FixedPointMap:
+    """``f`` as a :class:`_GraphedMap` when asked for and the iterates live on a CUDA device."""
+    if cuda_graph and u0.device.type == "cuda":
+        return _GraphedMap(f)
+    return f
+
+
 class _Trace:
     """The residual of every iteration, written into one buffer allocated up front.
 
@@ -226,6 +303,7 @@ class Picard(FixedPointSolver):
     max_iter: int = 50
     stop: StopRule = "batch"
     lagged_stop: bool | None = None  # None: on CUDA (see _StopCheck)
+    cuda_graph: bool = False  # replay f from a CUDA graph (CUDA only, see _GraphedMap)
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha <= 1:
@@ -235,6 +313,7 @@ class Picard(FixedPointSolver):
     def solve(self, f: FixedPointMap, u0: Tensor) -> tuple[Tensor, SolverStats]:
         """Run the (relaxed) Picard iteration from ``u0``."""
         _validate(u0, self.tol, self.max_iter)
+        f = _maybe_graphed(f, u0, self.cuda_graph)
         u = u0
         batch = u.shape[0]
         active = torch.ones(batch, dtype=torch.bool, device=u.device)
@@ -293,6 +372,7 @@ class Anderson(FixedPointSolver):
     max_iter: int = 50
     stop: StopRule = "batch"
     lagged_stop: bool | None = None  # None: on CUDA (see _StopCheck)
+    cuda_graph: bool = False  # replay f from a CUDA graph (CUDA only, see _GraphedMap)
 
     def __post_init__(self) -> None:
         if self.m < 1:
@@ -306,6 +386,7 @@ class Anderson(FixedPointSolver):
     def solve(self, f: FixedPointMap, u0: Tensor) -> tuple[Tensor, SolverStats]:
         """Run Anderson acceleration from ``u0``."""
         _validate(u0, self.tol, self.max_iter)
+        f = _maybe_graphed(f, u0, self.cuda_graph)
         if u0.dtype not in (torch.float32, torch.float64):
             raise ValueError(
                 f"Anderson needs float32 or float64 iterates (its mixing weights come from a small linear "

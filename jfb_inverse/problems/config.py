@@ -235,7 +235,11 @@ class ModelConfig(_Strict):
 
 
 class SolverConfig(_Strict):
-    """The forward fixed-point solver (``anderson`` or ``picard``) and its stopping rule."""
+    """The forward fixed-point solver (``anderson`` or ``picard``) and its stopping rule.
+
+    ``cuda_graph``: on a CUDA device, record ``T`` once per solve as a CUDA graph and replay it
+    (small images, where kernel launches bound an iteration; ignored on the CPU).
+    """
 
     name: Literal["anderson", "picard"] = "anderson"
     tol: PositiveFloat = 1e-3
@@ -244,6 +248,7 @@ class SolverConfig(_Strict):
     alpha: Annotated[float, Field(gt=0, le=1)] = 1.0
     eval_tol: PositiveFloat = 1e-4
     eval_max_iter: PositiveInt = 100
+    cuda_graph: bool = False
 
 
 #: Autocast precisions of the learned regulariser (``auto``: see :mod:`jfb_inverse.models.precision`).
