@@ -4,6 +4,7 @@ the same global batch, and a failing rank stops the whole run instead of hanging
 from __future__ import annotations
 
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -70,6 +71,31 @@ def test_a_failing_rank_stops_the_whole_run(tmp_path):
     )
     assert result.returncode != 0
     assert "simulated failure on rank 1" in result.stderr
+
+
+def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    # Rank 0 alone receives SIGINT mid-step: the ranks agree (an all_reduce of the flag) and both
+    # stop after the same step with the interruption message, where rank 1 used to go on alone
+    # into a collective that rank 0 had left.
+    config = tmp_path / "run.toml"
+    config.write_text(CONFIG.replace('problem = "deblur"\n', "").replace("steps = 4", "steps = 200"))
+    result = run_train(
+        [
+            "--config",
+            str(config),
+            "--operator",
+            str(ROOT / "tests" / "ops_rank_signal.py") + ":SignalsRankZero",
+            "--trust-operator",
+            "--out",
+            str(tmp_path / "sig"),
+            "--nproc",
+            "2",
+        ],
+        timeout=200,
+    )
+    steps = re.findall(r"interrupted by signal 2 after step (\d+)", result.stdout + result.stderr)
+    assert len(steps) == 2 and steps[0] == steps[1], (result.stdout + result.stderr)[-3000:]
+    assert torch.load(tmp_path / "sig" / "model.pt", weights_only=True)["step"] == int(steps[0]) < 200
 
 
 @pytest.mark.parametrize("flag", ["--nproc=2", "--nproc"])
