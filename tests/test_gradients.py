@@ -157,3 +157,23 @@ def test_unrolled_and_lipschitz_on_one_dimensional_iterates():
 
     u = torch.rand(4, dtype=torch.float64)
     assert torch.allclose(lipschitz_estimate(lambda u: 0.5 * u, u), torch.full((4,), 0.5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("strategy", [JFB(), JFBk(k=2), ImplicitDiff("picard", tol=1e-8, max_iter=300)])
+def test_spectral_norm_weights_are_fixed_within_a_training_solve(strategy):
+    # torch's spectral norm runs a power-iteration step at every forward in training mode; within a
+    # solve T must be one map, so the weight is computed once for the whole no-grad solve, and
+    # again (with autograd) for the tracked applications after it.
+    torch.manual_seed(0)
+    layer = torch.nn.utils.parametrizations.spectral_norm(torch.nn.Linear(6, 6, bias=False))
+    layer.train()
+    calls = [0]
+    layer.parametrizations.weight[0].register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    b = torch.randn(3, 6)
+    fn = lambda u: 0.8 * layer(u) + b  # noqa: E731 - a contraction: ||0.8 W|| = 0.8
+    u, stats = fixed_point(fn, torch.zeros(3, 6), Picard(tol=1e-6, max_iter=300), strategy)
+    tracked = stats.evaluations - int(stats.iterations.max())
+    assert stats.all_converged and int(stats.iterations.max()) > 5
+    assert calls[0] == 1 + tracked  # once for the solve, once per tracked application
+    u.sum().backward()
+    assert float(layer.parametrizations.weight.original.grad.abs().sum()) > 0
