@@ -153,6 +153,7 @@ def test_cuda_graph_falls_back_to_eager_for_a_map_that_reads_the_host():
     assert float((torch.ones(3, device="cuda") * 2).sum()) == 6.0
 
 
+@pytest.mark.filterwarnings("error:cuda_graph")  # a silent fallback to eager calls fails this test
 def test_cuda_graph_in_the_model_matches_reconstructions_and_jfb_gradients():
     # solver.cuda_graph from the problem definition: the same reconstruction in eval mode (under
     # inference_mode, as the CLI runs it) and the same JFB gradient in a training step.

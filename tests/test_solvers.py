@@ -227,3 +227,14 @@ def test_cuda_graph_is_ignored_off_cuda(make, linear_contraction):
     plain_u, plain = make(tol=1e-8, max_iter=500).solve(lambda u: u @ w.T + b, torch.zeros_like(b))
     graph_u, graphed = make(tol=1e-8, max_iter=500, cuda_graph=True).solve(lambda u: u @ w.T + b, torch.zeros_like(b))
     assert torch.equal(graph_u, plain_u) and graphed.evaluations == plain.evaluations
+
+
+@pytest.mark.parametrize("make", [Picard, Anderson])
+def test_half_precision_norms_that_sum_past_the_range_still_converge(make):
+    # fp16: two finite norms whose sum overflows (65504) must not read as a diverged iterate.
+    if make is Anderson:
+        pytest.skip("Anderson refuses half precision")
+    target = torch.full((1, 4096), 1000.0, dtype=torch.float16)  # ||target|| = 64000
+    u, stats = make(tol=1e-2, max_iter=50).solve(lambda u: 0.4 * u + 0.6 * target, torch.zeros_like(target))
+    assert bool(stats.converged.all()) and stats.evaluations > 1
+    assert torch.allclose(u.float(), target.float(), rtol=2e-2)

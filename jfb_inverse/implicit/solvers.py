@@ -180,7 +180,8 @@ class _GraphedMap:
         graph = torch.cuda.CUDAGraph()
         stream = torch.cuda.current_stream(u.device)
         try:
-            with torch.cuda.graph(graph):
+            # On u's device (a capture stream of the current device would record nothing of f).
+            with torch.cuda.device(u.device), torch.cuda.graph(graph):
                 self.static_out = self.f(self.static_in)
         except Exception as exc:  # any failure to record: fall back to eager calls
             # The graph context leaves its capture stream current when ending the capture fails.
@@ -442,8 +443,8 @@ class Anderson(FixedPointSolver):
                 sol, info = torch.linalg.solve_ex(H[:, : n + 1, : n + 1], rhs[:, : n + 1])
                 weights = sol[:, 1 : n + 1, 0]
                 # A singular or non-finite system: a plain step for that sample (no host sync). The
-                # sum of |weights| is finite exactly when every weight is (NaN fails `<`).
-                good = (info == 0) & (weights.abs().sum(dim=1) < float("inf"))
+                # largest |weight| is finite exactly when every weight is (NaN fails `<`).
+                good = (info == 0) & (weights.abs().amax(dim=1) < float("inf"))
                 weights = torch.where(good[:, None], weights, plain_steps[prev, :n])
                 target = X[cur] if mix is None else mix
                 torch.bmm(weights[:, None], F[:n].transpose(0, 1), out=target[:, None])

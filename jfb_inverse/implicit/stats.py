@@ -61,7 +61,9 @@ def relative_residual(fu: Tensor, u: Tensor, eps: float = 1e-12) -> Tensor:
 
 def residual_from_norms(diff: Tensor, scale: Tensor, eps: float = 1e-12) -> Tensor:
     """``diff / (scale + eps)`` per sample, ``inf`` where either norm is not finite (see :func:`relative_residual`)."""
+    # eps must not round to 0 (fp16: 1e-12 does, and 0/0 would be NaN for an exact zero fixed point).
+    eps = max(eps, torch.finfo(scale.dtype).tiny) if scale.is_floating_point() else eps
     res = diff / (scale + eps)
-    # One test for both norms: being >= 0, their sum is finite exactly when each is (NaN fails `<`).
+    # One test for both norms (NaN fails `<`); their maximum, not their sum, which overflows in fp16.
     # Fewer kernels than two isfinite calls (each is four), which counts inside a GPU solver loop.
-    return torch.where(diff + scale < float("inf"), res, float("inf"))
+    return torch.where(torch.maximum(diff, scale) < float("inf"), res, float("inf"))
