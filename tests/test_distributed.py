@@ -53,22 +53,16 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert (tmp_path / "ddp" / "history.jsonl").read_text().count("\n") == 2
 
 
-def test_a_failing_rank_stops_the_whole_run(tmp_path):
+def run_custom_operator_on_two_ranks(tmp_path: pathlib.Path, operator: str, *extra: str) -> subprocess.CompletedProcess:
+    """A 200-step run on 2 ranks with a test operator (``tests/FILE:CLASS``), written to ``tmp_path/run``."""
     config = tmp_path / "run.toml"
     config.write_text(CONFIG.replace('problem = "deblur"\n', "").replace("steps = 4", "steps = 200"))
-    result = run_train(
-        [
-            "--config",
-            str(config),
-            "--operator",
-            str(ROOT / "tests" / "ops_rank_failure.py") + ":FailsOnRankOne",
-            "--out",
-            str(tmp_path / "fail"),
-            "--nproc",
-            "2",
-        ],
-        timeout=200,
-    )
+    args = ["--config", str(config), "--operator", str(ROOT / "tests" / operator), *extra]
+    return run_train([*args, "--out", str(tmp_path / "run"), "--nproc", "2"], timeout=200)
+
+
+def test_a_failing_rank_stops_the_whole_run(tmp_path):
+    result = run_custom_operator_on_two_ranks(tmp_path, "ops_rank_failure.py:FailsOnRankOne")
     assert result.returncode != 0
     assert "simulated failure on rank 1" in result.stderr
 
@@ -77,25 +71,10 @@ def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     # Rank 0 alone receives SIGINT mid-step: the ranks agree (an all_reduce of the flag) and both
     # stop after the same step with the interruption message, where rank 1 used to go on alone
     # into a collective that rank 0 had left.
-    config = tmp_path / "run.toml"
-    config.write_text(CONFIG.replace('problem = "deblur"\n', "").replace("steps = 4", "steps = 200"))
-    result = run_train(
-        [
-            "--config",
-            str(config),
-            "--operator",
-            str(ROOT / "tests" / "ops_rank_signal.py") + ":SignalsRankZero",
-            "--trust-operator",
-            "--out",
-            str(tmp_path / "sig"),
-            "--nproc",
-            "2",
-        ],
-        timeout=200,
-    )
+    result = run_custom_operator_on_two_ranks(tmp_path, "ops_rank_signal.py:SignalsRankZero", "--trust-operator")
     steps = re.findall(r"interrupted by signal 2 after step (\d+)", result.stdout + result.stderr)
     assert len(steps) == 2 and steps[0] == steps[1], (result.stdout + result.stderr)[-3000:]
-    assert torch.load(tmp_path / "sig" / "model.pt", weights_only=True)["step"] == int(steps[0]) < 200
+    assert torch.load(tmp_path / "run" / "model.pt", weights_only=True)["step"] == int(steps[0]) < 200
 
 
 @pytest.mark.parametrize("flag", ["--nproc=2", "--nproc"])
