@@ -104,10 +104,15 @@ def build_model(cfg: ProblemConfig, device: torch.device | str = "cpu") -> tuple
     m = cfg.model
     channels = cfg.data.channels
     regularizer: SmoothingResidual
+    context = channels if m.input_injection else 0
     if m.arch == "unet":
-        regularizer = SmoothingResidualUNet(channels, width=m.width, spectral_norm=m.spectral_norm)
+        regularizer = SmoothingResidualUNet(
+            channels, width=m.width, spectral_norm=m.spectral_norm, context_channels=context
+        )
     else:
-        regularizer = SmoothingResidualCNN(channels, width=m.width, depth=m.depth, spectral_norm=m.spectral_norm)
+        regularizer = SmoothingResidualCNN(
+            channels, width=m.width, depth=m.depth, spectral_norm=m.spectral_norm, context_channels=context
+        )
     apply_memory_format(regularizer, m.memory_format, device)
     model = ImplicitReconstructor(
         regularizer,
@@ -122,5 +127,6 @@ def build_model(cfg: ProblemConfig, device: torch.device | str = "cpu") -> tuple
         physics_factory=physics.for_measurement,
         precision=cfg.training.precision,
         equivariance=m.equivariance,
+        input_injection=m.input_injection,
     )
     return model.to(device), physics

@@ -47,16 +47,24 @@ def group_elements(group: Equivariance) -> tuple[tuple[int, bool], ...]:
         raise ValueError(f"unknown equivariance {group!r}; choose one of {sorted(GROUPS)}") from None
 
 
-def symmetrize(fn: Callable[[Tensor], Tensor], group: Equivariance) -> Callable[[Tensor], Tensor]:
-    """``v -> mean over g of g^{-1} fn(g v)`` for the ``group`` (``"none"`` returns ``fn`` itself)."""
+def symmetrize(
+    fn: Callable[..., Tensor], group: Equivariance, context: Tensor | None = None
+) -> Callable[[Tensor], Tensor]:
+    """``v -> mean over g of g^{-1} fn(g v)`` for the ``group`` (``"none"``: ``fn`` itself).
+
+    With a ``context`` (a regulariser with input injection), ``fn`` is called as ``fn(v, context)``
+    and the context is turned with ``v``: ``mean over g of g^{-1} fn(g v, g context)``.
+    """
     elements = group_elements(group)
     if len(elements) == 1:
-        return fn
+        return fn if context is None else (lambda v: fn(v, context))
+    # Turned once per solve, not once per iteration: the context does not change.
+    contexts = [() if context is None else (_apply(context, turns, flip),) for turns, flip in elements]
 
     def averaged(v: Tensor) -> Tensor:
         total: Tensor | None = None
-        for turns, flip in elements:
-            out = _invert(fn(_apply(v, turns, flip)), turns, flip)
+        for (turns, flip), extra in zip(elements, contexts, strict=True):
+            out = _invert(fn(_apply(v, turns, flip), *extra), turns, flip)
             total = out if total is None else total + out
         assert total is not None
         return total / len(elements)

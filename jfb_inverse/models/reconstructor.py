@@ -39,7 +39,10 @@ class ImplicitReconstructor(Reconstructor):
     group of quarter-turns and flips inside ``T`` in eval mode only (see
     :mod:`jfb_inverse.models.equivariance`); training always uses the plain ``D``. The class
     default is ``none`` because a ``D`` of your own may not accept a turned (H <-> W) input; the
-    problem definitions default to ``rotations`` (``model.equivariance``). Works on any
+    problem definitions default to ``rotations`` (``model.equivariance``). With
+    ``input_injection``, ``D`` is called as ``D(v, u0)`` with the start ``u0`` (which depends on
+    ``y`` only) as a context, e.g. a :class:`SmoothingResidual` with ``context_channels``; a
+    start passed to :meth:`forward` changes where the iteration begins, not the context. Works on any
     image size (fully convolutional); with ``physics=None`` the physics is built for the
     measurement's shape by ``physics_factory``. ``last_stats`` holds the solver statistics of the
     last call.
@@ -68,6 +71,7 @@ class ImplicitReconstructor(Reconstructor):
         physics_factory: PhysicsFactory | None = None,
         precision: Precision = "fp32",
         equivariance: Equivariance = "none",
+        input_injection: bool = False,
     ) -> None:
         super().__init__()
         group_elements(equivariance)  # fail at construction, not at the first evaluation
@@ -86,6 +90,7 @@ class ImplicitReconstructor(Reconstructor):
         self.physics_factory = physics_factory
         self.precision = precision
         self.equivariance: Equivariance = equivariance
+        self.input_injection = input_injection
         self.last_stats: SolverStats | None = None
 
     @property
@@ -119,22 +124,24 @@ class ImplicitReconstructor(Reconstructor):
         physics, img_size = self._physics_for(y, physics)
         step = make_step(self.step_kind, physics, img_size)
         consistency = step.bind(y, self.eta)
-        reg = self._regularizer_in_precision(y.device)
-        if not self.training:
-            reg = symmetrize(reg, self.equivariance)
-        if self.step_kind in ("ffpn", "filtered"):
-            fn: FixedPointMap = lambda u: consistency(reg(u))  # noqa: E731
-        else:
-            fn = lambda u: reg(consistency(u))  # noqa: E731
         with torch.no_grad():
             if self.init == "tikhonov":
                 tikhonov = make_step("prox", physics, img_size).bind(y, 1.0 / self.init_lam)
                 u0 = tikhonov(torch.zeros((y.shape[0], *img_size), device=y.device, dtype=y.dtype))
             else:
                 u0 = physics.A_adjoint(y)
+        # Input injection: D also sees the start, which depends on y only (not on u).
+        context = u0 if self.input_injection else None
+        reg = symmetrize(
+            self._regularizer_in_precision(y.device), "none" if self.training else self.equivariance, context
+        )
+        if self.step_kind in ("ffpn", "filtered"):
+            fn: FixedPointMap = lambda u: consistency(reg(u))  # noqa: E731
+        else:
+            fn = lambda u: reg(consistency(u))  # noqa: E731
         return fn, u0
 
-    def _regularizer_in_precision(self, device: torch.device) -> Callable[[Tensor], Tensor]:
+    def _regularizer_in_precision(self, device: torch.device) -> Callable[..., Tensor]:
         """``D`` under autocast when a lower precision is asked for (``auto``: see
         :mod:`jfb_inverse.models.precision`); its output is cast back to fp32 so the consistency
         step and the solver's residuals and mixing stay in fp32."""
@@ -144,9 +151,9 @@ class ImplicitReconstructor(Reconstructor):
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16
         reg = self.regularizer
 
-        def low_precision(v: Tensor) -> Tensor:
+        def low_precision(v: Tensor, *context: Tensor) -> Tensor:
             with torch.autocast(device_type=device.type, dtype=dtype):
-                out = reg(v)
+                out = reg(v, *context)
             return out.float()
 
         return low_precision

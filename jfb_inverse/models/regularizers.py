@@ -20,11 +20,25 @@ class SmoothingResidual(nn.Module):
     every layer of ``N`` is normalised, which a zero weight cannot be (its norm is 0: the layer
     would output NaN), so ``N`` keeps its last layer's usual random start and is scaled by a
     learned gain that starts at zero instead.
+
+    With ``context_channels > 0``, ``N`` also sees a context image that does not change across the
+    iterations (input injection, as in deep equilibrium models): ``D(v, c) = ... + N([v, c])``. The
+    reconstructor passes the iteration's start (the Tikhonov or adjoint reconstruction), which tells
+    ``N`` what the measurement says about each pixel; ``D`` is then a function of ``v`` alone for a
+    given measurement, so ``T`` stays a fixed-point map in ``u``.
     """
 
-    def __init__(self, net: nn.Module, channels: int, spectral_norm: bool = False, smoothing_init: float = 0.5) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        channels: int,
+        spectral_norm: bool = False,
+        smoothing_init: float = 0.5,
+        context_channels: int = 0,
+    ) -> None:
         super().__init__()
         self.net = net
+        self.context_channels = context_channels
         self.residual_gain: nn.Parameter | None = None
         if spectral_norm:
             last = [m for m in net.modules() if isinstance(m, nn.Conv2d)][-1]
@@ -40,16 +54,35 @@ class SmoothingResidual(nn.Module):
         """The learned smoothing weight ``w`` in (0, 1)."""
         return torch.sigmoid(self.smoothing_logit)
 
-    def forward(self, v: Tensor) -> Tensor:
-        """Apply ``D`` to a batch (B, C, H, W) of any size."""
+    def forward(self, v: Tensor, context: Tensor | None = None) -> Tensor:
+        """Apply ``D`` to a batch (B, C, H, W) of any size (with its context, same shape but
+        ``context_channels`` channels, when the regulariser takes one)."""
         # The fixed smoother stays in v's precision even under autocast: it carries the whole image,
         # and bf16's rounding of it (~0.4%) would stop the fixed-point residual from reaching 1e-3.
         with torch.autocast(device_type=v.device.type, enabled=False):
             smooth = binomial_smooth(v)
-        residual = self.net(v)
+        residual = self.net(self._with_context(v, context))
         if self.residual_gain is not None:
             residual = residual * self.residual_gain.to(residual.dtype)
         return torch.lerp(v, smooth.to(v.dtype), self.smoothing.to(v.dtype)) + residual
+
+    def _with_context(self, v: Tensor, context: Tensor | None) -> Tensor:
+        """``N``'s input: ``v``, or ``v`` and the context stacked along the channels."""
+        if not self.context_channels:
+            if context is not None:
+                raise ValueError("this regulariser takes no context (context_channels=0); call D(v)")
+            return v
+        if context is None:
+            raise ValueError(
+                f"this regulariser takes a context of {self.context_channels} channel(s) (input injection); "
+                "call D(v, context)"
+            )
+        if context.shape[:2] != (v.shape[0], self.context_channels) or context.shape[-2:] != v.shape[-2:]:
+            raise ValueError(
+                f"context of shape {tuple(context.shape)} does not fit v of shape {tuple(v.shape)} "
+                f"with {self.context_channels} context channel(s)"
+            )
+        return torch.cat([v, context.to(v.dtype)], dim=1)
 
 
 def binomial_smooth(v: Tensor) -> Tensor:
@@ -82,12 +115,14 @@ class SmoothingResidualCNN(SmoothingResidual):
         depth: int = 5,
         spectral_norm: bool = False,
         smoothing_init: float = 0.5,
+        context_channels: int = 0,
     ) -> None:
-        layers: list[nn.Module] = [OneDNNConv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True)]
+        c_in = channels + context_channels
+        layers: list[nn.Module] = [OneDNNConv2d(c_in, width, 3, padding=1), nn.ReLU(inplace=True)]
         for d in _dilations(depth - 2):
             layers += [nn.Conv2d(width, width, 3, padding=d, dilation=d), nn.ReLU(inplace=True)]
         layers.append(_zero_conv(width, channels))
-        super().__init__(nn.Sequential(*layers), channels, spectral_norm, smoothing_init)
+        super().__init__(nn.Sequential(*layers), channels, spectral_norm, smoothing_init, context_channels)
 
 
 class SmoothingResidualUNet(SmoothingResidual):
@@ -105,10 +140,13 @@ class SmoothingResidualUNet(SmoothingResidual):
         width: int = 16,
         spectral_norm: bool = False,
         smoothing_init: float = 0.5,
+        context_channels: int = 0,
     ) -> None:
+        image_channels = channels + context_channels
+
         def block(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
             # OneDNNConv2d: the first layer sees a one-channel image (PyTorch's slow path at batch 1).
-            first = OneDNNConv2d if c_in == channels else nn.Conv2d
+            first = OneDNNConv2d if c_in == image_channels else nn.Conv2d
             return nn.Sequential(
                 first(c_in, c_out, 3, stride=stride, padding=1),
                 nn.ReLU(inplace=True),
@@ -118,7 +156,7 @@ class SmoothingResidualUNet(SmoothingResidual):
 
         w = width
         net = _UNet(
-            enc1=block(channels, w),
+            enc1=block(image_channels, w),
             enc2=block(w, 2 * w, stride=2),
             mid=block(2 * w, 4 * w, stride=2),
             up2=nn.ConvTranspose2d(4 * w, 2 * w, 2, stride=2),
@@ -127,7 +165,7 @@ class SmoothingResidualUNet(SmoothingResidual):
             dec1=block(2 * w, w),
             last=_zero_conv(w, channels),
         )
-        super().__init__(net, channels, spectral_norm, smoothing_init)
+        super().__init__(net, channels, spectral_norm, smoothing_init, context_channels)
 
 
 class _UNet(nn.Module):

@@ -219,6 +219,10 @@ class ModelConfig(_Strict):
     Training is unaffected. ``rotations`` was chosen on validation images in neither split: +0.20 dB
     (deblur photos) and +0.14 dB (CT phantoms) over ``none`` with the shipped models; ``dihedral``
     scored no higher at twice the cost.
+    ``input_injection``: ``D`` also sees the iteration's start (the Tikhonov or adjoint
+    reconstruction, which depends on the measurement only) as extra input channels, as deep
+    equilibrium models inject their input into every iteration. Off by default, so that
+    definitions written before it existed (and the checkpoints that store them) keep their network.
     """
 
     step: Literal["prox", "gradient", "ffpn", "filtered"] = "prox"
@@ -232,6 +236,7 @@ class ModelConfig(_Strict):
     init_lam: PositiveFloat = 0.01
     memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
     equivariance: Equivariance = "rotations"
+    input_injection: bool = False
 
 
 class SolverConfig(_Strict):
@@ -268,7 +273,7 @@ class TrainingConfig(_Strict):
     descent guarantee is gone and the CLI warns. ``init_from``: start from the weights of a
     checkpoint (a ``model.pt``, a run folder or ``builtin:NAME``) instead of the untrained network,
     to fine-tune it on other data or another operator; the network's shape (``model.arch``,
-    ``width``, ``depth``, ``spectral_norm``) then defaults to the source's, so its weights fit.
+    ``width``, ``depth``, ``spectral_norm``, ``input_injection``) then defaults to the source's, so its weights fit.
     """
 
     steps: PositiveInt = 600

@@ -192,7 +192,7 @@ def validate_definition(values: Mapping[str, Any]) -> ProblemConfig:
 
 
 #: The ``model`` fields that decide the shape of the learned weights, which ``init_from`` inherits.
-NETWORK_FIELDS = ("arch", "width", "depth", "spectral_norm")
+NETWORK_FIELDS = ("arch", "width", "depth", "spectral_norm", "input_injection")
 
 
 def _section(layer: Mapping[str, Any] | None, name: str) -> Mapping[str, Any]:
