@@ -132,7 +132,7 @@ def test_init_from_inherits_input_injection_and_refuses_a_mismatch(tmp_path) -> 
         "deblur", overrides={"model": {"input_injection": False}, "training": {"init_from": source}}
     )
     fresh, _ = build_model(refused)
-    with pytest.raises(UserError, match="size mismatch for net.0.weight"):
+    with pytest.raises(UserError, match=r"size mismatch for net\.0\.weight"):
         load_initial_weights(fresh, source, refused.model.step)
 
 

@@ -161,7 +161,9 @@ def resolve_config(
         values = deep_merge(values, prob.presets[preset])
     source = _init_from(config, overrides)
     unset = [f for f in NETWORK_FIELDS if not any(f in _section(layer, "model") for layer in (config, overrides))]
-    if source is not None and unset:
+    # A fine-tuned run's problem.toml written before model.input_injection existed spells out the
+    # other four fields: it is fully given (the field's default, off, is what those runs trained).
+    if source is not None and unset and unset != ["input_injection"]:
         # Fine-tuning: the network's shape is the source's where the config and command line leave it
         # open (only the shape: the consistency step and its start belong to this run's operator).
         # A fully given network (a fine-tuned run's own problem.toml) needs no source at all.
