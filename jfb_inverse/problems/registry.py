@@ -161,9 +161,7 @@ def resolve_config(
         values = deep_merge(values, prob.presets[preset])
     source = _init_from(config, overrides)
     unset = [f for f in NETWORK_FIELDS if not any(f in _section(layer, "model") for layer in (config, overrides))]
-    # A fine-tuned run's problem.toml written before model.input_injection existed spells out the
-    # other four fields: it is fully given (the field's default, off, is what those runs trained).
-    if source is not None and unset and unset != ["input_injection"]:
+    if source is not None and any(f not in LATER_NETWORK_FIELDS for f in unset):
         # Fine-tuning: the network's shape is the source's where the config and command line leave it
         # open (only the shape: the consistency step and its start belong to this run's operator).
         # A fully given network (a fine-tuned run's own problem.toml) needs no source at all.
@@ -195,6 +193,9 @@ def validate_definition(values: Mapping[str, Any]) -> ProblemConfig:
 
 #: The ``model`` fields that decide the shape of the learned weights, which ``init_from`` inherits.
 NETWORK_FIELDS = ("arch", "width", "depth", "spectral_norm", "input_injection")
+# Network fields added after fine-tuned runs were already writing problem.toml files: a file that
+# leaves only these unset is fully given (their defaults are what those runs trained).
+LATER_NETWORK_FIELDS = frozenset({"input_injection"})
 
 
 def _section(layer: Mapping[str, Any] | None, name: str) -> Mapping[str, Any]:
