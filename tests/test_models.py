@@ -40,6 +40,25 @@ def test_any_image_size_with_physics_built_from_the_measurement():
             assert model(y).shape == (2, 1, h, w)
 
 
+def test_physics_are_built_on_the_measurements_device_not_the_build_device():
+    """A model moved after build_model (``.to("cuda")``) must get physics where its measurements
+    are. Without a second real device, a cache whose build device is ``meta`` stands in for the
+    device the model left: physics built there would hold no data and the solve would fail."""
+    from jfb_inverse.models import PhysicsCache
+
+    cfg = resolve_config("deblur")
+    model, cpu_cache = build_model(cfg)
+    model.eval()
+    y = cpu_cache.for_image((1, 24, 32))(torch.rand(1, 1, 24, 32, generator=torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        expected = model(y)
+    left_behind = PhysicsCache(cfg, torch.device("meta"))
+    model.physics_factory = left_behind.for_measurement
+    with torch.no_grad():
+        torch.testing.assert_close(model(y), expected)
+    assert left_behind.device == torch.device("meta")  # the default stays for callers that want it
+
+
 def test_a_measurement_in_another_dtype_is_one_clear_error():
     model, _ = build_model(resolve_config("deblur"))
     model.eval()

@@ -8,8 +8,14 @@ import torch
 from deepinv.physics import LinearPhysics
 
 from jfb_inverse.implicit import Anderson, FixedPointSolver, Picard, make_gradient
+from jfb_inverse.models.p4 import P4Conv2d
 from jfb_inverse.models.reconstructor import ImplicitReconstructor
-from jfb_inverse.models.regularizers import SmoothingResidual, SmoothingResidualCNN, SmoothingResidualUNet
+from jfb_inverse.models.regularizers import (
+    SmoothingResidual,
+    SmoothingResidualCNN,
+    SmoothingResidualP4CNN,
+    SmoothingResidualUNet,
+)
 from jfb_inverse.problems.config import ProblemConfig, SolverConfig, TrainingConfig
 from jfb_inverse.problems.noise import attach_noise_model
 from jfb_inverse.problems.operators import build_physics, image_shape_for
@@ -32,6 +38,8 @@ def apply_memory_format(module: torch.nn.Module, memory_format: str, device: tor
             # empty_like + copy_, not .contiguous(): that returns a 1-input-channel weight as it is.
             w = layer.weight.data
             layer.weight.data = torch.empty_like(w, memory_format=layout).copy_(w)
+        elif isinstance(layer, P4Conv2d):  # builds its weight at each call: it lays that out
+            layer.channels_last = channels_last
     return module
 
 
@@ -76,24 +84,28 @@ def make_training_gradient(cfg: TrainingConfig, solver: SolverConfig):
 
 
 class PhysicsCache:
-    """Physics of a definition per image size, built once (the operator norm is cached with it)."""
+    """Physics of a definition per image size and device, built once (the operator norm is cached
+    with it). ``device`` is where physics are built when no device is asked for; the model asks for
+    its measurements' device, so a model moved after :func:`build_model` gets physics where it runs."""
 
     def __init__(self, cfg: ProblemConfig, device: torch.device) -> None:
         self.cfg = cfg
-        self.device = device
+        self.device = torch.device(device)
         self._build = lru_cache(maxsize=16)(self._make)
 
-    def _make(self, img_size: tuple[int, int, int]) -> LinearPhysics:
-        return attach_noise_model(build_physics(self.cfg.operator, img_size, self.device), self.cfg.noise)
+    def _make(self, img_size: tuple[int, int, int], device: torch.device) -> LinearPhysics:
+        return attach_noise_model(build_physics(self.cfg.operator, img_size, device), self.cfg.noise)
 
-    def for_image(self, img_size: tuple[int, ...]) -> LinearPhysics:
-        """The physics for images of shape ``(C, H, W)``."""
-        return self._build(tuple(int(s) for s in img_size))
+    def for_image(self, img_size: tuple[int, ...], device: torch.device | str | None = None) -> LinearPhysics:
+        """The physics for images of shape ``(C, H, W)``, on ``device`` (default: the cache's)."""
+        return self._build(tuple(int(s) for s in img_size), self.device if device is None else torch.device(device))
 
-    def for_measurement(self, y_shape: tuple[int, ...]) -> tuple[LinearPhysics, tuple[int, int, int]]:
+    def for_measurement(
+        self, y_shape: tuple[int, ...], device: torch.device | str | None = None
+    ) -> tuple[LinearPhysics, tuple[int, int, int]]:
         """The physics and image shape for measurements of shape ``y_shape`` (no batch dim)."""
         img_size = image_shape_for(self.cfg.operator, tuple(y_shape))
-        return self.for_image(img_size), img_size
+        return self.for_image(img_size, device), img_size
 
 
 def build_model(cfg: ProblemConfig, device: torch.device | str = "cpu") -> tuple[ImplicitReconstructor, PhysicsCache]:
@@ -109,6 +121,8 @@ def build_model(cfg: ProblemConfig, device: torch.device | str = "cpu") -> tuple
         regularizer = SmoothingResidualUNet(
             channels, width=m.width, spectral_norm=m.spectral_norm, context_channels=context
         )
+    elif m.arch == "p4":
+        regularizer = SmoothingResidualP4CNN(channels, width=m.width, depth=m.depth, context_channels=context)
     else:
         regularizer = SmoothingResidualCNN(
             channels, width=m.width, depth=m.depth, spectral_norm=m.spectral_norm, context_channels=context

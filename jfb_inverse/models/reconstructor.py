@@ -19,7 +19,8 @@ from jfb_inverse.models.equivariance import Equivariance, group_elements, symmet
 from jfb_inverse.models.precision import Precision, effective_precision
 
 StepKind = Literal["prox", "gradient", "ffpn", "filtered"]
-PhysicsFactory = Callable[[tuple[int, ...]], tuple[LinearPhysics, tuple[int, int, int]]]
+#: ``(measurement shape without the batch dim, device) -> (physics on that device, image shape)``.
+PhysicsFactory = Callable[[tuple[int, ...], torch.device], tuple[LinearPhysics, tuple[int, int, int]]]
 
 
 class ImplicitReconstructor(Reconstructor):
@@ -44,7 +45,7 @@ class ImplicitReconstructor(Reconstructor):
     ``y`` only) as a context, e.g. a :class:`SmoothingResidual` with ``context_channels``; a
     start passed to :meth:`forward` changes where the iteration begins, not the context. Works on any
     image size (fully convolutional); with ``physics=None`` the physics is built for the
-    measurement's shape by ``physics_factory``. ``last_stats`` holds the solver statistics of the
+    measurement's shape and device by ``physics_factory``. ``last_stats`` holds the solver statistics of the
     last call.
 
     Example:
@@ -106,7 +107,7 @@ class ImplicitReconstructor(Reconstructor):
             return physics, tuple(img_size)
         if self.physics_factory is None:
             raise ValueError("no physics given and the model has no physics_factory; pass physics=...")
-        return self.physics_factory(tuple(y.shape[1:]))
+        return self.physics_factory(tuple(y.shape[1:]), y.device)
 
     def _check_measurement(self, y: Tensor) -> None:
         """``y`` in the weights' dtype and on their device: said in one line, not by a convolution
@@ -133,7 +134,10 @@ class ImplicitReconstructor(Reconstructor):
         # Input injection: D also sees the start, which depends on y only (not on u).
         context = u0 if self.input_injection else None
         reg = symmetrize(
-            self._regularizer_in_precision(y.device), "none" if self.training else self.equivariance, context
+            self._regularizer_in_precision(y.device),
+            "none" if self.training else self.equivariance,
+            context,
+            turn_equivariant=getattr(self.regularizer, "turn_equivariant", False),
         )
         if self.step_kind in ("ffpn", "filtered"):
             fn: FixedPointMap = lambda u: consistency(reg(u))  # noqa: E731
