@@ -178,3 +178,17 @@ def test_cuda_graph_in_the_model_matches_reconstructions_and_jfb_gradients():
     assert ev_e == ev_g
     assert torch.allclose(rec_g, rec_e, rtol=1e-4, atol=1e-5)
     assert torch.allclose(grad_g, grad_e, rtol=1e-3, atol=1e-6)
+
+
+def test_a_model_moved_to_cuda_after_building_on_the_cpu_reconstructs_there():
+    """build_model on the CPU, then ``.to("cuda")``: the physics follow the measurements' device."""
+    cfg = resolve_config("deblur")
+    model, cache = build_model(cfg)  # CPU
+    model.eval()
+    x = torch.rand(1, 1, 48, 40, generator=torch.Generator().manual_seed(0))
+    y = cache.for_image((1, 48, 40))(x)
+    with torch.no_grad():
+        on_cpu = model(y)
+        on_cuda = model.to("cuda")(y.to("cuda"))
+    assert on_cuda.device.type == "cuda"
+    torch.testing.assert_close(on_cuda.cpu(), on_cpu, atol=1e-4, rtol=1e-4)

@@ -8,14 +8,8 @@ import torch
 from deepinv.physics import LinearPhysics
 
 from jfb_inverse.implicit import Anderson, FixedPointSolver, Picard, make_gradient
-from jfb_inverse.models.p4 import P4Conv2d
 from jfb_inverse.models.reconstructor import ImplicitReconstructor
-from jfb_inverse.models.regularizers import (
-    SmoothingResidual,
-    SmoothingResidualCNN,
-    SmoothingResidualP4CNN,
-    SmoothingResidualUNet,
-)
+from jfb_inverse.models.regularizers import SmoothingResidual, SmoothingResidualCNN, SmoothingResidualUNet
 from jfb_inverse.problems.config import ProblemConfig, SolverConfig, TrainingConfig
 from jfb_inverse.problems.noise import attach_noise_model
 from jfb_inverse.problems.operators import build_physics, image_shape_for
@@ -38,8 +32,6 @@ def apply_memory_format(module: torch.nn.Module, memory_format: str, device: tor
             # empty_like + copy_, not .contiguous(): that returns a 1-input-channel weight as it is.
             w = layer.weight.data
             layer.weight.data = torch.empty_like(w, memory_format=layout).copy_(w)
-        elif isinstance(layer, P4Conv2d):  # builds its weight at each call: it lays that out
-            layer.channels_last = channels_last
     return module
 
 
@@ -121,8 +113,6 @@ def build_model(cfg: ProblemConfig, device: torch.device | str = "cpu") -> tuple
         regularizer = SmoothingResidualUNet(
             channels, width=m.width, spectral_norm=m.spectral_norm, context_channels=context
         )
-    elif m.arch == "p4":
-        regularizer = SmoothingResidualP4CNN(channels, width=m.width, depth=m.depth, context_channels=context)
     else:
         regularizer = SmoothingResidualCNN(
             channels, width=m.width, depth=m.depth, spectral_norm=m.spectral_norm, context_channels=context

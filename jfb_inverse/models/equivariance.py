@@ -48,18 +48,14 @@ def group_elements(group: Equivariance) -> tuple[tuple[int, bool], ...]:
 
 
 def symmetrize(
-    fn: Callable[..., Tensor], group: Equivariance, context: Tensor | None = None, turn_equivariant: bool = False
+    fn: Callable[..., Tensor], group: Equivariance, context: Tensor | None = None
 ) -> Callable[[Tensor], Tensor]:
     """``v -> mean over g of g^{-1} fn(g v)`` for the ``group`` (``"none"``: ``fn`` itself).
 
     With a ``context`` (a regulariser with input injection), ``fn`` is called as ``fn(v, context)``
-    and the context is turned with ``v``: ``mean over g of g^{-1} fn(g v, g context)``. With
-    ``turn_equivariant`` (``fn`` commutes with quarter-turns already) only the flips are averaged:
-    the mean over the turns is ``fn`` itself, at a quarter of the cost.
+    and the context is turned with ``v``: ``mean over g of g^{-1} fn(g v, g context)``.
     """
     elements = group_elements(group)
-    if turn_equivariant:
-        elements = tuple(dict.fromkeys((0, flip) for _, flip in elements))
     if len(elements) == 1:
         return fn if context is None else (lambda v: fn(v, context))
     # Turned once per solve, not once per iteration: the context does not change.

@@ -29,8 +29,12 @@ class SingleOutputConv2d(nn.Conv2d):
 
     def _shifted_sum_applies(self, x: Tensor) -> bool:
         return (
-            shifted_sum_applies(x, self.out_channels, self.stride)  # type: ignore[arg-type]
+            not torch.is_grad_enabled()
+            and x.device.type == "cpu"
+            and x.dim() == 4
+            and self.out_channels == 1
             and self.groups == 1
+            and self.stride == (1, 1)
             and self.padding_mode == "zeros"
             and not isinstance(self.padding, str)
         )
@@ -65,45 +69,25 @@ class OneDNNConv2d(nn.Conv2d):
 
     def _onednn_applies(self, x: Tensor) -> bool:
         return (
-            onednn_applies(x, self.weight, self.stride)  # type: ignore[arg-type]
+            not torch.is_grad_enabled()
+            and x.device.type == "cpu"
+            and x.dim() == 4
+            and x.dtype == torch.float32
+            and self.weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")
             and self.padding_mode == "zeros"
             and not isinstance(self.padding, str)
+            # Stride 1, the package's case. oneDNN's kernel for a strided, dilated filter on a tiny
+            # input crashes the process (SIGSEGV, one thread; nn.Conv2d does too at batch 2, where
+            # PyTorch picks oneDNN), while nn.Conv2d at batch 1 takes its reference path and works.
+            and tuple(self.stride) == (1, 1)
+            and torch.backends.mkldnn.is_available()
+            and torch.backends.mkldnn.enabled  # the user's switch (torch.backends.mkldnn.flags)
+            # torch.compile traces with fake tensors, which the oneDNN entry point refuses.
+            and not torch.compiler.is_compiling()
+            # Nor has it a forward-mode derivative (torch.func.jvp, forward_ad) for a dual input.
+            and forward_ad.unpack_dual(x).tangent is None
         )
-
-
-def shifted_sum_applies(x: Tensor, out_channels: int, stride: tuple[int, int]) -> bool:
-    """Whether :func:`shifted_sum_conv2d` is the faster form of a convolution of ``x`` (no autograd,
-    CPU, one output channel, stride 1, zero padding, ungrouped)."""
-    return (
-        not torch.is_grad_enabled()
-        and x.device.type == "cpu"
-        and x.dim() == 4
-        and out_channels == 1
-        and tuple(stride) == (1, 1)
-    )
-
-
-def onednn_applies(x: Tensor, weight: Tensor, stride: tuple[int, int]) -> bool:
-    """Whether a convolution of ``x`` by ``weight`` (zero padding) may call oneDNN directly: fp32 on
-    the CPU without autograd, autocast or ``torch.compile`` (see :class:`OneDNNConv2d`)."""
-    return (
-        not torch.is_grad_enabled()
-        and x.device.type == "cpu"
-        and x.dim() == 4
-        and x.dtype == torch.float32
-        and weight.dtype == torch.float32
-        and not torch.is_autocast_enabled("cpu")
-        # Stride 1, the package's case. oneDNN's kernel for a strided, dilated filter on a tiny
-        # input crashes the process (SIGSEGV, one thread; nn.Conv2d does too at batch 2, where
-        # PyTorch picks oneDNN), while nn.Conv2d at batch 1 takes its reference path and works.
-        and tuple(stride) == (1, 1)
-        and torch.backends.mkldnn.is_available()
-        and torch.backends.mkldnn.enabled  # the user's switch (torch.backends.mkldnn.flags)
-        # torch.compile traces with fake tensors, which the oneDNN entry point refuses.
-        and not torch.compiler.is_compiling()
-        # Nor has it a forward-mode derivative (torch.func.jvp, forward_ad) for a dual input.
-        and forward_ad.unpack_dual(x).tangent is None
-    )
 
 
 def shifted_sum_conv2d(

@@ -134,10 +134,7 @@ class ImplicitReconstructor(Reconstructor):
         # Input injection: D also sees the start, which depends on y only (not on u).
         context = u0 if self.input_injection else None
         reg = symmetrize(
-            self._regularizer_in_precision(y.device),
-            "none" if self.training else self.equivariance,
-            context,
-            turn_equivariant=getattr(self.regularizer, "turn_equivariant", False),
+            self._regularizer_in_precision(y.device), "none" if self.training else self.equivariance, context
         )
         if self.step_kind in ("ffpn", "filtered"):
             fn: FixedPointMap = lambda u: consistency(reg(u))  # noqa: E731

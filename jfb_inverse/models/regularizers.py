@@ -8,7 +8,6 @@ from torch.nn import functional as F
 
 from jfb_inverse.implicit import spectral_normalize
 from jfb_inverse.models.layers import OneDNNConv2d, SingleOutputConv2d
-from jfb_inverse.models.p4 import P4Conv2d
 
 
 class SmoothingResidual(nn.Module):
@@ -27,12 +26,7 @@ class SmoothingResidual(nn.Module):
     reconstructor passes the iteration's start (the Tikhonov or adjoint reconstruction), which tells
     ``N`` what the measurement says about each pixel; ``D`` is then a function of ``v`` alone for a
     given measurement, so ``T`` stays a fixed-point map in ``u``.
-
-    ``turn_equivariant``: ``D`` commutes with quarter-turns by construction (``G`` does, and ``N``
-    is built to), so averaging it over them (``model.equivariance``) would change nothing.
     """
-
-    turn_equivariant: bool = False
 
     def __init__(
         self,
@@ -129,35 +123,6 @@ class SmoothingResidualCNN(SmoothingResidual):
             layers += [nn.Conv2d(width, width, 3, padding=d, dilation=d), nn.ReLU(inplace=True)]
         layers.append(_zero_conv(width, channels))
         super().__init__(nn.Sequential(*layers), channels, spectral_norm, smoothing_init, context_channels)
-
-
-class SmoothingResidualP4CNN(SmoothingResidual):
-    """:class:`SmoothingResidualCNN` built from quarter-turn-equivariant convolutions
-    (:class:`~jfb_inverse.models.p4.P4Conv2d`): ``width / 4`` fields of four orientations each, the
-    same dilations and the same cost per application, and ``D`` rotation-equivariant by construction
-    in training and at evaluation (no averaging of four applications needed)."""
-
-    turn_equivariant = True
-
-    def __init__(
-        self,
-        channels: int = 1,
-        width: int = 32,
-        depth: int = 5,
-        spectral_norm: bool = False,
-        smoothing_init: float = 0.5,
-        context_channels: int = 0,
-    ) -> None:
-        if width % 4:
-            raise ValueError(f"the p4 regulariser needs a width divisible by 4 (four orientations), got {width}")
-        if spectral_norm:
-            raise ValueError("spectral_norm is not available for the p4 regulariser; set model.spectral_norm = false")
-        c_in = channels + context_channels
-        layers: list[nn.Module] = [P4Conv2d("lift", c_in, width), nn.ReLU(inplace=True)]
-        for d in _dilations(depth - 2):
-            layers += [P4Conv2d("group", width, width, dilation=d), nn.ReLU(inplace=True)]
-        layers.append(P4Conv2d("project", width, channels, zero_init=True))
-        super().__init__(nn.Sequential(*layers), channels, False, smoothing_init, context_channels)
 
 
 class SmoothingResidualUNet(SmoothingResidual):

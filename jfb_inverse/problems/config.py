@@ -208,10 +208,7 @@ class ModelConfig(_Strict):
     PGD) or ``ffpn`` (``T(u) = v - eta A^T(Av - y)``, ``v = D(u)``). ``eta`` is learned, starting at
     ``eta_init`` (in units of ``1/||A||^2`` for the gradient steps). ``init``: the starting point,
     ``tikhonov`` (closed form or CG, weight ``init_lam``) or ``adjoint`` (``A^T y``). ``arch``: the
-    regulariser's CNN, ``dilated`` (``depth`` layers, dilations 1, 2, 4, ...), ``unet`` (three scales)
-    or ``p4`` (the dilated CNN built from quarter-turn-equivariant convolutions, ``width`` divisible
-    by 4: ``D`` is rotation-equivariant by construction, so ``equivariance`` needs no averaging of
-    turns: ``rotations`` costs one application of ``D``, ``dihedral`` two).
+    regulariser's CNN, ``dilated`` (``depth`` layers, dilations 1, 2, 4, ...) or ``unet`` (three scales).
     ``memory_format``: the layout of the regulariser's convolutions; ``auto`` is channels-last (NHWC)
     on the CPU and on CUDA GPUs with TF32 tensor cores (compute capability 8.0+), where the
     convolutions run faster in it (benchmarks/profile_hot_path.py, benchmarks/vs_deepinv.py), and
@@ -229,7 +226,7 @@ class ModelConfig(_Strict):
     """
 
     step: Literal["prox", "gradient", "ffpn", "filtered"] = "prox"
-    arch: Literal["dilated", "unet", "p4"] = "dilated"
+    arch: Literal["dilated", "unet"] = "dilated"
     width: PositiveInt = 32
     depth: Annotated[int, Field(ge=2)] = 5
     spectral_norm: bool = False
@@ -240,14 +237,6 @@ class ModelConfig(_Strict):
     memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
     equivariance: Equivariance = "rotations"
     input_injection: bool = False
-
-    @model_validator(mode="after")
-    def _p4_fits(self) -> ModelConfig:
-        if self.arch == "p4" and self.width % 4:
-            raise ValueError(f"model.arch 'p4' needs model.width divisible by 4 (four orientations), got {self.width}")
-        if self.arch == "p4" and self.spectral_norm:
-            raise ValueError("model.arch 'p4' has no spectral normalisation; set model.spectral_norm = false")
-        return self
 
 
 class SolverConfig(_Strict):
