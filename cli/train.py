@@ -194,6 +194,8 @@ def train(
     task = progress.add_task("train", total=cfg.training.steps, info="")
 
     def on_log(record: dict[str, Any]) -> None:
+        if not main_process:  # one report per run: the other ranks' warnings would repeat rank 0's
+            return
         progress.update(
             task,
             info=f"loss {record['loss']:.2e}  psnr {record['psnr']:.2f}  iters {record['iterations']:.1f}",
@@ -220,6 +222,8 @@ def train(
         if overwrite and main_process:
             for name in ("model.pt", "problem.toml", "history.jsonl", "training.png"):
                 (out / name).unlink(missing_ok=True)
+        if not main_process:
+            return
         console.print(
             f"training [bold]{cfg.problem}[/] on {dev}: {cfg.training.steps} steps, batch {cfg.training.batch_size}, "
             f"gradient {cfg.training.gradient}, solver {cfg.solver.name} "

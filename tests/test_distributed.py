@@ -51,6 +51,8 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-6), key
     # Only rank 0 wrote: one history line per logged step, not two.
     assert (tmp_path / "ddp" / "history.jsonl").read_text().count("\n") == 2
+    # ... and printed: one header for the run, not one per rank.
+    assert (double.stdout + double.stderr).count("training deblur on cpu") == 1, double.stdout[-2000:]
 
 
 def run_custom_operator_on_two_ranks(tmp_path: pathlib.Path, operator: str, *extra: str) -> subprocess.CompletedProcess:

@@ -111,11 +111,16 @@ def build_model(cfg: ProblemConfig, device: torch.device | str = "cpu") -> tuple
     context = channels if m.input_injection else 0
     if m.arch == "unet":
         regularizer = SmoothingResidualUNet(
-            channels, width=m.width, spectral_norm=m.spectral_norm, context_channels=context
+            channels, width=m.width, spectral_norm=m.spectral_norm, context_channels=context, bias=m.bias
         )
     else:
         regularizer = SmoothingResidualCNN(
-            channels, width=m.width, depth=m.depth, spectral_norm=m.spectral_norm, context_channels=context
+            channels,
+            width=m.width,
+            depth=m.depth,
+            spectral_norm=m.spectral_norm,
+            context_channels=context,
+            bias=m.bias,
         )
     apply_memory_format(regularizer, m.memory_format, device)
     model = ImplicitReconstructor(

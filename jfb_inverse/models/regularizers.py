@@ -96,17 +96,22 @@ def binomial_smooth(v: Tensor) -> Tensor:
     return (rows[..., :-2, :] + 2 * rows[..., 1:-1, :] + rows[..., 2:, :]) * (1 / 16)
 
 
-def _zero_conv(c_in: int, c_out: int) -> nn.Conv2d:
+def _zero_conv(c_in: int, c_out: int, bias: bool = True) -> nn.Conv2d:
     """A 3x3 convolution starting at zero (the last layer of every ``N``)."""
-    conv = SingleOutputConv2d(c_in, c_out, 3, padding=1)
+    conv = SingleOutputConv2d(c_in, c_out, 3, padding=1, bias=bias)
     nn.init.zeros_(conv.weight)
-    nn.init.zeros_(conv.bias)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
     return conv
 
 
 class SmoothingResidualCNN(SmoothingResidual):
     """:class:`SmoothingResidual` with ``N`` a ``depth``-layer CNN of ``width`` channels whose middle
-    layers use dilations (1, 2, 4, ..., 2, 1): a wide receptive field at the cost of a 3x3 conv."""
+    layers use dilations (1, 2, 4, ..., 2, 1): a wide receptive field at the cost of a 3x3 conv.
+
+    ``bias=False`` leaves the convolutions without biases (a bias-free CNN, Mohan et al., "Robust and
+    interpretable blind image denoising via bias-free convolutional neural networks", ICLR 2020):
+    with ReLU, ``N(a v) = a N(v)`` for ``a > 0``, so ``D`` commutes with a change of contrast."""
 
     def __init__(
         self,
@@ -116,12 +121,13 @@ class SmoothingResidualCNN(SmoothingResidual):
         spectral_norm: bool = False,
         smoothing_init: float = 0.5,
         context_channels: int = 0,
+        bias: bool = True,
     ) -> None:
         c_in = channels + context_channels
-        layers: list[nn.Module] = [OneDNNConv2d(c_in, width, 3, padding=1), nn.ReLU(inplace=True)]
+        layers: list[nn.Module] = [OneDNNConv2d(c_in, width, 3, padding=1, bias=bias), nn.ReLU(inplace=True)]
         for d in _dilations(depth - 2):
-            layers += [nn.Conv2d(width, width, 3, padding=d, dilation=d), nn.ReLU(inplace=True)]
-        layers.append(_zero_conv(width, channels))
+            layers += [nn.Conv2d(width, width, 3, padding=d, dilation=d, bias=bias), nn.ReLU(inplace=True)]
+        layers.append(_zero_conv(width, channels, bias))
         super().__init__(nn.Sequential(*layers), channels, spectral_norm, smoothing_init, context_channels)
 
 
@@ -131,7 +137,7 @@ class SmoothingResidualUNet(SmoothingResidual):
     Each scale has two 3x3 convolutions; channels double as the resolution halves, so every scale
     costs about the same, and the receptive field is 35 px (the 5-layer dilated CNN's is 13) at a
     similar cost per pixel. Inputs of any size are padded (replicate) to a multiple of 4 and
-    cropped back.
+    cropped back. ``bias=False``: no biases, as in :class:`SmoothingResidualCNN`.
     """
 
     def __init__(
@@ -141,6 +147,7 @@ class SmoothingResidualUNet(SmoothingResidual):
         spectral_norm: bool = False,
         smoothing_init: float = 0.5,
         context_channels: int = 0,
+        bias: bool = True,
     ) -> None:
         image_channels = channels + context_channels
 
@@ -148,9 +155,9 @@ class SmoothingResidualUNet(SmoothingResidual):
             # OneDNNConv2d: the first layer sees a one-channel image (PyTorch's slow path at batch 1).
             first = OneDNNConv2d if c_in == image_channels else nn.Conv2d
             return nn.Sequential(
-                first(c_in, c_out, 3, stride=stride, padding=1),
+                first(c_in, c_out, 3, stride=stride, padding=1, bias=bias),
                 nn.ReLU(inplace=True),
-                nn.Conv2d(c_out, c_out, 3, padding=1),
+                nn.Conv2d(c_out, c_out, 3, padding=1, bias=bias),
                 nn.ReLU(inplace=True),
             )
 
@@ -159,11 +166,11 @@ class SmoothingResidualUNet(SmoothingResidual):
             enc1=block(image_channels, w),
             enc2=block(w, 2 * w, stride=2),
             mid=block(2 * w, 4 * w, stride=2),
-            up2=nn.ConvTranspose2d(4 * w, 2 * w, 2, stride=2),
+            up2=nn.ConvTranspose2d(4 * w, 2 * w, 2, stride=2, bias=bias),
             dec2=block(4 * w, 2 * w),
-            up1=nn.ConvTranspose2d(2 * w, w, 2, stride=2),
+            up1=nn.ConvTranspose2d(2 * w, w, 2, stride=2, bias=bias),
             dec1=block(2 * w, w),
-            last=_zero_conv(w, channels),
+            last=_zero_conv(w, channels, bias),
         )
         super().__init__(net, channels, spectral_norm, smoothing_init, context_channels)
 

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from jfb_inverse.errors import ConfigError, UserError
-from jfb_inverse.problems.config import ProblemConfig
+from jfb_inverse.problems.config import ModelConfig, ProblemConfig
 
 ENTRY_POINT_GROUP = "jfb_inverse.problems"
 
@@ -172,6 +172,10 @@ def resolve_config(
         except UserError as exc:
             raise ConfigError(f"training.init_from: {exc}") from None
         values = deep_merge(values, {"model": {f: getattr(source_model, f) for f in unset}})
+    elif source is not None and unset:
+        # A network given in full by a file from before the later fields existed: it trained with
+        # their class defaults, whatever this problem's default is now (deblur's bias, say).
+        values = deep_merge(values, {"model": {f: ModelConfig.model_fields[f].default for f in unset}})
     for layer in (config or {}, overrides or {}):
         layer = dict(layer)
         if "problem" in layer and layer["problem"] != prob.name:
@@ -192,10 +196,10 @@ def validate_definition(values: Mapping[str, Any]) -> ProblemConfig:
 
 
 #: The ``model`` fields that decide the shape of the learned weights, which ``init_from`` inherits.
-NETWORK_FIELDS = ("arch", "width", "depth", "spectral_norm", "input_injection")
+NETWORK_FIELDS = ("arch", "width", "depth", "spectral_norm", "input_injection", "bias")
 # Network fields added after fine-tuned runs were already writing problem.toml files: a file that
 # leaves only these unset is fully given (their defaults are what those runs trained).
-LATER_NETWORK_FIELDS = frozenset({"input_injection"})
+LATER_NETWORK_FIELDS = frozenset({"input_injection", "bias"})
 
 
 def _section(layer: Mapping[str, Any] | None, name: str) -> Mapping[str, Any]:

@@ -145,7 +145,7 @@ def load_initial_weights(model: Any, name: str | Path, step: str, device: torch.
     except RuntimeError as exc:
         raise CheckpointError(
             f"the weights of {str(name)!r} do not fit this run's network ({_first_mismatch(exc)}); keep the "
-            "source's network (model.arch/width/depth/spectral_norm/input_injection) and image channels, "
+            "source's network (model.arch/width/depth/spectral_norm/input_injection/bias) and image channels, "
             "or train without init_from"
         ) from None
     if source.model.step == step and "log_eta" in payload["state_dict"]:
