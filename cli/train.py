@@ -194,7 +194,7 @@ def train(
     task = progress.add_task("train", total=cfg.training.steps, info="")
 
     def on_log(record: dict[str, Any]) -> None:
-        if not main_process:  # one report per run: the other ranks' warnings would repeat rank 0's
+        if not main_process:  # one report per run: rank 0's records cover every rank's shard
             return
         progress.update(
             task,

@@ -69,7 +69,7 @@ def evaluate(
             raise UserError(f"{name}: {exc}") from None
     for name, x in images:
         x = x[None].to(device)
-        physics = physics_cache.for_image(tuple(x.shape[1:]))
+        physics = physics_cache.for_image(tuple(x.shape[1:]), device)  # where the model is now
         with torch.no_grad():
             y = simulate(x, physics, cfg.noise, gen)
             outputs: dict[str, Tensor] = {}

@@ -68,8 +68,12 @@ def test_bias_is_on_by_default_and_off_trains_a_bias_free_network(tmp_path) -> N
     train(free, tmp_path / "free")
     weights, saved = load_checkpoint(tmp_path / "free" / "model.pt")
     assert saved.model.bias is False and not [k for k in weights["state_dict"] if k.endswith(".bias")]
-    # Fine-tuning inherits the source's choice like the network's other fields.
+    # Fine-tuning inherits the source's choice like the network's other fields, also when a
+    # definition gives all the others.
     assert resolve_config("deblur", overrides={"training": {"init_from": str(tmp_path / "free")}}).model.bias is False
+    others = {"arch": "dilated", "width": 8, "depth": 3, "spectral_norm": False, "input_injection": False}
+    given = resolve_config("deblur", {"model": others, "training": {"init_from": str(tmp_path / "free")}})
+    assert given.model.bias is False
 
 
 def test_a_definition_from_before_the_field_keeps_its_biases_where_the_problem_now_drops_them(monkeypatch) -> None:

@@ -3,6 +3,7 @@ the same global batch, and a failing rank stops the whole run instead of hanging
 
 from __future__ import annotations
 
+import json
 import pathlib
 import re
 import subprocess
@@ -51,6 +52,14 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-6), key
     # Only rank 0 wrote: one history line per logged step, not two.
     assert (tmp_path / "ddp" / "history.jsonl").read_text().count("\n") == 2
+    # ... and its records cover both shards: the loss and PSNR of the whole batch, as in one process.
+    records = [
+        [json.loads(line) for line in (tmp_path / run / "history.jsonl").read_text().splitlines()]
+        for run in ("single", "ddp")
+    ]
+    for one, two in zip(*records, strict=True):
+        assert two["loss"] == pytest.approx(one["loss"], rel=1e-4)
+        assert two["psnr"] == pytest.approx(one["psnr"], abs=1e-3)
     # ... and printed: one header for the run, not one per rank.
     assert (double.stdout + double.stderr).count("training deblur on cpu") == 1, double.stdout[-2000:]
 

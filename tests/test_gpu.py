@@ -182,13 +182,22 @@ def test_cuda_graph_in_the_model_matches_reconstructions_and_jfb_gradients():
 
 def test_a_model_moved_to_cuda_after_building_on_the_cpu_reconstructs_there():
     """build_model on the CPU, then ``.to("cuda")``: the physics follow the measurements' device."""
+    from jfb_inverse.evaluation import evaluate
+
     cfg = resolve_config("deblur")
     model, cache = build_model(cfg)  # CPU
     model.eval()
+    with torch.no_grad():  # a non-zero residual network, so that the network's arithmetic is compared too
+        model.regularizer.net[-1].weight.normal_(0, 0.01, generator=torch.Generator().manual_seed(0))
     x = torch.rand(1, 1, 48, 40, generator=torch.Generator().manual_seed(0))
     y = cache.for_image((1, 48, 40))(x)
     with torch.no_grad():
         on_cpu = model(y)
+        cpu_iterations = int(model.last_stats.iterations.max())
         on_cuda = model.to("cuda")(y.to("cuda"))
     assert on_cuda.device.type == "cuda"
-    torch.testing.assert_close(on_cuda.cpu(), on_cpu, atol=1e-4, rtol=1e-4)
+    # CUDA's lagged stop test may run one iteration more, each moving the iterate by under the tolerance.
+    assert abs(int(model.last_stats.iterations.max()) - cpu_iterations) <= 1
+    torch.testing.assert_close(on_cuda.cpu(), on_cpu, atol=1e-3, rtol=0)
+    report = evaluate(model, cache, cfg, [("img", x[0])], seed=0, with_baselines=False).report
+    assert report["mean"]["psnr"]["model"] > 20

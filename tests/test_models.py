@@ -56,7 +56,15 @@ def test_physics_are_built_on_the_measurements_device_not_the_build_device():
     model.physics_factory = left_behind.for_measurement
     with torch.no_grad():
         torch.testing.assert_close(model(y), expected)
-    assert left_behind.device == torch.device("meta")  # the default stays for callers that want it
+    # evaluate() simulates its measurements where the model is, with physics from the same cache.
+    from jfb_inverse.evaluation import evaluate
+
+    x = torch.rand(1, 24, 32, generator=torch.Generator().manual_seed(1))
+    scores = [
+        evaluate(model, cache, cfg, [("x", x)], with_baselines=False).report["mean"]["psnr"]["model"]
+        for cache in (cpu_cache, left_behind)
+    ]
+    assert scores[0] == pytest.approx(scores[1], abs=1e-9)
 
 
 def test_a_measurement_in_another_dtype_is_one_clear_error():

@@ -75,6 +75,15 @@ def make_training_gradient(cfg: TrainingConfig, solver: SolverConfig):
     return make_gradient("jfb")
 
 
+def _indexed(device: torch.device | str) -> torch.device:
+    """``device`` with its index (``cuda`` -> ``cuda:0``): measurements report an indexed device,
+    and one device under two keys would build (and estimate ``||A||``) twice."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 class PhysicsCache:
     """Physics of a definition per image size and device, built once (the operator norm is cached
     with it). ``device`` is where physics are built when no device is asked for; the model asks for
@@ -90,7 +99,7 @@ class PhysicsCache:
 
     def for_image(self, img_size: tuple[int, ...], device: torch.device | str | None = None) -> LinearPhysics:
         """The physics for images of shape ``(C, H, W)``, on ``device`` (default: the cache's)."""
-        return self._build(tuple(int(s) for s in img_size), self.device if device is None else torch.device(device))
+        return self._build(tuple(int(s) for s in img_size), _indexed(self.device if device is None else device))
 
     def for_measurement(
         self, y_shape: tuple[int, ...], device: torch.device | str | None = None

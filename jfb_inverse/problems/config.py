@@ -278,7 +278,8 @@ class TrainingConfig(_Strict):
     descent guarantee is gone and the CLI warns. ``init_from``: start from the weights of a
     checkpoint (a ``model.pt``, a run folder or ``builtin:NAME``) instead of the untrained network,
     to fine-tune it on other data or another operator; the network's shape (``model.arch``,
-    ``width``, ``depth``, ``spectral_norm``, ``input_injection``) then defaults to the source's, so its weights fit.
+    ``width``, ``depth``, ``spectral_norm``, ``input_injection``, ``bias``) then defaults to the
+    source's, so its weights fit.
     """
 
     steps: PositiveInt = 600

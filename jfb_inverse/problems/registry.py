@@ -161,21 +161,22 @@ def resolve_config(
         values = deep_merge(values, prob.presets[preset])
     source = _init_from(config, overrides)
     unset = [f for f in NETWORK_FIELDS if not any(f in _section(layer, "model") for layer in (config, overrides))]
-    if source is not None and any(f not in LATER_NETWORK_FIELDS for f in unset):
+    if source is not None and unset:
         # Fine-tuning: the network's shape is the source's where the config and command line leave it
         # open (only the shape: the consistency step and its start belong to this run's operator).
-        # A fully given network (a fine-tuned run's own problem.toml) needs no source at all.
         from jfb_inverse.training.checkpoint import load_checkpoint
 
         try:
             source_model = load_checkpoint(source)[1].model
+            inherited = {f: getattr(source_model, f) for f in unset}
         except UserError as exc:
-            raise ConfigError(f"training.init_from: {exc}") from None
-        values = deep_merge(values, {"model": {f: getattr(source_model, f) for f in unset}})
-    elif source is not None and unset:
-        # A network given in full by a file from before the later fields existed: it trained with
-        # their class defaults, whatever this problem's default is now (deblur's bias, say).
-        values = deep_merge(values, {"model": {f: ModelConfig.model_fields[f].default for f in unset}})
+            if any(f not in LATER_NETWORK_FIELDS for f in unset):
+                raise ConfigError(f"training.init_from: {exc}") from None
+            # A network given in full by a file from before the later fields existed (a fine-tuned
+            # run's problem.toml) needs no source: it trained with those fields' class defaults,
+            # whatever this problem's default is now.
+            inherited = {f: ModelConfig.model_fields[f].default for f in unset}
+        values = deep_merge(values, {"model": inherited})
     for layer in (config or {}, overrides or {}):
         layer = dict(layer)
         if "problem" in layer and layer["problem"] != prob.name:

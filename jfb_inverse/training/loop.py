@@ -82,6 +82,21 @@ def _lr_lambda(total: int, warmup: int = 20) -> Callable[[int], float]:
     return factor
 
 
+def _reduce_record(record: dict[str, Any], not_converged: list[float], world: int, device: torch.device) -> None:
+    """A log record over every rank's shard, in place: the ranks' mean loss, PSNR, iterations and
+    converged share, their largest residual, and a step counted as not converged (in
+    ``not_converged``, one flag per step of the window) when any rank's solve was not."""
+    keys = ("loss", "psnr", "iterations", "converged")
+    means = torch.tensor([record[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(means)
+    for key, value in zip(keys, (means / world).tolist(), strict=True):
+        record[key] = value
+    largest = torch.tensor([record["residual"], *not_converged], dtype=torch.float64, device=device)
+    dist.all_reduce(largest, op=dist.ReduceOp.MAX)
+    values = largest.tolist()
+    record["residual"], not_converged[:] = values[0], values[1:]
+
+
 def _rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -347,9 +362,12 @@ def train(
                 record: dict[str, Any] = {"step": step + 1, "seconds": round(seconds(), 3)}
                 for key in ("loss", "psnr", "iterations", "residual", "converged"):
                     record[key] = sum(w[key] for w in window) / len(window)
+                not_converged = [float(w["converged"] < 1) for w in window]
+                if world > 1:  # the whole batch's record, not rank 0's shard
+                    _reduce_record(record, not_converged, world, device)
                 record["lr"] = scheduler.get_last_lr()[0]
                 record["eta"] = float(model.eta.detach())
-                record["not_converged_steps"] = sum(w["converged"] < 1 for w in window)
+                record["not_converged_steps"] = int(sum(not_converged))
                 record["skipped_steps"] = int(sum(w["skipped"] for w in window))
                 if lipschitz is not None:
                     record["lipschitz"] = lipschitz
