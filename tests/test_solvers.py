@@ -230,6 +230,33 @@ def test_cuda_graph_is_ignored_off_cuda(make, linear_contraction):
 
 
 @pytest.mark.parametrize("make", [Picard, Anderson])
+def test_a_map_that_could_not_be_recorded_is_not_recorded_again(make, linear_contraction, monkeypatch):
+    # Off CUDA, a stand-in for the recording: the first solve's wrapper "fails" (as a map that reads
+    # the host would), runs f eagerly, and the solver then asks for no recording in its next solves.
+    from jfb_inverse.implicit import solvers
+
+    asked = []
+
+    def stand_in(f, u0, cuda_graph):
+        asked.append(cuda_graph)
+        if not cuda_graph:
+            return f
+        wrapper = solvers._GraphedMap(f)
+        wrapper.failed = True  # what a failed capture leaves; its calls then run f eagerly
+        return wrapper
+
+    monkeypatch.setattr(solvers, "_maybe_graphed", stand_in)
+    w, b = linear_contraction
+    solver = make(tol=1e-8, max_iter=500, cuda_graph=True)
+    first, _ = solver.solve(lambda u: u @ w.T + b, torch.zeros_like(b))
+    second, _ = solver.solve(lambda u: u @ w.T + b, torch.zeros_like(b))
+    assert asked == [True, False]
+    assert torch.equal(first, second)
+    make(tol=1e-8, max_iter=500, cuda_graph=True)._graphed(lambda u: u, b)  # another solver tries again
+    assert asked == [True, False, True]
+
+
+@pytest.mark.parametrize("make", [Picard, Anderson])
 def test_half_precision_norms_that_sum_past_the_range_still_converge(make):
     # fp16: two finite norms whose sum overflows (65504) must not read as a diverged iterate.
     if make is Anderson:

@@ -144,7 +144,8 @@ class _GraphedMap:
     output buffer, which the next replay overwrites (Picard's next input is this call's output).
 
     A map that cannot be recorded (it reads a value on the host, say) runs eagerly from then on,
-    with a warning that names the error: the solve's result is the same, only slower.
+    with a warning that names the error: the solve's result is the same, only slower. The solver
+    remembers the failure and does not try again in its later solves.
     """
 
     def __init__(self, f: FixedPointMap) -> None:
@@ -191,7 +192,8 @@ class _GraphedMap:
             self.static_in = self.static_out = None
             warnings.warn(
                 f"cuda_graph: the map could not be recorded as a CUDA graph ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else ''}); it runs eagerly (same result, slower)",
+                f"{str(exc).splitlines()[0] if str(exc) else ''}); it runs eagerly in this solver from now on "
+                "(same result, slower)",
                 RuntimeWarning,
                 stacklevel=4,
             )
@@ -285,10 +287,22 @@ class FixedPointSolver(ABC):
 
     tol: float
     max_iter: int
+    cuda_graph: bool = False
+    # A map this solver could not record as a CUDA graph: recorded again at every solve, it failed
+    # again, at the cost of a capture attempt, a device sync and a warning per solve.
+    _graph_failed = False
 
     @abstractmethod
     def solve(self, f: FixedPointMap, u0: Tensor) -> tuple[Tensor, SolverStats]:
         """Iterate ``f`` from ``u0`` until the relative residual is below ``tol``."""
+
+    def _graphed(self, f: FixedPointMap, u0: Tensor) -> FixedPointMap:
+        """``f`` replayed from a CUDA graph where asked for, unless an earlier solve failed to record."""
+        return _maybe_graphed(f, u0, self.cuda_graph and not self._graph_failed)
+
+    def _remember_graph_failure(self, f: FixedPointMap) -> None:
+        if isinstance(f, _GraphedMap) and f.failed:
+            self._graph_failed = True
 
 
 @dataclass
@@ -314,7 +328,7 @@ class Picard(FixedPointSolver):
     def solve(self, f: FixedPointMap, u0: Tensor) -> tuple[Tensor, SolverStats]:
         """Run the (relaxed) Picard iteration from ``u0``."""
         _validate(u0, self.tol, self.max_iter)
-        f = _maybe_graphed(f, u0, self.cuda_graph)
+        f = self._graphed(f, u0)
         u = u0
         batch = u.shape[0]
         active = torch.ones(batch, dtype=torch.bool, device=u.device)
@@ -352,6 +366,7 @@ class Picard(FixedPointSolver):
                 break
         if not per_sample:
             iterations.fill_(evaluations)  # every sample ran every iteration
+        self._remember_graph_failure(f)
         return _finish(best, trace, iterations, evaluations, self.tol)
 
 
@@ -387,7 +402,7 @@ class Anderson(FixedPointSolver):
     def solve(self, f: FixedPointMap, u0: Tensor) -> tuple[Tensor, SolverStats]:
         """Run Anderson acceleration from ``u0``."""
         _validate(u0, self.tol, self.max_iter)
-        f = _maybe_graphed(f, u0, self.cuda_graph)
+        f = self._graphed(f, u0)
         if u0.dtype not in (torch.float32, torch.float64):
             raise ValueError(
                 f"Anderson needs float32 or float64 iterates (its mixing weights come from a small linear "
@@ -481,6 +496,7 @@ class Anderson(FixedPointSolver):
                 break
         if not per_sample:
             iterations.fill_(evaluations)
+        self._remember_graph_failure(f)
         return _finish(best, trace, iterations, evaluations, self.tol)
 
 
