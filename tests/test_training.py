@@ -296,6 +296,28 @@ def test_every_lipschitz_estimate_between_two_records_counts(tmp_path, monkeypat
     assert [(r["step"], r["lipschitz"]) for r in records] == [(2, 1.5), (4, 0.9)]
 
 
+def test_resume_of_a_run_saved_on_another_kind_of_device_restarts_the_noise_stream(tmp_path):
+    # A CUDA generator's state is 16 bytes, a CPU generator's 5,056: a CUDA run's checkpoint resumed
+    # on the CPU (or the reverse) used to fail inside Generator.set_state. Simulated by giving a
+    # CPU checkpoint the state of a CUDA-sized generator.
+    cfg = resolve_config("deblur", overrides=TINY)
+
+    def crash_at_step_10(step: int) -> None:
+        if step == 9:
+            raise CrashError
+
+    with pytest.raises(CrashError):
+        train(cfg, tmp_path / "part", on_step=crash_at_step_10)
+    path = tmp_path / "part" / "model.pt"
+    payload = torch.load(path, weights_only=True)
+    payload["noise_rng"] = torch.zeros(16, dtype=torch.uint8)
+    torch.save(payload, path)
+    with pytest.warns(RuntimeWarning, match="noise stream restarts from a seed of the step"):
+        result = train(cfg, tmp_path / "part", resume=True)
+    assert result.steps == cfg.training.steps
+    assert all(torch.isfinite(v).all() for v in weights(path).values())
+
+
 def test_a_resumed_run_gets_its_own_time_budget(tmp_path, monkeypatch):
     clock = iter(range(100_000))  # each reading of the loop's clock: one more second
     monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=lambda: float(next(clock))))

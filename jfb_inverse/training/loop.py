@@ -24,6 +24,7 @@ import json
 import math
 import signal
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 from torch.nn import functional as F
 
 from jfb_inverse.errors import UserError
@@ -95,6 +97,23 @@ def _reduce_record(record: dict[str, Any], not_converged: list[float], world: in
     dist.all_reduce(largest, op=dist.ReduceOp.MAX)
     values = largest.tolist()
     record["residual"], not_converged[:] = values[0], values[1:]
+
+
+def _restore_noise_stream(gen: torch.Generator, state: Tensor, fallback_seed: int) -> None:
+    """Continue the measurement-noise stream saved in a checkpoint. A state saved by a generator on
+    another kind of device (a CUDA run resumed on the CPU, or the reverse) does not fit this one:
+    the stream then restarts from a seed of the step, with a warning (the run goes on; bitwise
+    continuation across devices was never possible, their arithmetic differs)."""
+    if state.numel() == gen.get_state().numel():
+        gen.set_state(state)
+        return
+    gen.manual_seed(fallback_seed)
+    warnings.warn(
+        f"resuming on {gen.device.type}, a device of another kind than the one the run was saved on: the "
+        "measurement-noise stream restarts from a seed of the step (training goes on, not bit-identically)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -232,7 +251,7 @@ def train(
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
         source.load_state_dict(payload["data"])
-        noise_gen.set_state(payload["noise_rng"].cpu())
+        _restore_noise_stream(noise_gen, payload["noise_rng"].cpu(), t.seed + 1 + int(payload["step"]))
         torch.set_rng_state(payload["torch_rng"].cpu())
         first_step = int(payload["step"])
         elapsed_before = float(payload.get("seconds", 0.0))
