@@ -43,6 +43,11 @@ def validation_images() -> list[tuple[str, torch.Tensor]]:
     return [(name, load_image(path, channels=1, size=128)) for name, path in paths.items()]
 
 
+def training_images(channels: int = 1) -> list[tuple[str, torch.Tensor]]:
+    """The 13 built-in training images at 128 px: seen in training, so they rank recipes only."""
+    return [(name, load_builtin(name, channels=channels, size=128)) for name in BUILTIN_TRAIN]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name")
@@ -57,8 +62,7 @@ def main() -> None:
     train(cfg, run)
     seconds = time.perf_counter() - start
     model, cfg, physics = load_model(str(run / "model.pt"), "cpu")
-    images = [(name, load_builtin(name, channels=1, size=128)) for name in BUILTIN_TRAIN]
-    ev = evaluate(model, physics, cfg, images, seed=0, with_baselines=False)
+    ev = evaluate(model, physics, cfg, training_images(), seed=0, with_baselines=False)
     val = evaluate(model, physics, cfg, validation_images(), seed=0, with_baselines=True)
     result = {
         "name": args.name,

@@ -23,9 +23,8 @@ import argparse
 import json
 
 import torch
-from jfb_inverse.datasets.images import BUILTIN_TRAIN, load_builtin
 from jfb_inverse.datasets.phantoms import ellipse_phantoms
-from recipe_ablation import validation_images
+from recipe_ablation import training_images, validation_images
 
 from jfb_inverse.evaluation import evaluate
 from jfb_inverse.problems import ProblemConfig
@@ -70,8 +69,7 @@ def main() -> None:
         "converged": sum(report.converged),
     }
     if args.train_images:
-        images = [(name, load_builtin(name, channels=cfg.data.channels, size=128)) for name in BUILTIN_TRAIN]
-        seen = evaluate(model, physics, cfg, images, seed=0, with_baselines=True).report
+        seen = evaluate(model, physics, cfg, training_images(cfg.data.channels), seed=0, with_baselines=True).report
         result["train_images_psnr"] = seen["mean"]["psnr"]
         result["train_images_model_minus_best_baseline"] = {
             row["name"]: round(

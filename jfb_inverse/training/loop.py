@@ -84,10 +84,10 @@ def _lr_lambda(total: int, warmup: int = 20) -> Callable[[int], float]:
     return factor
 
 
-def _reduce_record(record: dict[str, Any], not_converged: list[float], world: int, device: torch.device) -> None:
+def _reduce_record(record: dict[str, Any], not_converged: list[float], world: int, device: torch.device) -> list[float]:
     """A log record over every rank's shard, in place: the ranks' mean loss, PSNR, iterations and
-    converged share, their largest residual, and a step counted as not converged (in
-    ``not_converged``, one flag per step of the window) when any rank's solve was not."""
+    converged share and their largest residual. Returns the window's per-step not-converged flags
+    (``not_converged``: this rank's) with a step flagged when any rank's solve was not."""
     keys = ("loss", "psnr", "iterations", "converged")
     means = torch.tensor([record[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(means)
@@ -95,8 +95,8 @@ def _reduce_record(record: dict[str, Any], not_converged: list[float], world: in
         record[key] = value
     largest = torch.tensor([record["residual"], *not_converged], dtype=torch.float64, device=device)
     dist.all_reduce(largest, op=dist.ReduceOp.MAX)
-    values = largest.tolist()
-    record["residual"], not_converged[:] = values[0], values[1:]
+    record["residual"], *flags = largest.tolist()
+    return flags
 
 
 def _restore_noise_stream(gen: torch.Generator, state: Tensor, fallback_seed: int) -> None:
@@ -251,9 +251,9 @@ def train(
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
         source.load_state_dict(payload["data"])
-        _restore_noise_stream(noise_gen, payload["noise_rng"].cpu(), t.seed + 1 + int(payload["step"]))
-        torch.set_rng_state(payload["torch_rng"].cpu())
         first_step = int(payload["step"])
+        _restore_noise_stream(noise_gen, payload["noise_rng"].cpu(), t.seed + 1 + first_step)
+        torch.set_rng_state(payload["torch_rng"].cpu())
         elapsed_before = float(payload.get("seconds", 0.0))
         window_state = json.loads(payload.get("log_window", "[]"))
         lipschitz_state = payload.get("lipschitz_pending")
@@ -383,7 +383,7 @@ def train(
                     record[key] = sum(w[key] for w in window) / len(window)
                 not_converged = [float(w["converged"] < 1) for w in window]
                 if world > 1:  # the whole batch's record, not rank 0's shard
-                    _reduce_record(record, not_converged, world, device)
+                    not_converged = _reduce_record(record, not_converged, world, device)
                 record["lr"] = scheduler.get_last_lr()[0]
                 record["eta"] = float(model.eta.detach())
                 record["not_converged_steps"] = int(sum(not_converged))
