@@ -242,6 +242,7 @@ class ModelConfig(_Strict):
     equivariance: Equivariance = "rotations"
     input_injection: bool = False
     bias: bool = True
+    classical: Literal["smooth", "tv"] = "smooth"
 
 
 class SolverConfig(_Strict):
