@@ -120,12 +120,7 @@ def build_model(cfg: ProblemConfig, device: torch.device | str = "cpu") -> tuple
     context = channels if m.input_injection else 0
     if m.arch == "unet":
         regularizer = SmoothingResidualUNet(
-            channels,
-            width=m.width,
-            spectral_norm=m.spectral_norm,
-            context_channels=context,
-            bias=m.bias,
-            classical=m.classical,
+            channels, width=m.width, spectral_norm=m.spectral_norm, context_channels=context, bias=m.bias
         )
     else:
         regularizer = SmoothingResidualCNN(
@@ -135,7 +130,6 @@ def build_model(cfg: ProblemConfig, device: torch.device | str = "cpu") -> tuple
             spectral_norm=m.spectral_norm,
             context_channels=context,
             bias=m.bias,
-            classical=m.classical,
         )
     apply_memory_format(regularizer, m.memory_format, device)
     model = ImplicitReconstructor(

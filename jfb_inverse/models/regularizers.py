@@ -8,7 +8,6 @@ from torch.nn import functional as F
 
 from jfb_inverse.implicit import spectral_normalize
 from jfb_inverse.models.layers import OneDNNConv2d, SingleOutputConv2d
-from jfb_inverse.models.tv import tv_prox
 
 
 class SmoothingResidual(nn.Module):
@@ -27,10 +26,6 @@ class SmoothingResidual(nn.Module):
     reconstructor passes the iteration's start (the Tikhonov or adjoint reconstruction), which tells
     ``N`` what the measurement says about each pixel; ``D`` is then a function of ``v`` alone for a
     given measurement, so ``T`` stays a fixed-point map in ``u``.
-
-    With ``classical="tv"`` the fixed smoother is replaced by total variation's proximal operator
-    with a learned weight ``lam`` (starting at ``tv_weight``; ten FGP steps, :func:`tv_prox`):
-    ``D(v) = prox_{lam TV}(v) + N(v)``, so the untrained network is TV-regularised HQS.
     """
 
     def __init__(
@@ -40,14 +35,9 @@ class SmoothingResidual(nn.Module):
         spectral_norm: bool = False,
         smoothing_init: float = 0.5,
         context_channels: int = 0,
-        classical: str = "smooth",
-        tv_weight: float = 2e-3,
     ) -> None:
         super().__init__()
-        if classical not in ("smooth", "tv"):
-            raise ValueError(f"classical must be 'smooth' or 'tv', not {classical!r}")
         self.net = net
-        self.classical = classical
         self.context_channels = context_channels
         self.residual_gain: nn.Parameter | None = None
         if spectral_norm:
@@ -55,11 +45,8 @@ class SmoothingResidual(nn.Module):
             last.reset_parameters()
             self.residual_gain = nn.Parameter(torch.zeros(()))
             spectral_normalize(self.net)
-        if classical == "tv":
-            self.tv_log_weight = nn.Parameter(torch.tensor(tv_weight).log())
-        else:
-            smoothing_init = min(max(smoothing_init, 1e-4), 1 - 1e-4)
-            self.smoothing_logit = nn.Parameter(torch.logit(torch.tensor(smoothing_init)))
+        smoothing_init = min(max(smoothing_init, 1e-4), 1 - 1e-4)
+        self.smoothing_logit = nn.Parameter(torch.logit(torch.tensor(smoothing_init)))
         self.channels = channels
 
     @property
@@ -73,14 +60,11 @@ class SmoothingResidual(nn.Module):
         # The fixed smoother stays in v's precision even under autocast: it carries the whole image,
         # and bf16's rounding of it (~0.4%) would stop the fixed-point residual from reaching 1e-3.
         with torch.autocast(device_type=v.device.type, enabled=False):
-            if self.classical == "tv":
-                base = tv_prox(v, self.tv_log_weight.exp().to(v.dtype))
-            else:
-                base = torch.lerp(v, binomial_smooth(v), self.smoothing.to(v.dtype))
+            smooth = binomial_smooth(v)
         residual = self.net(self._with_context(v, context))
         if self.residual_gain is not None:
             residual = residual * self.residual_gain.to(residual.dtype)
-        return base + residual
+        return torch.lerp(v, smooth.to(v.dtype), self.smoothing.to(v.dtype)) + residual
 
     def _with_context(self, v: Tensor, context: Tensor | None) -> Tensor:
         """``N``'s input: ``v``, or ``v`` and the context stacked along the channels."""
@@ -138,16 +122,13 @@ class SmoothingResidualCNN(SmoothingResidual):
         smoothing_init: float = 0.5,
         context_channels: int = 0,
         bias: bool = True,
-        classical: str = "smooth",
     ) -> None:
         c_in = channels + context_channels
         layers: list[nn.Module] = [OneDNNConv2d(c_in, width, 3, padding=1, bias=bias), nn.ReLU(inplace=True)]
         for d in _dilations(depth - 2):
             layers += [nn.Conv2d(width, width, 3, padding=d, dilation=d, bias=bias), nn.ReLU(inplace=True)]
         layers.append(_zero_conv(width, channels, bias))
-        super().__init__(
-            nn.Sequential(*layers), channels, spectral_norm, smoothing_init, context_channels, classical=classical
-        )
+        super().__init__(nn.Sequential(*layers), channels, spectral_norm, smoothing_init, context_channels)
 
 
 class SmoothingResidualUNet(SmoothingResidual):
@@ -167,7 +148,6 @@ class SmoothingResidualUNet(SmoothingResidual):
         smoothing_init: float = 0.5,
         context_channels: int = 0,
         bias: bool = True,
-        classical: str = "smooth",
     ) -> None:
         image_channels = channels + context_channels
 
@@ -192,7 +172,7 @@ class SmoothingResidualUNet(SmoothingResidual):
             dec1=block(2 * w, w),
             last=_zero_conv(w, channels, bias),
         )
-        super().__init__(net, channels, spectral_norm, smoothing_init, context_channels, classical=classical)
+        super().__init__(net, channels, spectral_norm, smoothing_init, context_channels)
 
 
 class _UNet(nn.Module):

@@ -242,7 +242,6 @@ class ModelConfig(_Strict):
     equivariance: Equivariance = "rotations"
     input_injection: bool = False
     bias: bool = True
-    classical: Literal["smooth", "tv"] = "smooth"
 
 
 class SolverConfig(_Strict):

@@ -197,11 +197,11 @@ def validate_definition(values: Mapping[str, Any]) -> ProblemConfig:
 
 
 #: The ``model`` fields that decide the shape of the learned weights, which ``init_from`` inherits.
-NETWORK_FIELDS = ("arch", "width", "depth", "spectral_norm", "input_injection", "bias", "classical")
+NETWORK_FIELDS = ("arch", "width", "depth", "spectral_norm", "input_injection", "bias")
 # Network fields added after fine-tuned runs were already writing problem.toml files: a file that
 # leaves only these unset still inherits them from a readable source, and without one takes their
 # class defaults (what those runs trained).
-LATER_NETWORK_FIELDS = frozenset({"input_injection", "bias", "classical"})
+LATER_NETWORK_FIELDS = frozenset({"input_injection", "bias"})
 
 
 def _section(layer: Mapping[str, Any] | None, name: str) -> Mapping[str, Any]:
