@@ -1,5 +1,6 @@
 """The faster layers equal the torch operations they replace: ``SingleOutputConv2d`` (``nn.Conv2d``
-wherever its shifted-sum form is used) and ``binomial_smooth`` (a depthwise 3x3 convolution)."""
+wherever its shifted-sum form is used), ``binomial_smooth`` (a depthwise 3x3 convolution) and
+``HalfReLU`` (``nn.ReLU``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from torch import nn
 
 from jfb_inverse.implicit import spectral_normalize
 from jfb_inverse.models import build_model
-from jfb_inverse.models.layers import SingleOutputConv2d
+from jfb_inverse.models.layers import HalfReLU, SingleOutputConv2d
 from jfb_inverse.problems import resolve_config
 
 
@@ -232,3 +233,48 @@ def test_onednn_conv_strided_dilated_on_a_tiny_input_matches_conv2d_in_a_subproc
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_relu_equals_relu_on_16_bit_floats_without_autograd(dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 6, 6).to(dtype).contiguous(memory_format=torch.channels_last)
+    x[0, 0, 0, :4] = torch.tensor([-0.0, float("inf"), -float("inf"), float("nan")], dtype=dtype)
+    expected = torch.relu(x)
+    with torch.no_grad():
+        out = HalfReLU()(x)
+    assert out.data_ptr() == x.data_ptr()  # in place, as nn.ReLU(inplace=True)
+    assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, expected, equal_nan=True, rtol=0, atol=0)
+    assert (out >= 0).sum() == out.numel() - 1  # every value but the NaN is >= 0: -0.0 and -inf gave 0
+
+
+def test_half_relu_with_autograd_or_fp32_is_relu_and_gradients_match() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(HalfReLU()(x.clone()), torch.relu(x), rtol=0, atol=0)
+    a = x.bfloat16().requires_grad_()
+    b = a.detach().clone().requires_grad_()
+    (HalfReLU()(a * 1) * torch.arange(a.numel()).view_as(a)).sum().backward()
+    (torch.relu(b * 1) * torch.arange(b.numel()).view_as(b)).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=0)
+
+
+def test_regulariser_in_bf16_is_unchanged_by_the_half_relu() -> None:
+    cfg = resolve_config("deblur")
+    torch.manual_seed(0)
+    model, _ = build_model(cfg, torch.device("cpu"))
+    reg = model.regularizer
+    with torch.no_grad():
+        for p in reg.net[-1].parameters():  # a non-zero last layer, so that N contributes
+            p.normal_(0.0, 0.05)
+    relus = [(p, name) for p in reg.modules() for name, c in p.named_children() if isinstance(c, HalfReLU)]
+    assert len(relus) == cfg.model.depth - 1
+    v = torch.rand(2, 1, 24, 24)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fast = reg(v)
+        for parent, name in relus:
+            setattr(parent, name, nn.ReLU(inplace=True))
+        plain = reg(v)
+    torch.testing.assert_close(fast, plain, rtol=0, atol=0)

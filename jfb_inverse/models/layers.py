@@ -90,6 +90,30 @@ class OneDNNConv2d(nn.Conv2d):
         )
 
 
+class HalfReLU(nn.ReLU):
+    """An in-place ``ReLU`` whose no-grad CPU path for bf16 and fp16 inputs clamps the same bits
+    read as int16: a 16-bit float with its sign bit set is a negative int16, so clamping those to
+    0 is ReLU (and sends -0.0 to +0.0).
+
+    Why: PyTorch's bf16 ``relu_`` on the CPU ran 6x slower than this (0.128 against 0.020 ms on
+    8x32x64^2 channels-last, one thread; 3.5x slower than the fp32 ``relu_`` on twice the bytes),
+    which made the four ReLUs of the regulariser ~7% of a bf16 forward solve. One difference: a
+    NaN whose sign bit is set becomes 0 instead of NaN. Only NaNs made inside the network from
+    finite inputs can meet that (overflow, as in fp32), and ``D``'s residual form passes a NaN
+    iterate through to its output anyway. Elsewhere (autograd on, fp32, GPU) it is ``nn.ReLU``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``relu_(x)`` (the int16 clamp when it applies)."""
+        if x.dtype in (torch.bfloat16, torch.float16) and x.device.type == "cpu" and not torch.is_grad_enabled():
+            torch.clamp_min_(x.view(torch.int16), 0)
+            return x
+        return super().forward(x)
+
+
 def shifted_sum_conv2d(
     x: Tensor, weight: Tensor, bias: Tensor | None, padding: tuple[int, int], dilation: tuple[int, int]
 ) -> Tensor:

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from jfb_inverse.implicit import spectral_normalize
-from jfb_inverse.models.layers import OneDNNConv2d, SingleOutputConv2d
+from jfb_inverse.models.layers import HalfReLU, OneDNNConv2d, SingleOutputConv2d
 
 
 class SmoothingResidual(nn.Module):
@@ -124,9 +124,9 @@ class SmoothingResidualCNN(SmoothingResidual):
         bias: bool = True,
     ) -> None:
         c_in = channels + context_channels
-        layers: list[nn.Module] = [OneDNNConv2d(c_in, width, 3, padding=1, bias=bias), nn.ReLU(inplace=True)]
+        layers: list[nn.Module] = [OneDNNConv2d(c_in, width, 3, padding=1, bias=bias), HalfReLU()]
         for d in _dilations(depth - 2):
-            layers += [nn.Conv2d(width, width, 3, padding=d, dilation=d, bias=bias), nn.ReLU(inplace=True)]
+            layers += [nn.Conv2d(width, width, 3, padding=d, dilation=d, bias=bias), HalfReLU()]
         layers.append(_zero_conv(width, channels, bias))
         super().__init__(nn.Sequential(*layers), channels, spectral_norm, smoothing_init, context_channels)
 
@@ -156,9 +156,9 @@ class SmoothingResidualUNet(SmoothingResidual):
             first = OneDNNConv2d if c_in == image_channels else nn.Conv2d
             return nn.Sequential(
                 first(c_in, c_out, 3, stride=stride, padding=1, bias=bias),
-                nn.ReLU(inplace=True),
+                HalfReLU(),
                 nn.Conv2d(c_out, c_out, 3, padding=1, bias=bias),
-                nn.ReLU(inplace=True),
+                HalfReLU(),
             )
 
         w = width
