@@ -7,7 +7,9 @@ numbers rank recipes; they are not a held-out quality claim.
 
     python benchmarks/recipe_ablation.py NAME '{"training": {"steps": 700}, "model": {"depth": 7}}'
 
-Appends one JSON line to ``benchmarks/results/recipe_ablation.jsonl``.
+Appends one JSON line to ``benchmarks/results/recipe_ablation.jsonl``. Overrides apply to the
+definition of the time: lines before the fourteenth session's ``S14_reuse*`` ran with a fresh
+batch every step (add ``"batch_reuse": 1`` under ``training`` to reproduce them).
 """
 
 from __future__ import annotations

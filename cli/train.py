@@ -224,10 +224,11 @@ def train(
                 (out / name).unlink(missing_ok=True)
         if not main_process:
             return
+        t = cfg.training
+        reuse = f" (each used {t.batch_reuse}x, warm-started)" if t.batch_reuse > 1 else ""
         console.print(
-            f"training [bold]{cfg.problem}[/] on {dev}: {cfg.training.steps} steps, batch {cfg.training.batch_size}, "
-            f"gradient {cfg.training.gradient}, solver {cfg.solver.name} "
-            f"(tol {cfg.solver.tol:g}, max {cfg.solver.max_iter})"
+            f"training [bold]{cfg.problem}[/] on {dev}: {t.steps} steps, batch {t.batch_size}{reuse}, "
+            f"gradient {t.gradient}, solver {cfg.solver.name} (tol {cfg.solver.tol:g}, max {cfg.solver.max_iter})"
         )
         progress.start()
 

@@ -39,9 +39,25 @@ def run_train(args: list[str], timeout: float = 240) -> subprocess.CompletedProc
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
-def test_two_gloo_processes_match_one_process(tmp_path):
+# Each batch serves two consecutive steps, the second starting from the first's fixed point: every
+# rank keeps the warm starts of its own share, and a checkpoint gathers them. Every solve runs its
+# 40 iterations: a warm start is near tol, where one process stopping on the whole batch's maximum
+# and each rank on its own share's would run different counts (1.6e-6 apart in the weights after
+# four steps), which is the stop rule's doing, not DDP's arithmetic, which this file checks.
+REUSE = "batch_reuse = 2\nreuse_gap = 1\n"
+FIXED_COUNT = ("tol = 1e-6\nmax_iter = 200", "tol = 1e-12\nmax_iter = 40")
+
+
+def config_text(extra: str) -> str:
+    """The test definition, with ``extra`` appended to its training section (and, for reuse, a
+    fixed iteration count)."""
+    return CONFIG.replace(*FIXED_COUNT) + extra if extra else CONFIG
+
+
+@pytest.mark.parametrize("extra", ["", REUSE], ids=["fresh", "reuse"])
+def test_two_gloo_processes_match_one_process(tmp_path, extra):
     config = tmp_path / "run.toml"
-    config.write_text(CONFIG)
+    config.write_text(config_text(extra))
     single = run_train(["--config", str(config), "--out", str(tmp_path / "single")])
     assert single.returncode == 0, single.stderr[-2000:]
     double = run_train(["--config", str(config), "--out", str(tmp_path / "ddp"), "--nproc", "2"])
@@ -97,9 +113,10 @@ def test_nproc_is_stripped_from_worker_arguments(monkeypatch, flag):
     assert train_module._argv_without_nproc() == ["--steps", "3", "--out", "x"]
 
 
-def test_distributed_run_resumes(tmp_path):
+@pytest.mark.parametrize("extra", ["", REUSE], ids=["fresh", "reuse"])
+def test_distributed_run_resumes(tmp_path, extra):
     config = tmp_path / "run.toml"
-    config.write_text(CONFIG)
+    config.write_text(config_text(extra))
     full = run_train(["--config", str(config), "--out", str(tmp_path / "full"), "--nproc", "2"])
     assert full.returncode == 0, full.stderr[-2000:]
     # Stops after its first step (time budget), then continues from the checkpoint on 2 ranks.
@@ -107,7 +124,11 @@ def test_distributed_run_resumes(tmp_path):
         ["--config", str(config), "--out", str(tmp_path / "part"), "--nproc", "2", "--max-minutes", "1e-9"]
     )
     assert part.returncode == 0, part.stderr[-2000:]
-    assert torch.load(tmp_path / "part" / "model.pt", weights_only=True)["step"] == 1
+    stopped = torch.load(tmp_path / "part" / "model.pt", weights_only=True)
+    assert stopped["step"] == 1
+    if extra:  # the warm start of step 2 is the whole batch's, gathered from both ranks
+        (slot,) = stopped["batch_pool"]["slots"].values()
+        assert slot["start"].shape == slot["x"].shape == (4, 1, 32, 32)
     resumed = run_train(["--resume", "--out", str(tmp_path / "part"), "--nproc", "2"])
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a = torch.load(tmp_path / "full" / "model.pt", weights_only=True)["state_dict"]

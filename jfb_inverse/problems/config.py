@@ -279,7 +279,10 @@ class TrainingConfig(_Strict):
     checkpoint (a ``model.pt``, a run folder or ``builtin:NAME``) instead of the untrained network,
     to fine-tune it on other data or another operator; the network's shape (``model.arch``,
     ``width``, ``depth``, ``spectral_norm``, ``input_injection``, ``bias``) then defaults to the
-    source's, so its weights fit.
+    source's, so its weights fit. ``batch_reuse``: each batch serves that many steps, ``reuse_gap``
+    steps apart, and every use after the first starts the solve from the batch's previous fixed
+    point (warm start: fewer forward iterations per step, see :mod:`jfb_inverse.training.reuse`);
+    1 (the class default) draws a fresh batch every step.
     """
 
     steps: PositiveInt = 600
@@ -296,6 +299,8 @@ class TrainingConfig(_Strict):
     max_minutes: PositiveFloat | None = None
     lipschitz_every: NonNegativeInt = 0
     init_from: str | None = None
+    batch_reuse: PositiveInt = 1
+    reuse_gap: PositiveInt = 8
 
 
 class ProblemConfig(_Strict):

@@ -43,6 +43,7 @@ from jfb_inverse.problems.config import ProblemConfig
 from jfb_inverse.problems.noise import simulate
 from jfb_inverse.training.checkpoint import load_checkpoint, load_initial_weights, save_checkpoint
 from jfb_inverse.training.data import TrainingSource
+from jfb_inverse.training.reuse import BatchPool
 
 LogCallback = Callable[[dict[str, Any]], None]
 MAX_BAD_STEPS = 5
@@ -230,6 +231,8 @@ def train(
         load_initial_weights(model, t.init_from, cfg.model.step, device)
     model.train()
     source = TrainingSource(cfg.data, t.batch_size, t.seed, device)
+    local = slice(rank * t.batch_size // world, (rank + 1) * t.batch_size // world)
+    pool = BatchPool(t.batch_reuse, t.reuse_gap, local)
     img_size = (cfg.data.channels, cfg.data.patch_size, cfg.data.patch_size)
     physics = physics_cache.for_image(img_size)
     noise_gen = torch.Generator(device=device).manual_seed(t.seed + 1)
@@ -251,6 +254,8 @@ def train(
         optimizer.load_state_dict(payload["optimizer"])
         scheduler.load_state_dict(payload["scheduler"])
         source.load_state_dict(payload["data"])
+        if payload.get("batch_pool") is not None:  # None: a completed run, or a checkpoint from before reuse
+            pool.load_state_dict(payload["batch_pool"])
         first_step = int(payload["step"])
         _restore_noise_stream(noise_gen, payload["noise_rng"].cpu(), t.seed + 1 + first_step)
         torch.set_rng_state(payload["torch_rng"].cpu())
@@ -291,6 +296,11 @@ def train(
         return elapsed_before + time.perf_counter() - start
 
     def checkpoint(final: bool = False) -> None:
+        # Every rank takes part: the pool gathers the ranks' warm starts. A run that did all its
+        # steps keeps no pool (a resume with more steps draws fresh batches), so model.pt stays small;
+        # one stopped early (time budget, signal) keeps it, to resume exactly.
+        done = final and step + 1 >= t.steps
+        pool_state = None if done or t.batch_reuse == 1 else pool.state_dict(world)
         if not is_main:
             return
         if not _all_finite(model.state_dict().values()):
@@ -303,6 +313,7 @@ def train(
             scheduler=scheduler.state_dict(),
             step=step + 1,
             data=source.state_dict(),
+            batch_pool=pool_state,
             noise_rng=noise_gen.get_state(),
             torch_rng=torch.get_rng_state(),
             seconds=seconds(),
@@ -314,14 +325,16 @@ def train(
             finished=final,
         )
 
-    local = slice(rank * t.batch_size // world, (rank + 1) * t.batch_size // world)
+    def draw() -> tuple[Tensor, Tensor]:
+        x_all = source.sample()
+        with torch.no_grad():
+            return x_all, simulate(x_all, physics, cfg.noise, noise_gen)
+
     with _stop_on_signals() as received:
         for step in range(first_step, t.steps):
-            x_all = source.sample()
-            with torch.no_grad():
-                y_all = simulate(x_all, physics, cfg.noise, noise_gen)
-            x, y = x_all[local], y_all[local]
-            x_hat = ddp_model(y, physics)
+            x, y, warm_start = pool.batch(step, draw)
+            x_hat = ddp_model(y, physics, u0=warm_start)
+            pool.remember(x_hat)
             loss = F.mse_loss(x_hat, x)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
