@@ -1,5 +1,5 @@
 """Batch reuse with warm starts (``training.batch_reuse``, ``reuse_gap``): the schedule, fewer
-forward iterations on a reused batch, and exact resumption."""
+forward iterations on a reused batch, exact resumption, the NaN guard, and unrolled training."""
 
 from __future__ import annotations
 
@@ -107,3 +107,71 @@ def test_reuse_changes_training_and_the_default_deblur_definition_uses_it(tmp_pa
     assert any(not torch.equal(a[k], b[k]) for k in a)
     default = resolve_config("deblur").training
     assert (default.batch_reuse, default.reuse_gap) == (4, 8)
+
+
+def _keep_models(monkeypatch) -> list:
+    from jfb_inverse.training import loop
+
+    built = []
+    real_build = loop.build_model
+
+    def build_and_keep(*args, **kwargs):
+        built.append(real_build(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(loop, "build_model", build_and_keep)
+    return built
+
+
+def test_a_step_the_nan_guard_skips_retires_its_batch_instead_of_keeping_a_nan_start(tmp_path, monkeypatch) -> None:
+    from jfb_inverse.training import loop
+
+    real_mse = loop.F.mse_loss
+    calls = {"n": 0}
+
+    def one_nan(a, b):
+        calls["n"] += 1
+        return real_mse(a, b) * float("nan") if calls["n"] == 2 else real_mse(a, b)
+
+    monkeypatch.setattr(loop.F, "mse_loss", one_nan)
+    built = _keep_models(monkeypatch)
+    starts: list[bool] = []
+    original_forward = None
+
+    def record_start(y, physics=None, u0=None, **kwargs):
+        starts.append(u0 is not None)
+        return original_forward(y, physics, u0=u0, **kwargs)
+
+    def wrap(step: int) -> None:  # after the first step: the model exists; wrap it once
+        nonlocal original_forward
+        model = built[0][0]
+        if original_forward is None:
+            original_forward = model.forward
+            model.forward = record_start
+
+    result = train(tiny(steps=6, batch_reuse=6, reuse_gap=1), tmp_path / "run", on_step=wrap)
+    # Step 2 (the second call) was skipped; before the fix its NaN fixed point became the start of
+    # every later use of the batch, and each of those was skipped too.
+    assert result.skipped_steps == 1
+    # Steps 2-6 (recorded from step 2 on): step 2 was warm, step 3 starts a fresh batch, then warm.
+    assert starts == [True, False, True, True, True]
+
+
+def test_unrolled_training_gets_no_warm_start(tmp_path, monkeypatch) -> None:
+    built = _keep_models(monkeypatch)
+    seen: list[object] = []
+
+    def wrap(step: int) -> None:
+        model = built[0][0]
+        if not seen:
+            forward = model.forward
+
+            def record(y, physics=None, u0=None, **kwargs):
+                seen.append(u0)
+                return forward(y, physics, u0=u0, **kwargs)
+
+            model.forward = record
+            seen.append("wrapped")
+
+    train(tiny(steps=4, batch_reuse=4, reuse_gap=1, gradient="unrolled", unrolled_k=3), tmp_path / "run", on_step=wrap)
+    assert seen == ["wrapped", None, None, None]

@@ -45,16 +45,17 @@ def run_train(args: list[str], timeout: float = 240) -> subprocess.CompletedProc
 # and each rank on its own share's would run different counts (1.6e-6 apart in the weights after
 # four steps), which is the stop rule's doing, not DDP's arithmetic, which this file checks.
 REUSE = "batch_reuse = 2\nreuse_gap = 1\n"
+FRESH = "batch_reuse = 1\n"  # a fresh batch every step (the deblur default reuses batches)
 FIXED_COUNT = ("tol = 1e-6\nmax_iter = 200", "tol = 1e-12\nmax_iter = 40")
 
 
 def config_text(extra: str) -> str:
     """The test definition, with ``extra`` appended to its training section (and, for reuse, a
     fixed iteration count)."""
-    return CONFIG.replace(*FIXED_COUNT) + extra if extra else CONFIG
+    return (CONFIG.replace(*FIXED_COUNT) if extra == REUSE else CONFIG) + extra
 
 
-@pytest.mark.parametrize("extra", ["", REUSE], ids=["fresh", "reuse"])
+@pytest.mark.parametrize("extra", [FRESH, REUSE], ids=["fresh", "reuse"])
 def test_two_gloo_processes_match_one_process(tmp_path, extra):
     config = tmp_path / "run.toml"
     config.write_text(config_text(extra))
@@ -113,7 +114,7 @@ def test_nproc_is_stripped_from_worker_arguments(monkeypatch, flag):
     assert train_module._argv_without_nproc() == ["--steps", "3", "--out", "x"]
 
 
-@pytest.mark.parametrize("extra", ["", REUSE], ids=["fresh", "reuse"])
+@pytest.mark.parametrize("extra", [FRESH, REUSE], ids=["fresh", "reuse"])
 def test_distributed_run_resumes(tmp_path, extra):
     config = tmp_path / "run.toml"
     config.write_text(config_text(extra))
@@ -126,7 +127,7 @@ def test_distributed_run_resumes(tmp_path, extra):
     assert part.returncode == 0, part.stderr[-2000:]
     stopped = torch.load(tmp_path / "part" / "model.pt", weights_only=True)
     assert stopped["step"] == 1
-    if extra:  # the warm start of step 2 is the whole batch's, gathered from both ranks
+    if extra == REUSE:  # the warm start of step 2 is the whole batch's, gathered from both ranks
         (slot,) = stopped["batch_pool"]["slots"].values()
         assert slot["start"].shape == slot["x"].shape == (4, 1, 32, 32)
     resumed = run_train(["--resume", "--out", str(tmp_path / "part"), "--nproc", "2"])

@@ -16,7 +16,8 @@ from jfb_inverse.training.loop import TrainingDivergedError, train
 TINY = {
     "data": {"patch_size": 32},
     "model": {"width": 8, "depth": 3},
-    "training": {"steps": 12, "batch_size": 2, "log_every": 3, "checkpoint_every": 4},
+    # A fresh batch every step (the deblur default reuses them; tests/test_batch_reuse.py covers that).
+    "training": {"steps": 12, "batch_size": 2, "log_every": 3, "checkpoint_every": 4, "batch_reuse": 1},
 }
 
 

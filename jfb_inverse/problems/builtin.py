@@ -18,7 +18,7 @@ register_problem(
         "solver": {"name": "anderson", "tol": 1e-3, "max_iter": 30},
         # 3,600 fresh-batch steps fit the 10-minute budget on a 2-core CPU with native bf16 (precision
         # auto: 1.5x faster steps than fp32). Reusing each batch 4 times, 8 steps apart, with warm
-        # starts makes a step 0.84x as long, so 4,300 steps take the same time; at two seeds they
+        # starts makes a step 0.84x as long, so 4,300 steps take about as long; at two seeds they
         # scored +0.16 dB on the training images and +0.19 on the validation photos over 3,600
         # fresh ones (README, "Deblurring").
         "training": {

@@ -281,8 +281,8 @@ class TrainingConfig(_Strict):
     ``width``, ``depth``, ``spectral_norm``, ``input_injection``, ``bias``) then defaults to the
     source's, so its weights fit. ``batch_reuse``: each batch serves that many steps, ``reuse_gap``
     steps apart, and every use after the first starts the solve from the batch's previous fixed
-    point (warm start: fewer forward iterations per step, see :mod:`jfb_inverse.training.reuse`);
-    1 (the class default) draws a fresh batch every step.
+    point (warm start: fewer forward iterations per step, see :mod:`jfb_inverse.training.reuse`;
+    ``unrolled`` gets no warm start); 1 (the class default) draws a fresh batch every step.
     """
 
     steps: PositiveInt = 600

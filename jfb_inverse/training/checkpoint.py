@@ -2,7 +2,9 @@
 
 A checkpoint is a dict of tensors and plain values: the format tag, the resolved problem
 definition (JSON text), the model weights, and the training state (optimiser, scheduler, step,
-RNG states). ``builtin:NAME`` names a model shipped inside the package.
+RNG states; with ``training.batch_reuse > 1``, until the run completes, also the batches in
+flight: up to ``reuse_gap`` global batches of patches, measurements and fixed points).
+``builtin:NAME`` names a model shipped inside the package.
 """
 
 from __future__ import annotations

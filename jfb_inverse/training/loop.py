@@ -333,8 +333,8 @@ def train(
     with _stop_on_signals() as received:
         for step in range(first_step, t.steps):
             x, y, warm_start = pool.batch(step, draw)
-            x_hat = ddp_model(y, physics, u0=warm_start)
-            pool.remember(x_hat)
+            # An unrolled network is trained for its K iterations from the model's own start.
+            x_hat = ddp_model(y, physics, u0=None if t.gradient == "unrolled" else warm_start)
             loss = F.mse_loss(x_hat, x)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -350,7 +350,9 @@ def train(
                 scaler.step(optimizer)
                 scaler.update()
                 bad_in_a_row = 0
+                pool.remember(x_hat)
             else:
+                pool.discard()  # a NaN start would spoil the batch's later uses: draw afresh instead
                 skipped += 1
                 bad_in_a_row += 1
                 optimizer.zero_grad(set_to_none=True)

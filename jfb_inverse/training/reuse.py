@@ -5,11 +5,16 @@ Why: a training step is mostly its forward solve, and a solve started from where
 solve ended a few optimiser steps earlier converges in fewer iterations than one started from the
 Tikhonov reconstruction. On the deblur reference a step cost 0.84x on average with ``reuse=4,
 gap=8``, and the steps that fit the default's time scored higher (README, "Deblurring").
-JFB's gradient is taken at the fixed point whatever the start, so only the cost changes.
-``reuse=1`` is plain training: a fresh batch every step, nothing kept.
+For a solve that converges, JFB's (and JFB-k's, and implicit differentiation's) gradient is taken
+at the same fixed point whatever the start; a solve stopped by ``max_iter`` ends elsewhere from
+another start. The ``unrolled`` strategy gets no warm start (the loop passes none): it trains its
+K iterations from the model's start, batches are still reused. ``reuse=1`` is plain training: a
+fresh batch every step, nothing kept.
 
-The schedule is fixed by the step number alone (step ``s`` uses slot ``s % gap``; a slot draws a
-fresh batch when its batch has served ``reuse`` steps), so a resumed run replays it exactly.
+The schedule follows the step number (step ``s`` uses slot ``s % gap``; a slot draws a fresh batch
+when its batch has served ``reuse`` steps, or after a step the NaN guard skipped), and the slots
+are saved in checkpoints, so a resumed interrupted run replays it exactly. A run that completed
+its steps saves no slots: resumed with more steps, it draws fresh batches for every slot.
 """
 
 from __future__ import annotations
@@ -59,6 +64,12 @@ class BatchPool:
         """Keep ``fixed_point`` (this rank's share of the last batch) as its next use's start."""
         if self.reuse > 1 and self._current is not None:
             self._current.start = fixed_point.detach()
+
+    def discard(self) -> None:
+        """Retire the last batch (its step failed): its slot draws a fresh batch at its next turn."""
+        if self._current is not None:
+            self._current.start = None
+            self._current.uses = self.reuse
 
     def state_dict(self, world: int = 1) -> dict[str, Any]:
         """The slots, with every rank's starts gathered (a collective call when ``world > 1``)."""
