@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import argparse
 import json
+from typing import Any
 
 import torch
 from jfb_inverse.datasets.images import BUILTIN_TRAIN, load_builtin
@@ -37,6 +38,17 @@ def tuning_images() -> list[tuple[str, torch.Tensor]]:
     return validation_images() + train
 
 
+def tuning_problem(checkpoint: str) -> tuple[Any, list[str], torch.Tensor, Any]:
+    """``(model in eval mode, image names, measurements y, physics)`` of the tuning images, noise seed 0."""
+    model, cfg, physics_cache = load_model(checkpoint, "cpu")
+    model.eval()
+    images = tuning_images()
+    x = torch.stack([im for _, im in images])
+    physics = physics_cache.for_image(tuple(x.shape[1:]))
+    y = simulate(x, physics, cfg.noise, torch.Generator().manual_seed(0))
+    return model, [n for n, _ in images], y, physics
+
+
 def iterations_to(solver: Picard | Anderson, fn, u0: torch.Tensor) -> dict[str, int | None]:
     """First iteration at which the batch-maximum residual reaches each tolerance."""
     with torch.no_grad():
@@ -52,15 +64,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "anderson_sweep_deblur.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    model, cfg, physics_cache = load_model(args.checkpoint, "cpu")
-    model.eval()
-    images = tuning_images()
-    x = torch.stack([im for _, im in images])
-    physics = physics_cache.for_image(tuple(x.shape[1:]))
-    y = simulate(x, physics, cfg.noise, torch.Generator().manual_seed(0))
+    model, names, y, physics = tuning_problem(args.checkpoint)
     result: dict = {
         "checkpoint": args.checkpoint,
-        "images": [n for n, _ in images],
+        "images": names,
         "stop": "batch maximum of the relative residual",
         "maps": {},
     }

@@ -18,15 +18,13 @@ import argparse
 import json
 
 import torch
-from anderson_sweep import TOLERANCES, tuning_images
+from anderson_sweep import TOLERANCES, tuning_problem
 from recipe_ablation import RESULTS
 from solver_convergence import first_below
 from torch import Tensor
 
 from jfb_inverse.implicit import Anderson, Picard
 from jfb_inverse.implicit.stats import residual_from_norms
-from jfb_inverse.problems import simulate
-from jfb_inverse.training.checkpoint import load_model
 
 
 @torch.no_grad()
@@ -76,16 +74,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "broyden_check_deblur.json")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    model, cfg, physics_cache = load_model(args.checkpoint, "cpu")
-    model.eval()
-    images = tuning_images()
-    x = torch.stack([im for _, im in images])
-    physics = physics_cache.for_image(tuple(x.shape[1:]))
-    y = simulate(x, physics, cfg.noise, torch.Generator().manual_seed(0))
+    model, names, y, physics = tuning_problem(args.checkpoint)
     tol, cap = min(TOLERANCES), 150
     result: dict = {
         "checkpoint": args.checkpoint,
-        "images": [n for n, _ in images],
+        "images": names,
         "stop": "batch maximum of the relative residual",
         "max_iter": {"picard": 300, "anderson": cap, "broyden": cap},
         "maps": {},

@@ -22,6 +22,21 @@ def tiny(**training: object):
     return resolve_config("deblur", overrides={**TINY, "training": {**TINY["training"], **training}})
 
 
+def _keep_models(monkeypatch) -> list:
+    """Every ``(model, physics_cache)`` that ``train`` builds, appended as it is built."""
+    from jfb_inverse.training import loop
+
+    built = []
+    real_build = loop.build_model
+
+    def build_and_keep(*args, **kwargs):
+        built.append(real_build(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(loop, "build_model", build_and_keep)
+    return built
+
+
 def test_pool_schedule_draws_every_reuse_th_use_of_each_slot_and_hands_back_the_last_fixed_point() -> None:
     pool = BatchPool(reuse=3, gap=2, local=slice(0, 2))
     draws: list[int] = []
@@ -51,16 +66,7 @@ def test_no_reuse_keeps_nothing() -> None:
 
 
 def test_a_reused_batch_starts_at_its_fixed_point_and_needs_fewer_iterations(tmp_path, monkeypatch) -> None:
-    from jfb_inverse.training import loop
-
-    built = []
-    real_build = loop.build_model
-
-    def build_and_keep(*args, **kwargs):
-        built.append(real_build(*args, **kwargs))
-        return built[-1]
-
-    monkeypatch.setattr(loop, "build_model", build_and_keep)
+    built = _keep_models(monkeypatch)
     iterations: list[int] = []
 
     def record(step: int) -> None:
@@ -107,20 +113,6 @@ def test_reuse_changes_training_and_the_default_deblur_definition_uses_it(tmp_pa
     assert any(not torch.equal(a[k], b[k]) for k in a)
     default = resolve_config("deblur").training
     assert (default.batch_reuse, default.reuse_gap) == (4, 8)
-
-
-def _keep_models(monkeypatch) -> list:
-    from jfb_inverse.training import loop
-
-    built = []
-    real_build = loop.build_model
-
-    def build_and_keep(*args, **kwargs):
-        built.append(real_build(*args, **kwargs))
-        return built[-1]
-
-    monkeypatch.setattr(loop, "build_model", build_and_keep)
-    return built
 
 
 def test_a_step_the_nan_guard_skips_retires_its_batch_instead_of_keeping_a_nan_start(tmp_path, monkeypatch) -> None:

@@ -97,7 +97,7 @@ class HalfReLU(nn.ReLU):
 
     Why: PyTorch's bf16 ``relu_`` on the CPU ran 6x slower than this (0.128 against 0.020 ms on
     8x32x64^2 channels-last, one thread; 3.5x slower than the fp32 ``relu_`` on twice the bytes),
-    which made the four ReLUs of the regulariser ~7% of a bf16 forward solve. One difference: a
+    which made the four ReLUs of the regulariser ~9% of a bf16 forward solve. One difference: a
     NaN whose sign bit is set becomes 0 instead of NaN. Only NaNs made inside the network from
     finite inputs can meet that (overflow, as in fp32), and ``D``'s residual form passes a NaN
     iterate through to its output anyway. Elsewhere (autograd on, fp32, GPU) it is ``nn.ReLU``.
