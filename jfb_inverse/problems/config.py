@@ -242,6 +242,7 @@ class ModelConfig(_Strict):
     equivariance: Equivariance = "rotations"
     input_injection: bool = False
     bias: bool = True
+    readout_depth: Annotated[int, Field(ge=0)] = 0
 
 
 class SolverConfig(_Strict):
