@@ -9,7 +9,7 @@ from deepinv.physics import LinearPhysics
 
 from jfb_inverse.implicit import Anderson, FixedPointSolver, Picard, make_gradient
 from jfb_inverse.models.reconstructor import ImplicitReconstructor
-from jfb_inverse.models.regularizers import ResidualReadout, SmoothingResidual, SmoothingResidualCNN, SmoothingResidualUNet
+from jfb_inverse.models.regularizers import SmoothingResidual, SmoothingResidualCNN, SmoothingResidualUNet
 from jfb_inverse.problems.config import ProblemConfig, SolverConfig, TrainingConfig
 from jfb_inverse.problems.noise import attach_noise_model
 from jfb_inverse.problems.operators import build_physics, image_shape_for
@@ -132,10 +132,6 @@ def build_model(cfg: ProblemConfig, device: torch.device | str = "cpu") -> tuple
             bias=m.bias,
         )
     apply_memory_format(regularizer, m.memory_format, device)
-    readout = None
-    if m.readout_depth:
-        readout = ResidualReadout(channels, width=m.width, depth=m.readout_depth, bias=m.bias)
-        apply_memory_format(readout, m.memory_format, device)
     model = ImplicitReconstructor(
         regularizer,
         step=m.step,
@@ -150,6 +146,5 @@ def build_model(cfg: ProblemConfig, device: torch.device | str = "cpu") -> tuple
         precision=cfg.training.precision,
         equivariance=m.equivariance,
         input_injection=m.input_injection,
-        readout=readout,
     )
     return model.to(device), physics

@@ -73,7 +73,6 @@ class ImplicitReconstructor(Reconstructor):
         precision: Precision = "fp32",
         equivariance: Equivariance = "none",
         input_injection: bool = False,
-        readout: nn.Module | None = None,
     ) -> None:
         super().__init__()
         group_elements(equivariance)  # fail at construction, not at the first evaluation
@@ -93,7 +92,6 @@ class ImplicitReconstructor(Reconstructor):
         self.precision = precision
         self.equivariance: Equivariance = equivariance
         self.input_injection = input_injection
-        self.readout = readout
         self.last_stats: SolverStats | None = None
 
     @property
@@ -167,23 +165,4 @@ class ImplicitReconstructor(Reconstructor):
         solver = self.solver if self.training else self.eval_solver
         u, stats = fixed_point(fn, start if u0 is None else u0, solver, self.gradient)
         self.last_stats = stats
-        if self.readout is not None:
-            u = self._readout(u)
         return u
-
-    def _readout(self, u: Tensor) -> Tensor:
-        """The readout ``R(u*)``, in the regulariser's precision and averaged like ``D`` at evaluation."""
-        precision = effective_precision(self.precision, u.device, self.training)
-        readout = self.readout
-        assert readout is not None
-        if precision == "fp32":
-            fn = readout
-        else:
-            dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-
-            def fn(v: Tensor) -> Tensor:
-                with torch.autocast(device_type=u.device.type, dtype=dtype):
-                    out = readout(v)
-                return out.float()
-
-        return symmetrize(fn, "none" if self.training else self.equivariance)(u)

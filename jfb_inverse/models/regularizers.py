@@ -196,23 +196,6 @@ class _UNet(nn.Module):
         return self.last(d1)[..., :h, :w]
 
 
-class ResidualReadout(nn.Module):
-    """``R(u) = u + N(u)``: a readout applied once to the fixed point, ``N`` a dilated CNN whose last
-    layer starts at zero (so the untrained readout is the identity)."""
-
-    def __init__(self, channels: int = 1, width: int = 32, depth: int = 5, bias: bool = True) -> None:
-        super().__init__()
-        layers: list[nn.Module] = [OneDNNConv2d(channels, width, 3, padding=1, bias=bias), HalfReLU()]
-        for d in _dilations(depth - 2):
-            layers += [nn.Conv2d(width, width, 3, padding=d, dilation=d, bias=bias), HalfReLU()]
-        layers.append(_zero_conv(width, channels, bias))
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, u: Tensor) -> Tensor:
-        """Apply the readout to a batch (B, C, H, W)."""
-        return u + self.net(u)
-
-
 def _dilations(n: int) -> list[int]:
     """Dilations rising then falling: 1, 2, 4, ..., 4, 2, 1 (length ``n``)."""
     up = [2**i for i in range((n + 1) // 2)]

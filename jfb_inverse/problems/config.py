@@ -242,7 +242,6 @@ class ModelConfig(_Strict):
     equivariance: Equivariance = "rotations"
     input_injection: bool = False
     bias: bool = True
-    readout_depth: Annotated[int, Field(ge=0)] = 0
 
 
 class SolverConfig(_Strict):
