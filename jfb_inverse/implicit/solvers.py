@@ -11,7 +11,13 @@ Stopping (``stop``):
 - ``"batch"`` (default): the whole batch iterates until every sample has ``r_k <= tol`` (the
   batch maximum), or ``max_iter``.
 - ``"sample"``: a sample that reaches ``tol`` is frozen (no further updates, its iteration count
-  stops) while the others go on; the map is still evaluated on the full batch.
+  stops) while the others go on. The map is evaluated on the full batch, unless it can be applied
+  to some of its samples only (a :class:`SampleSubsetMap`, with an ``on_samples(u, index)``
+  method): then, on the CPU (where the solver reads the stop flags at once anyway), only the
+  samples still iterating are computed. Each sample's iterates are those of a batch-wide solve
+  (Picard and Anderson treat every sample on its own), so only the work changes: in a deblur
+  training run most samples converge in a few iterations and a few stragglers set the batch's
+  count.
 
 What a solve returns: ``f(u_k)`` for the ``u_k`` of the smallest residual ``r_k`` seen, per sample
 (never a diverged one), and ``stats.residual`` is that ``r_k``: the residual of the step that made
@@ -35,7 +41,7 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -44,6 +50,20 @@ from jfb_inverse.implicit.stats import SolverStats, residual_from_norms
 
 FixedPointMap = Callable[[Tensor], Tensor]
 StopRule = Literal["batch", "sample"]
+
+
+@runtime_checkable
+class SampleSubsetMap(Protocol):
+    """A fixed-point map that can also be applied to some samples of a batch only.
+
+    ``on_samples(u, index)`` must equal ``f(u)[index]`` for the full batch ``u`` and a 1-D tensor of
+    sample indices, while skipping (most of) the work for the other samples. Solvers with
+    ``stop="sample"`` use it to compute only the samples still iterating.
+    """
+
+    def __call__(self, u: Tensor) -> Tensor: ...
+
+    def on_samples(self, u: Tensor, index: Tensor) -> Tensor: ...
 
 
 def _expand(mask: Tensor, like: Tensor) -> Tensor:
@@ -258,6 +278,40 @@ def _check_output(fu: Tensor, u: Tensor) -> None:
         )
 
 
+class _ActiveSubset:
+    """Which samples a per-sample solve still computes, when ``f`` can skip the others.
+
+    Used only where the stop flags are read on the host at once (the CPU by default): finding the
+    indices of the active samples is a host read, which on a GPU would stall the loop.
+    """
+
+    def __init__(self, f: FixedPointMap, batch: int, enabled: bool) -> None:
+        self.f = f if enabled and isinstance(f, SampleSubsetMap) else None
+        self.batch = batch
+        self.index: Tensor | None = None  # None: every sample is active
+
+    def update(self, active: Tensor) -> None:
+        """Record the samples still iterating after this iteration."""
+        if self.f is None:
+            return
+        count = int(active.sum())
+        if 0 < count < self.batch:
+            self.index = active.nonzero()[:, 0]
+
+    def apply(self, u: Tensor) -> Tensor | None:
+        """``f`` on the active samples of ``u``, shape ``(active, ...)``; None when every sample is active."""
+        if self.f is None or self.index is None:
+            return None
+        out = self.f.on_samples(u, self.index)
+        expected = (self.index.shape[0], *u.shape[1:])
+        if out.shape != expected or out.dtype != u.dtype:
+            raise ValueError(
+                f"on_samples returned {out.dtype} of shape {tuple(out.shape)} for {expected[0]} sample(s) of an "
+                f"iterate of {u.dtype} and shape {tuple(u.shape)}; it must return f(u)[index]"
+            )
+        return out
+
+
 def _finished(res: Tensor, tol: float) -> Tensor:
     """Converged or blown up (``res`` is in ``[0, inf]``): nothing more to gain for that sample."""
     return (res <= tol) | (res == float("inf"))
@@ -338,9 +392,12 @@ class Picard(FixedPointSolver):
         trace = _Trace(self.max_iter)
         evaluations = 0
         per_sample = self.stop == "sample"
+        subset = _ActiveSubset(f, batch, per_sample and not check.lagged)
         diff: Tensor | None = None  # reused for f(u) - u: no allocation per iteration
         for _ in range(self.max_iter):
-            fu = f(u)
+            part = subset.apply(u)
+            # With a subset, the frozen samples keep u (their update is masked out below).
+            fu = f(u) if part is None else u.index_copy(0, subset.index, part)  # type: ignore[arg-type]
             if evaluations == 0:
                 _check_output(fu, u)
             evaluations += 1
@@ -364,6 +421,7 @@ class Picard(FixedPointSolver):
                 finished = ~active
             if check(finished):
                 break
+            subset.update(active)
         if not per_sample:
             iterations.fill_(evaluations)  # every sample ran every iteration
         self._remember_graph_failure(f)
@@ -428,6 +486,7 @@ class Anderson(FixedPointSolver):
         best = _BestIterate(u0, copy=True)
         trace = _Trace(self.max_iter)
         per_sample = self.stop == "sample"
+        subset = _ActiveSubset(f, batch, per_sample and not check.lagged)
         # Bordered system [[0, 1^T], [1, G G^T + lam I]] [mu; a] = [1; 0] (sum of weights = 1).
         H = x0.new_zeros(batch, m + 1, m + 1)  # noqa: N806
         H[:, 0, 1:] = 1
@@ -470,10 +529,15 @@ class Anderson(FixedPointSolver):
                     torch.where(active[:, None], target, X[prev], out=target)
                 if mix is not None:
                     X[cur] = target
-            fu = f(X[cur].view(shape))
-            if evaluations == 0:
-                _check_output(fu, u0)
-            F[cur].view(shape).copy_(fu)
+            part = subset.apply(X[cur].view(shape))
+            if part is None:
+                fu = f(X[cur].view(shape))
+                if evaluations == 0:
+                    _check_output(fu, u0)
+                F[cur].view(shape).copy_(fu)
+            else:  # the frozen samples get a zero residual (their update is masked out anyway)
+                F[cur].copy_(X[cur])
+                F[cur].view(shape).index_copy_(0, subset.index, part)
             evaluations += 1
             torch.sub(F[cur], X[cur], out=R[cur])
             valid = min(k + 1, slots)
@@ -494,6 +558,7 @@ class Anderson(FixedPointSolver):
                 finished = ~active  # as in Picard
             if check(finished):
                 break
+            subset.update(active)
         if not per_sample:
             iterations.fill_(evaluations)
         self._remember_graph_failure(f)

@@ -52,15 +52,15 @@ def channels_last_is_faster(device: torch.device | str) -> bool:
 
 def make_solvers(cfg: SolverConfig) -> tuple[FixedPointSolver, FixedPointSolver]:
     """The training solver and the (tighter) evaluation solver of a definition."""
-    graph = cfg.cuda_graph
+    graph, stop, eval_stop = cfg.cuda_graph, cfg.stop, cfg.eval_stop
     if cfg.name == "anderson":
         return (
-            Anderson(m=cfg.m, tol=cfg.tol, max_iter=cfg.max_iter, cuda_graph=graph),
-            Anderson(m=cfg.m, tol=cfg.eval_tol, max_iter=cfg.eval_max_iter, cuda_graph=graph),
+            Anderson(m=cfg.m, tol=cfg.tol, max_iter=cfg.max_iter, cuda_graph=graph, stop=stop),
+            Anderson(m=cfg.m, tol=cfg.eval_tol, max_iter=cfg.eval_max_iter, cuda_graph=graph, stop=eval_stop),
         )
     return (
-        Picard(alpha=cfg.alpha, tol=cfg.tol, max_iter=cfg.max_iter, cuda_graph=graph),
-        Picard(alpha=cfg.alpha, tol=cfg.eval_tol, max_iter=cfg.eval_max_iter, cuda_graph=graph),
+        Picard(alpha=cfg.alpha, tol=cfg.tol, max_iter=cfg.max_iter, cuda_graph=graph, stop=stop),
+        Picard(alpha=cfg.alpha, tol=cfg.eval_tol, max_iter=cfg.eval_max_iter, cuda_graph=graph, stop=eval_stop),
     )
 
 

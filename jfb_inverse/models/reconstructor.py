@@ -132,14 +132,13 @@ class ImplicitReconstructor(Reconstructor):
             else:
                 u0 = physics.A_adjoint(y)
         # Input injection: D also sees the start, which depends on y only (not on u).
-        context = u0 if self.input_injection else None
-        reg = symmetrize(
-            self._regularizer_in_precision(y.device), "none" if self.training else self.equivariance, context
+        fn = _MeasurementMap(
+            consistency,
+            self._regularizer_in_precision(y.device),
+            "none" if self.training else self.equivariance,
+            u0 if self.input_injection else None,
+            regularizer_first=self.step_kind in ("ffpn", "filtered"),
         )
-        if self.step_kind in ("ffpn", "filtered"):
-            fn: FixedPointMap = lambda u: consistency(reg(u))  # noqa: E731
-        else:
-            fn = lambda u: reg(consistency(u))  # noqa: E731
         return fn, u0
 
     def _regularizer_in_precision(self, device: torch.device) -> Callable[..., Tensor]:
@@ -166,3 +165,52 @@ class ImplicitReconstructor(Reconstructor):
         u, stats = fixed_point(fn, start if u0 is None else u0, solver, self.gradient)
         self.last_stats = stats
         return u
+
+
+class _MeasurementMap:
+    """``T(.; y)`` for one batch of measurements: ``D(c(u))``, or ``c(D(u))`` with
+    ``regularizer_first`` (F-FPN), for the consistency step ``c`` bound to ``y`` and the regulariser
+    ``D`` (averaged over ``group``, seeing ``context`` with input injection).
+
+    It can also be applied to some samples only (:class:`jfb_inverse.implicit.solvers.SampleSubsetMap`),
+    so a solver that stops each sample on its own computes the regulariser, the costly part, for
+    the samples still iterating only. The consistency step runs on the whole batch: it is bound to
+    every sample's measurement, and a physics may hold per-sample parameters.
+    """
+
+    def __init__(
+        self,
+        consistency: Callable[[Tensor], Tensor],
+        regularizer: Callable[..., Tensor],
+        group: Equivariance,
+        context: Tensor | None,
+        regularizer_first: bool,
+    ) -> None:
+        self.consistency = consistency
+        self.regularizer = regularizer
+        self.group: Equivariance = group
+        self.context = context
+        self.regularizer_first = regularizer_first
+        self._reg = symmetrize(regularizer, group, context)
+        self._subset: tuple[Tensor, Callable[[Tensor], Tensor]] | None = None
+
+    def __call__(self, u: Tensor) -> Tensor:
+        if self.regularizer_first:
+            return self.consistency(self._reg(u))
+        return self._reg(self.consistency(u))
+
+    def on_samples(self, u: Tensor, index: Tensor) -> Tensor:
+        """``self(u)[index]``, with the regulariser applied to those samples only."""
+        reg = self._reg_for(index)
+        if self.regularizer_first:
+            v = u.index_copy(0, index, reg(u.index_select(0, index)))
+            return self.consistency(v).index_select(0, index)
+        return reg(self.consistency(u).index_select(0, index))
+
+    def _reg_for(self, index: Tensor) -> Callable[[Tensor], Tensor]:
+        """The regulariser for the samples ``index`` (its context cut to them, built once per set)."""
+        if self.context is None:
+            return self._reg
+        if self._subset is None or not torch.equal(self._subset[0], index):
+            self._subset = (index, symmetrize(self.regularizer, self.group, self.context.index_select(0, index)))
+        return self._subset[1]
