@@ -227,3 +227,21 @@ def test_fbp_of_a_limited_angle_sinogram_is_a_projection_not_an_amplifier(angula
         top = float((v * w).sum() / (v * v).sum())
         v = w / w.norm()
     assert 0.85 < top < 1.05, top
+
+
+@pytest.mark.parametrize("name", ["deblur", "ct", "inpainting", "superres", "mri"])
+def test_reconstruction_under_inference_mode(name):
+    # The CLI reconstructs under torch.inference_mode, where physics built then (deepinv's
+    # Downsampling makes its filter buffers at its first use) hold inference tensors, which have
+    # no version counter for the operator-norm cache to read.
+    from jfb_inverse.models import build_model
+
+    cfg = resolve_config(name, overrides={"model": {"width": 8, "depth": 3}})
+    model, cache = build_model(cfg, torch.device("cpu"))
+    model.eval()
+    x = torch.rand(1, cfg.data.channels, 32, 32)
+    with torch.inference_mode():
+        physics, _ = cache.for_measurement(tuple(cache.for_image(tuple(x.shape[1:])).A(x).shape[1:]))
+        y = physics.A(x)
+        out = model(y)  # the physics for y's shape, from the model's own cache
+    assert out.shape == x.shape and torch.isfinite(out).all()

@@ -14,9 +14,13 @@ _CACHE: weakref.WeakKeyDictionary[LinearPhysics, dict[tuple, tuple[tuple, float]
 def _fingerprint(physics: LinearPhysics) -> tuple:
     """Identity and version of every buffer and parameter of ``physics``: deepinv's ``update(...)``
     (and physics generators) replace them, in-place edits bump their version, and either makes a
-    cached norm stale."""
+    cached norm stale. A tensor made under ``torch.inference_mode`` has no version counter (deepinv's
+    ``Downsampling`` builds its filter buffers lazily, at its first use, so inside the CLI's
+    inference mode): its identity, shape and dtype stand for it."""
     tensors = [*physics.named_buffers(), *physics.named_parameters()]
-    return tuple((name, t.data_ptr(), t._version, tuple(t.shape), t.dtype) for name, t in tensors)
+    return tuple(
+        (name, t.data_ptr(), None if t.is_inference() else t._version, tuple(t.shape), t.dtype) for name, t in tensors
+    )
 
 
 def operator_norm_squared(

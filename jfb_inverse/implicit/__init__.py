@@ -14,7 +14,7 @@ from jfb_inverse.implicit.gradients import (
     make_gradient,
 )
 from jfb_inverse.implicit.network import ImplicitNetwork, fixed_point
-from jfb_inverse.implicit.solvers import Anderson, FixedPointSolver, Picard, make_solver
+from jfb_inverse.implicit.solvers import Anderson, FixedPointSolver, Picard, SampleSubsetMap, make_solver
 from jfb_inverse.implicit.stats import SolverStats, relative_residual
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "ImplicitNetwork",
     "JFBk",
     "Picard",
+    "SampleSubsetMap",
     "SolverStats",
     "Unrolled",
     "fixed_point",
