@@ -332,3 +332,25 @@ def test_load_model_refuses_a_custom_operator_unless_trusted(striped_run):
         load_model(striped_run)
     model, cfg, _ = load_model(striped_run, trust_operator=True)
     assert cfg.operator.kind == "custom" and not model.training
+
+
+def test_a_filtered_step_needs_a_ct_operator(tmp_path):
+    # Built-in operators: refused with the definition; a custom one: when its physics is built at
+    # the start of training, before anything is written.
+    from jfb_inverse.errors import ConfigError, UserError
+    from jfb_inverse.problems import resolve_config
+    from jfb_inverse.problems.custom import custom_config, load_operator_class
+    from jfb_inverse.training.loop import train
+
+    with pytest.raises(ConfigError, match=r"model\.step 'filtered' .* needs operator\.kind 'ct', got 'blur'"):
+        resolve_config("deblur", overrides={"model": {"step": "filtered"}})
+    with pytest.raises(ConfigError, match="got 'blur'"):
+        resolve_config("ct", overrides={"operator": {"kind": "blur"}})
+    cfg = custom_config(
+        load_operator_class(target("ShiftBlur")),
+        {"n": 2},
+        overrides={"model": {"step": "filtered", "width": 8, "depth": 3}, "data": {"patch_size": 32}},
+    )
+    with pytest.raises(UserError, match=r"needs a CT operator .* got ShiftBlur"):
+        train(cfg, tmp_path / "run", "cpu")
+    assert not (tmp_path / "run").exists()

@@ -98,6 +98,18 @@ class FilteredProjection(_BaseStep):
     here (FBP already carries the ``1/||A||^2`` scale). The filter is ramp x Hann.
     """
 
+    def __init__(self, physics: LinearPhysics, img_size: tuple[int, ...]) -> None:
+        from deepinv.physics import Tomography
+
+        from jfb_inverse.problems.operators import DetectorResampledTomography
+
+        if not isinstance(physics, (Tomography, DetectorResampledTomography)):
+            raise ValueError(
+                f"model.step 'filtered' (a filtered back-projection) needs a CT operator (deepinv Tomography), "
+                f"got {type(physics).__name__}; use model.step 'prox', 'gradient' or 'ffpn'"
+            )
+        super().__init__(physics, img_size)
+
     def bind(self, y: Tensor, eta: Tensor | float) -> Step:
         """Return ``v -> v - eta FBP(A v - y)`` (differentiable in ``v`` and ``eta``)."""
         from jfb_inverse.baselines import filtered_backprojection

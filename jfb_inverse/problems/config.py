@@ -325,6 +325,17 @@ class ProblemConfig(_Strict):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
 
     @model_validator(mode="after")
+    def _step_fits_the_operator(self) -> ProblemConfig:
+        # The filtered projection back-projects sinograms: only a CT operator (or a custom one,
+        # checked when its physics is built) has them.
+        if self.model.step == "filtered" and self.operator.kind not in ("ct", "custom"):
+            raise ValueError(
+                f"model.step 'filtered' (a filtered back-projection) needs operator.kind 'ct', got "
+                f"{self.operator.kind!r}; use model.step 'prox', 'gradient' or 'ffpn'"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _dead_leaves_fit_the_batch(self) -> ProblemConfig:
         # The fraction is rounded to whole patches of each batch: say so when that leaves none of
         # one kind, instead of training silently without the synthetic (or the real) images.

@@ -141,7 +141,10 @@ def format_validation_error(exc: ValidationError) -> str:
         loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
         got = err.get("input")
         shown = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {got!r})"
-        parts.append(f"{loc or 'config'}: {err['msg']}{shown}")
+        msg = err["msg"]
+        if err["type"] == "value_error":  # our own validators' messages name their fields already
+            msg = msg.removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}")
     return "; ".join(parts)
 
 

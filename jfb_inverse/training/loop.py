@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.nn import functional as F
 
+from jfb_inverse.consistency import make_step
 from jfb_inverse.errors import UserError
 from jfb_inverse.implicit import lipschitz_estimate
 from jfb_inverse.metrics import psnr
@@ -235,6 +236,10 @@ def train(
     pool = BatchPool(t.batch_reuse, t.reuse_gap, local)
     img_size = (cfg.data.channels, cfg.data.patch_size, cfg.data.patch_size)
     physics = physics_cache.for_image(img_size)
+    try:  # a step that does not fit the operator (a custom one) fails here, before anything is written
+        make_step(cfg.model.step, physics, img_size)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     noise_gen = torch.Generator(device=device).manual_seed(t.seed + 1)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(t.steps))
