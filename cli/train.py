@@ -147,6 +147,7 @@ def train(
                 f"{str(out / 'model.pt')!r} holds weights but no training state ({', '.join(missing)} missing), "
                 "so it cannot be resumed; start a new run with another --out"
             )
+        _check_resumed_operator(cfg, operator)
         ensure_trusted(cfg, trust_operator or ([operator] if operator else []))
         # The time budget belongs to one invocation, not to the definition: --max-minutes again if wanted.
         run_control: dict[str, Any] = {"max_minutes": max_minutes}
@@ -316,6 +317,21 @@ def _check_custom_operator(cfg: Any, dev: Any) -> None:
         f"operator {escape(cfg.operator.target)}: {img_size} image -> {y_shape} measurement, "
         f"adjointness mismatch {mismatch:.1e} (tolerance {ADJOINT_TOL:.0e})"
     )
+
+
+def _check_resumed_operator(cfg: Any, operator: str | None) -> None:
+    """--operator on --resume may only name the run's own operator again (a way to trust it)."""
+    from jfb_inverse.errors import UserError
+    from jfb_inverse.problems.custom import absolute_target
+
+    if operator is None:
+        return
+    own = cfg.operator.target if cfg.operator.kind == "custom" else None
+    if own is None or absolute_target(operator) != absolute_target(own):
+        raise UserError(
+            f"--resume continues the run in --out with its own operator ({own or cfg.operator.kind}), so "
+            f"--operator {operator} would be ignored; drop it (--trust-operator trusts the run's operator)"
+        )
 
 
 def _refuse_definition_options_on_resume(option_names: list[str]) -> None:
