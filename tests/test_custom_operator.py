@@ -298,6 +298,69 @@ def test_cli_plain_object_operator_with_img_size(tmp_path):
     ],
 )
 def test_cli_operator_errors_are_one_line_exit_2(args, message, tmp_path):
+    result = runner.invoke(
+        __import__("jfb_inverse.cli.app", fromlist=["app"]).app,
+        ["train", *args, "--steps", "1", "--out", str(tmp_path / "run"), "--device", "cpu"],
+    )
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+    error_lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and message in error_lines[0]
+
+
+# --- the shipped example -----------------------------------------------------------------------
+
+
+def test_example_trains_and_reconstructs(tmp_path, monkeypatch, capsys):
+    argv = ["custom_operator.py", "--steps", "2", "--patch-size", "32", "--batch-size", "2", "--width", "8",
+            "--out", str(tmp_path / "run")]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(EXAMPLE), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "trained 2 steps" in out and "measurement (1, 16, 32) -> image (1, 32, 32)" in out
+    assert (tmp_path / "run" / "model.pt").is_file()
+
+
+def test_load_model_refuses_a_custom_operator_unless_trusted(striped_run):
+    # Every loader (the CLI, the benchmarks, users' scripts) goes through load_model: building the
+    # physics would import and run the operator's file.
+    from jfb_inverse.errors import OperatorError
+    from jfb_inverse.training.checkpoint import load_model
+
+    with pytest.raises(OperatorError, match="rerun with --trust-operator"):
+        load_model(striped_run)
+    model, cfg, _ = load_model(striped_run, trust_operator=True)
+    assert cfg.operator.kind == "custom" and not model.training
+
+
+def test_a_filtered_step_needs_a_ct_operator(tmp_path):
+    # Built-in operators: refused with the definition; a custom one: when its physics is built at
+    # the start of training, before anything is written.
+    from jfb_inverse.errors import ConfigError, UserError
+    from jfb_inverse.problems import resolve_config
+    from jfb_inverse.problems.custom import custom_config, load_operator_class
+    from jfb_inverse.training.loop import train
+
+    with pytest.raises(ConfigError, match=r"model\.step 'filtered' .* needs operator\.kind 'ct', got 'blur'"):
+        resolve_config("deblur", overrides={"model": {"step": "filtered"}})
+    with pytest.raises(ConfigError, match="got 'blur'"):
+        resolve_config("ct", overrides={"operator": {"kind": "blur"}})
+    cfg = custom_config(
+        load_operator_class(target("ShiftBlur")),
+        {"n": 2},
+        overrides={"model": {"step": "filtered", "width": 8, "depth": 3}, "data": {"patch_size": 32}},
+    )
+    with pytest.raises(UserError, match=r"needs a CT operator .* got ShiftBlur"):
+        train(cfg, tmp_path / "run", "cpu")
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_resume_refuses_another_operator(striped_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(striped_run, run)
     result = invoke("train", "--resume", "--trust-operator", "--out", str(run), "--steps", "3",
                     "--operator", f"{os.path.relpath(EXAMPLE)}:ShiftedSensor")  # fmt: skip
     assert result.exit_code == 2
