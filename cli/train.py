@@ -206,7 +206,8 @@ def train(
                 f"T is not contractive at step {record['step']}: Lipschitz estimate {record['lipschitz']:.2f} > 1 "
                 "(JFB's descent guarantee needs < 1); consider model.spectral_norm = true or a lower --lr"
             )
-        if record["not_converged_steps"]:
+        # An unrolled network runs its K iterations by design: no tolerance to miss.
+        if record["not_converged_steps"] and cfg.training.gradient != "unrolled":
             if not not_converged[0]:
                 warn(
                     f"{record['not_converged_steps']} steps before step {record['step']} hit max_iter "
@@ -226,10 +227,17 @@ def train(
         if not main_process:
             return
         t = cfg.training
-        reuse = f" (each used {t.batch_reuse}x, warm-started)" if t.batch_reuse > 1 else ""
+        unrolled = t.gradient == "unrolled"  # K iterations from the model's start: no solver, no warm start
+        warm = "" if unrolled else ", warm-started"
+        reuse = f" (each used {t.batch_reuse}x{warm})" if t.batch_reuse > 1 else ""
+        solver = (
+            f"{t.unrolled_k} unrolled iterations"
+            if unrolled
+            else f"solver {cfg.solver.name} (tol {cfg.solver.tol:g}, max {cfg.solver.max_iter})"
+        )
         console.print(
             f"training [bold]{cfg.problem}[/] on {dev}: {t.steps} steps, batch {t.batch_size}{reuse}, "
-            f"gradient {t.gradient}, solver {cfg.solver.name} (tol {cfg.solver.tol:g}, max {cfg.solver.max_iter})"
+            f"gradient {t.gradient}, {solver}"
         )
         progress.start()
 
@@ -259,7 +267,7 @@ def train(
         )
     if not_converged[0]:
         warn(
-            f"{not_converged[0]} training steps of this run hit max_iter before tol: JFB took their gradient at "
+            f"{not_converged[0]} training steps of this run hit max_iter before tol: their gradient was taken at "
             "an approximate fixed point; raise solver.max_iter if that share is large"
         )
     if result.skipped_steps:

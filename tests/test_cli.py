@@ -204,6 +204,21 @@ def test_train_warns_once_about_unconverged_steps_and_totals_them(tmp_path):
     assert [r["not_converged_steps"] for r in records] == [2, 2, 2]
 
 
+def test_train_header_and_warnings_of_an_unrolled_run(tmp_path):
+    # Unrolled training runs K iterations from the model's start: no solver tolerance to miss, no
+    # warm start, so neither is claimed.
+    config = tmp_path / "run.toml"
+    config.write_text("[data]\npatch_size = 32\neval_size = 32\n[model]\nwidth = 8\ndepth = 3\n"
+                      "[solver]\ntol = 1e-9\n[training]\nbatch_size = 2\nlog_every = 2\nbatch_reuse = 2\n"
+                      "unrolled_k = 3\n")  # fmt: skip
+    result = invoke("train", "--problem", "deblur", "--config", str(config), "--steps", "4", "--gradient", "unrolled",
+                    "--out", str(tmp_path / "run"), "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "(each used 2x)" in text and "3 unrolled iterations" in text
+    assert "warm-started" not in text and "hit max_iter" not in text
+
+
 def test_reconstruct_equivariance_option_changes_the_result(tmp_path):
     clean = load_builtin("camera", size=None)[:, 100:140, 200:264]  # 40 x 64
     save_image(clean, tmp_path / "clean.png")
