@@ -368,7 +368,8 @@ def _check_data_folder(data: Path) -> None:
 
 
 def _absolute_paths(cfg: Any) -> Any:
-    """The definition with its file paths (training folder, kernel file, operator file) made absolute,
+    """The definition with its file paths (training folder, kernel file, operator file, the checkpoint
+    it starts from) made absolute,
     so that the problem.toml and model.pt it is saved in work from any folder."""
     from jfb_inverse.problems.custom import absolute_if_exists, absolute_target
 
@@ -380,6 +381,9 @@ def _absolute_paths(cfg: Any) -> Any:
         update["operator"] = operator.model_copy(update={"path": absolute_if_exists(operator.path)})
     elif operator.kind == "custom":
         update["operator"] = operator.model_copy(update={"target": absolute_target(operator.target)})
+    init_from = cfg.training.init_from
+    if init_from and not init_from.startswith("builtin:"):
+        update["training"] = cfg.training.model_copy(update={"init_from": absolute_if_exists(init_from)})
     return cfg.model_copy(update=update) if update else cfg
 
 

@@ -204,6 +204,18 @@ def test_train_warns_once_about_unconverged_steps_and_totals_them(tmp_path):
     assert [r["not_converged_steps"] for r in records] == [2, 2, 2]
 
 
+def test_init_from_is_stored_as_an_absolute_path(trained, tmp_path, monkeypatch):
+    # Typed relative to the working folder; stored absolute, so problem.toml works from anywhere.
+    monkeypatch.chdir(trained.parent)
+    config = tmp_path / "run.toml"
+    config.write_text("[data]\npatch_size = 32\neval_size = 32\n[training]\nbatch_size = 2\n")
+    result = invoke("train", "--problem", "deblur", "--config", str(config), "--init-from", trained.name,
+                    "--steps", "1", "--out", str(tmp_path / "run"), "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    saved = (tmp_path / "run" / "problem.toml").read_text()
+    assert f'init_from = "{trained.resolve()}"' in saved
+
+
 def test_train_header_and_warnings_of_an_unrolled_run(tmp_path):
     # Unrolled training runs K iterations from the model's start: no solver tolerance to miss, no
     # warm start, so neither is claimed.
