@@ -131,10 +131,12 @@ def comparison_figure(evaluation: Evaluation, path: str | Path, names: list[str]
             img = ex[key][0]
             ax = axes[i][j]
             ax.imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray", vmin=0, vmax=1)
-            title = key if key == "truth" else f"{key}\n{row['psnr'][key]:.2f} dB"
-            ax.set_title(title if i == 0 or key == "truth" else f"{row['psnr'][key]:.2f} dB", fontsize=8)
+            if key == "truth":  # names the row's image (a y label would not show on an axis turned off)
+                title = f"{row['name']} (truth)"
+            else:
+                title = f"{key}\n{row['psnr'][key]:.2f} dB" if i == 0 else f"{row['psnr'][key]:.2f} dB"
+            ax.set_title(title, fontsize=8)
             ax.axis("off")
-        axes[i][0].set_ylabel(row["name"])
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
