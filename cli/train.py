@@ -37,7 +37,7 @@ def train(
     data: Annotated[Path | None, typer.Option(help="Folder of training images (PNG/JPEG/TIFF/.npy).")] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Training steps.")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Patches per step.")] = None,
-    lr: Annotated[float | None, typer.Option(min=0, help="Peak learning rate.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (> 0).")] = None,
     out: Annotated[Path, typer.Option(help="Output folder (model.pt, history.jsonl, training.png).")] = Path(
         "runs/latest"
     ),
