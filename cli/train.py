@@ -140,6 +140,8 @@ def train(
         _check_data_folder(data)
         overrides.setdefault("data", {}).update({"source": "folder", "path": str(data)})
     if resume:
+        if not (out / "model.pt").exists():
+            raise UserError(f"nothing to resume: {str(out)!r} holds no model.pt; start the run without --resume")
         payload, cfg = load_checkpoint(out / "model.pt")
         missing = sorted(set(RESUME_STATE) - set(payload))
         if missing:

@@ -160,10 +160,11 @@ def check_provenance(path: str | Path, cfg: ProblemConfig, checkpoint: str) -> s
 def check_output_path(path: str | Path, option: str = "--output") -> Path:
     """Fail early, before any work, unless ``path`` names a writable file of a type we write."""
     p = Path(path)
+    if p.is_dir():
+        suffix = p.suffix if p.suffix.lower() in OUTPUT_SUFFIXES else ".npy"
+        raise UserError(f"{option} {str(p)!r} is a folder; give a file name such as {str(p / ('out' + suffix))!r}")
     if p.suffix.lower() not in OUTPUT_SUFFIXES:
         raise UserError(f"{option} {str(p)!r}: unsupported output type {p.suffix!r}; use .npy, .png or .tif")
-    if p.is_dir():
-        raise UserError(f"{option} {str(p)!r} is a folder; give a file name such as {str(p / ('x' + p.suffix))!r}")
     parent = p.parent
     if not parent.exists():
         raise UserError(f"output folder {str(parent)!r} does not exist; create it first")

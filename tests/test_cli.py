@@ -216,6 +216,19 @@ def test_init_from_is_stored_as_an_absolute_path(trained, tmp_path, monkeypatch)
     assert f'init_from = "{trained.resolve()}"' in saved
 
 
+def test_resume_of_a_folder_without_a_run_and_an_output_folder_say_so(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = invoke("train", "--resume", "--out", str(tmp_path / "empty"))
+    assert result.exit_code == 2 and "nothing to resume" in result.output
+    clean = load_builtin("camera", size=None)[:, :40, :48]
+    save_image(clean, tmp_path / "clean.png")
+    result = invoke(
+        "simulate", "--problem", "deblur", "--input", str(tmp_path / "clean.png"), "--output", str(tmp_path)
+    )
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "is a folder; give a file name such as" in text and "out.npy" in text
+
+
 def test_train_header_and_warnings_of_an_unrolled_run(tmp_path):
     # Unrolled training runs K iterations from the model's start: no solver tolerance to miss, no
     # warm start, so neither is claimed.
