@@ -68,7 +68,6 @@ def run_all(
 
     start = time.perf_counter()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda asked for but no CUDA GPU is available")
@@ -82,6 +81,9 @@ def run_all(
         raise SystemExit(f"error: unknown benchmark(s) {unknown}; choose from {list(ITEMS)}")
     registered = benchlib.available_problems()
     wanted = problems or ["deblur", "ct"]
+    unknown_problems = [p for p in wanted if p not in registered]
+    if problems and unknown_problems:  # asked for by name: a typo must not run nothing and exit 0
+        raise SystemExit(f"error: unknown problem(s) {unknown_problems} for --problems; registered: {registered}")
     skipped: dict[str, str] = {}
     run_problems = []
     for p in wanted:
@@ -89,6 +91,7 @@ def run_all(
             run_problems.append(p)
         else:
             skipped[f"problem:{p}"] = f"problem {p!r} is not registered here; items 1-3 skipped for it"
+    out.mkdir(parents=True, exist_ok=True)  # after the checks: a refused run writes nothing
     results: dict[str, Any] = {}
     errors: dict[str, str] = {}
 
@@ -101,7 +104,12 @@ def run_all(
             log(traceback.format_exc())
 
     ref_checkpoint = None
-    if not quick and "deblur" in run_problems and any(i in items for i in ("step", "solver")):
+    # --quick uses the untrained network, unless a checkpoint is named (then that one, as asked).
+    if (
+        (checkpoint is not None or not quick)
+        and "deblur" in run_problems
+        and any(i in items for i in ("step", "solver"))
+    ):
         ref_checkpoint, note = benchlib.reference_checkpoint("deblur", out, checkpoint, dev, steps=300)
         results["reference_model"] = note
     for p in run_problems:

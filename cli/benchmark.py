@@ -69,6 +69,10 @@ def benchmark(
     unknown = sorted(set(items or []) - set(ITEMS))
     if unknown:
         raise UserError(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(ITEMS)}")
+    if checkpoint is not None:  # a missing one fails here in one line, not inside each benchmark
+        from jfb_inverse.training.checkpoint import resolve_checkpoint_path
+
+        resolve_checkpoint_path(checkpoint)
     run_all = _run_all_module()
     summary = run_all.run_all(
         out=out,

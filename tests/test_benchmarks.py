@@ -165,3 +165,33 @@ def test_solver_kernels_counts_the_bookkeeping(tmp_path, _one_thread):
     assert 5 < picard <= 30
     assert rows["picard_sample_lagged"]["ops_per_iteration"] > picard
     assert rows["anderson_lagged"]["ops_per_iteration"] > picard
+
+
+def test_benchmark_command_refuses_unknown_problems_and_missing_checkpoints(tmp_path):
+    # Named by the user, so refused in one line: a typo must not run nothing (or the untrained
+    # network instead of the checkpoint) and exit 0.
+    from jfb_inverse.cli.app import app
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    out = str(tmp_path / "bench")
+    result = runner.invoke(app, ["benchmark", "--quick", "--only", "step", "--problems", "foo", "--out", out])
+    assert result.exit_code != 0 and "unknown problem(s) ['foo']" in (result.output + str(result.exception))
+    result = runner.invoke(app, ["benchmark", "--quick", "--only", "solver", "--checkpoint", "nope.pt", "--out", out])
+    assert result.exit_code == 2 and "checkpoint 'nope.pt' not found" in result.output
+    assert not (tmp_path / "bench").exists()
+
+
+def test_per_sample_stop_benchmark_keys(tmp_path, _one_thread, monkeypatch):
+    import json
+
+    import per_sample_stop
+
+    monkeypatch.setattr(sys, "argv", ["per_sample_stop.py", "--quick", "--out", str(tmp_path)])
+    per_sample_stop.main()
+    payload = json.loads((tmp_path / "per_sample_stop_deblur.json").read_text())
+    assert set(per_sample_stop.KEYS) <= set(payload)
+    for mode in payload["modes"].values():
+        # Each sample's iterates are the same under both rules; the whole-batch stop runs every
+        # sample until the slowest converges, so it never does less work.
+        assert mode["mean_iterations_per_sample"]["sample"] <= mode["mean_iterations_per_sample"]["batch"]
