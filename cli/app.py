@@ -94,7 +94,21 @@ def main() -> None:
     # glibc's default mmap threshold made inference 1.6-1.8x slower through page faults
     # (benchmarks/results/malloc.json); JFB_INVERSE_MALLOC=0 opts out.
     tune_malloc()
+    _warnings_as_lines()
     sys.exit(run_app())
+
+
+def _warnings_as_lines() -> None:
+    """Python warnings (ours and the libraries') as the CLI's own one-line ``warning: ...``, not
+    as a file name, a line number and a line of source."""
+    import warnings
+
+    from jfb_inverse.cli.common import warn
+
+    def show(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+        warn(str(message))
+
+    warnings.showwarning = show
 
 
 def run_app(args: list[str] | None = None) -> int:

@@ -313,15 +313,18 @@ def save_image(x: Tensor, path: str | Path, *, clip: bool = True) -> None:
     skimage.io.imsave(path, hwc, check_contrast=False)
 
 
-def load_folder(path: str | Path, channels: int = 1, *, check_range: bool = True) -> list[tuple[str, Tensor]]:
+def load_folder(
+    path: str | Path, channels: int = 1, *, check_range: bool = True, note: Callable[[str], None] | None = None
+) -> list[tuple[str, Tensor]]:
     """Load every image in a folder (not its subfolders), sorted by file name.
 
     Reads the files whose suffix is in ``IMAGE_SUFFIXES`` with :func:`load_image` and returns
     ``(file name, (C, H, W) tensor)`` pairs; hidden files (names starting with ".") are skipped.
     The folder holds clean images (training data, evaluation sets), so float pixels outside
-    [0, 1] are refused unless ``check_range=False``.
+    [0, 1] are refused unless ``check_range=False``. ``note`` hears of each colour change, as in
+    :func:`load_image`.
     """
-    return [(p.name, load_image(p, channels, check_range=check_range)) for p in image_files(path)]
+    return [(p.name, load_image(p, channels, check_range=check_range, note=note)) for p in image_files(path)]
 
 
 def image_files(path: str | Path) -> list[Path]:

@@ -281,3 +281,17 @@ def test_reconstruct_rejects_an_unknown_equivariance(tmp_path):
     )
     assert result.exit_code == 2
     assert "mirror" in result.output and not (tmp_path / "x.npy").exists()
+
+
+def test_the_console_script_shows_python_warnings_as_one_line(capsys):
+    import warnings
+
+    from jfb_inverse.cli.app import _warnings_as_lines
+
+    with warnings.catch_warnings():  # restores showwarning afterwards
+        warnings.simplefilter("always")
+        _warnings_as_lines()
+        warnings.warn("3 of 5 images are smaller than data.patch_size", UserWarning, stacklevel=1)
+    err = capsys.readouterr().err
+    assert "warning: 3 of 5 images are smaller than data.patch_size" in err
+    assert "UserWarning" not in err and "warnings.warn" not in err

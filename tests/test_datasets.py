@@ -331,3 +331,26 @@ def test_clean_images_in_another_range_are_refused_with_the_fix(tmp_path):
     assert float(load_image(tmp_path / "scaled.npy").max()) == 255.0
     assert float(load_image(tmp_path / "overshoot.npy", check_range=True).min()) == pytest.approx(-0.03)
     assert [n for n, _ in load_folder(tmp_path, check_range=False)] == ["overshoot.npy", "scaled.npy"]
+
+
+def test_a_training_folder_reports_images_it_drops_or_converts(tmp_path: Path) -> None:
+    import warnings
+
+    import skimage.io
+
+    from jfb_inverse.problems.config import DataConfig
+    from jfb_inverse.training.data import TrainingSource
+
+    skimage.io.imsave(tmp_path / "big.png", skimage.data.camera()[:64, :64], check_contrast=False)
+    skimage.io.imsave(tmp_path / "small.png", skimage.data.camera()[:16, :16], check_contrast=False)
+    skimage.io.imsave(tmp_path / "colour.png", skimage.data.astronaut()[:48, :48], check_contrast=False)
+    data = DataConfig(source="folder", path=str(tmp_path), patch_size=32)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        source = TrainingSource(data, batch_size=2, seed=0, device=torch.device("cpu"))
+    messages = [str(w.message) for w in caught]
+    assert any(
+        "1 of 3 images" in m and "smaller than data.patch_size (32 px)" in m and "small.png" in m for m in messages
+    )
+    assert any("1 of 3 images" in m and "colour converted to grey" in m for m in messages)
+    assert source.sample().shape == (2, 1, 32, 32)

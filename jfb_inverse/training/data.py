@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,12 +63,30 @@ class TrainingSource:
             self.synthetic = PatchSampler(list(bank), data.patch_size, n_synthetic, seed=seed + 1, device=device)
         if data.source in ("builtin", "folder", "mixed") and n_synthetic < batch_size:
             if data.source == "folder":
-                images = [x for _, x in load_folder(data.path or "", channels=data.channels)]
-                usable = [x for x in images if min(x.shape[-2:]) >= data.patch_size]
+                converted: list[str] = []
+                named = load_folder(data.path or "", channels=data.channels, note=converted.append)
+                usable = [x for _, x in named if min(x.shape[-2:]) >= data.patch_size]
                 if not usable:
                     raise UserError(
                         f"no image in {data.path!r} is at least {data.patch_size} px on each side; "
                         "use larger images or a smaller data.patch_size"
+                    )
+                small = [name for name, x in named if min(x.shape[-2:]) < data.patch_size]
+                if small:
+                    warnings.warn(
+                        f"{len(small)} of {len(named)} images in {data.path!r} are smaller than data.patch_size "
+                        f"({data.patch_size} px) and are not trained on: {', '.join(small[:3])}"
+                        f"{', ...' if len(small) > 3 else ''}",
+                        UserWarning,
+                        stacklevel=2,
+                    )
+                if converted:
+                    change = "colour converted to grey" if data.channels == 1 else "grey repeated to RGB"
+                    warnings.warn(
+                        f"{len(converted)} of {len(named)} images in {data.path!r}: {change} "
+                        f"(data.channels = {data.channels})",
+                        UserWarning,
+                        stacklevel=2,
                     )
                 images = usable
             else:
