@@ -154,6 +154,16 @@ def check_provenance(path: str | Path, cfg: ProblemConfig, checkpoint: str) -> s
     if differ:
         shown = ", ".join(f"{k} {made.get(k)!r} vs {have.get(k)!r}" for k in differ)
         return f"{name} was simulated with other operator parameters than the checkpoint's ({shown})"
+    # The network was trained at one noise level: another one is allowed (a user may try it) but said.
+    noise, trained = meta.get("noise"), cfg.noise.model_dump(mode="json")
+    if isinstance(noise, dict):
+        differ = sorted(k for k in set(noise) | set(trained) if noise.get(k) != trained.get(k))
+        if differ:
+            shown = ", ".join(f"{k} {noise.get(k)!r} vs {trained.get(k)!r}" for k in differ)
+            return (
+                f"{name} was simulated with other noise than the checkpoint was trained for ({shown}); "
+                "expect lower quality and slower convergence"
+            )
     return None
 
 

@@ -246,6 +246,22 @@ def test_same_operator_kind_other_parameters_warns(tmp_path):
     assert (tmp_path / "x.npy").is_file()
 
 
+def test_same_operator_other_noise_warns(tmp_path):
+    save_image(load_builtin("camera", size=32), tmp_path / "clean.png")
+    result = cli("simulate", "--problem", "deblur", "--noise-sigma", "0.05", "--input", tmp_path / "clean.png",
+                 "--output", tmp_path / "y.npy")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    result = cli(*reconstruct_args(tmp_path, tmp_path / "y.npy", output="x.npy"))
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "other noise than the checkpoint was trained for (sigma 0.05 vs 0.01)" in text
+    assert (tmp_path / "x.npy").is_file()
+    # The same noise: no warning.
+    cli("simulate", "--problem", "deblur", "--input", tmp_path / "clean.png", "--output", tmp_path / "y2.npy")
+    result = cli(*reconstruct_args(tmp_path, tmp_path / "y2.npy", output="x2.npy"))
+    assert result.exit_code == 0 and "other noise" not in result.output
+
+
 # --- checkpoints -------------------------------------------------------------------------------
 
 
