@@ -44,7 +44,8 @@ def read_measurement(path: str | Path, channels: int, note: Callable[[str], None
     """A measurement (C, ...) from ``.npy`` or an image file; NaN/Inf and bad files are :class:`UserError`.
 
     An image file's colour is converted to ``channels`` (``note`` hears of it); a ``.npy`` array is
-    taken as it is (its channel count is checked against the operator by :func:`check_fits`)."""
+    taken as it is (its channel count is checked against the operator by :func:`check_fits`), except
+    that a 3-D array with more than 4 entries first and at most 4 last is read as (H, W, C)."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"input {str(p)!r} not found; give an existing .npy or image file")
@@ -62,6 +63,12 @@ def read_measurement(path: str | Path, channels: int, note: Callable[[str], None
             raise UserError(
                 f"{str(p)!r} holds a {arr.dtype} array of shape {arr.shape}; expected a real (H, W) or (C, ...) array"
             )
+        if arr.ndim == 3 and arr.shape[0] > 4 and arr.shape[-1] <= 4:
+            # Channels last, as image libraries write them (the rule load_image uses for clean .npy
+            # images); a measurement's channels come first, so move them there.
+            arr = np.moveaxis(arr, -1, 0)
+            if note is not None:
+                note(f"{p.name}: a {arr.shape[1]}x{arr.shape[2]}x{arr.shape[0]} array, read as channels last")
         y = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
         y = y[None] if y.ndim == 2 else y
     elif p.suffix.lower() in IMAGE_SUFFIXES:

@@ -324,3 +324,18 @@ def test_a_write_that_fails_names_the_users_file_not_the_temporary_one(tmp_path)
     with pytest.raises(NotADirectoryError) as info, atomic_path(target) as tmp:
         np.save(tmp, np.zeros(3))
     assert info.value.filename == str(target)
+
+
+def test_a_channels_last_npy_measurement_is_read_as_such(tmp_path):
+
+    from jfb_inverse.measurements import read_measurement
+
+    hw1 = np.random.default_rng(0).random((40, 48, 1), dtype=np.float32)
+    np.save(tmp_path / "hw1.npy", hw1)
+    notes: list[str] = []
+    y = read_measurement(tmp_path / "hw1.npy", 1, notes.append)
+    assert y.shape == (1, 40, 48) and torch.equal(y[0], torch.from_numpy(hw1[..., 0]))
+    assert notes == ["hw1.npy: a 40x48x1 array, read as channels last"]
+    sinogram = np.zeros((1, 46, 30), dtype=np.float32)  # channels first, as written: unchanged
+    np.save(tmp_path / "sino.npy", sinogram)
+    assert read_measurement(tmp_path / "sino.npy", 1).shape == (1, 46, 30)
