@@ -15,8 +15,8 @@ Stopping (``stop``):
   to some of its samples only (a :class:`SampleSubsetMap`, with an ``on_samples(u, index)``
   method): then, on the CPU (where the solver reads the stop flags at once anyway), only the
   samples still iterating are computed. Each sample's iterates are those of a batch-wide solve
-  (Picard and Anderson treat every sample on its own), so only the work changes: in a deblur
-  training run most samples converge in a few iterations and a few stragglers set the batch's
+  (Picard and Anderson treat every sample on its own), so only the work changes: in a batch of
+  deblurring solves most samples converge well before the slowest one, which sets the batch's
   count.
 
 What a solve returns: ``f(u_k)`` for the ``u_k`` of the smallest residual ``r_k`` seen, per sample
