@@ -154,8 +154,20 @@ def test_definitions_stop_training_by_batch_and_evaluation_by_sample():
     from jfb_inverse.problems import resolve_config
 
     model, _ = build_model(resolve_config("deblur"))
-    assert model.solver.stop == "batch" and model.eval_solver.stop == "sample"
+    assert model.solver.stop == "batch" and model.eval_solver.stop == "auto"
     model, _ = build_model(resolve_config("deblur", overrides={"solver": {"stop": "sample", "eval_stop": "batch"}}))
     assert model.solver.stop == "sample" and model.eval_solver.stop == "batch"
     with pytest.raises(ConfigError, match=r"solver\.eval_stop"):
         resolve_config("deblur", overrides={"solver": {"eval_stop": "each"}})
+
+
+def test_auto_stops_by_sample_only_where_the_flags_are_read_at_once():
+    u0 = torch.zeros(4, 6, dtype=torch.float64)
+    f = SubsetContraction(RATES)
+    _, stats = Anderson(tol=1e-9, max_iter=400, stop="auto").solve(f, u0)  # the CPU: read at once
+    assert f.samples_computed == int(stats.iterations.sum()) < 4 * stats.evaluations
+    f = SubsetContraction(RATES)  # lagged, as on CUDA: the whole batch, every sample every iteration
+    _, stats = Anderson(tol=1e-9, max_iter=400, stop="auto", lagged_stop=True).solve(f, u0)
+    assert f.samples_computed == 4 * stats.evaluations and set(stats.iterations.tolist()) == {stats.evaluations}
+    with pytest.raises(ValueError, match="unknown stop rule 'each'"):
+        Picard(stop="each")

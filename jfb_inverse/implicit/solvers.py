@@ -10,6 +10,7 @@ the fixed point and stays defined for a zero start.
 Stopping (``stop``):
 - ``"batch"`` (default): the whole batch iterates until every sample has ``r_k <= tol`` (the
   batch maximum), or ``max_iter``.
+- ``"auto"``: ``"sample"`` where the stop flags are read at once (the CPU), else ``"batch"``.
 - ``"sample"``: a sample that reaches ``tol`` is frozen (no further updates, its iteration count
   stops) while the others go on. The map is evaluated on the full batch, unless it can be applied
   to some of its samples only (a :class:`SampleSubsetMap`, with an ``on_samples(u, index)``
@@ -49,7 +50,7 @@ from torch import Tensor
 from jfb_inverse.implicit.stats import SolverStats, residual_from_norms
 
 FixedPointMap = Callable[[Tensor], Tensor]
-StopRule = Literal["batch", "sample"]
+StopRule = Literal["batch", "sample", "auto"]
 
 
 @runtime_checkable
@@ -312,6 +313,19 @@ class _ActiveSubset:
         return out
 
 
+def _per_sample(stop: StopRule, check: _StopCheck) -> bool:
+    """Whether a solve stops each sample on its own: ``"auto"`` does where the stop flags are read at
+    once (the CPU, where only the samples still iterating are then computed) and not where they are
+    read one iteration late (CUDA, where freezing samples would add work, not save it)."""
+    _check_stop(stop)
+    return stop == "sample" or (stop == "auto" and not check.lagged)
+
+
+def _check_stop(stop: str) -> None:
+    if stop not in ("batch", "sample", "auto"):
+        raise ValueError(f"unknown stop rule {stop!r}; choose 'batch', 'sample' or 'auto'")
+
+
 def _finished(res: Tensor, tol: float) -> Tensor:
     """Converged or blown up (``res`` is in ``[0, inf]``): nothing more to gain for that sample."""
     return (res <= tol) | (res == float("inf"))
@@ -375,6 +389,7 @@ class Picard(FixedPointSolver):
     cuda_graph: bool = False  # replay f from a CUDA graph (CUDA only, see _GraphedMap)
 
     def __post_init__(self) -> None:
+        _check_stop(self.stop)
         if not 0 < self.alpha <= 1:
             raise ValueError(f"Picard alpha must be in (0, 1], got {self.alpha}")
 
@@ -391,7 +406,7 @@ class Picard(FixedPointSolver):
         best = _BestIterate(u, lazy=check.lagged)
         trace = _Trace(self.max_iter)
         evaluations = 0
-        per_sample = self.stop == "sample"
+        per_sample = _per_sample(self.stop, check)
         subset = _ActiveSubset(f, batch, per_sample and not check.lagged)
         diff: Tensor | None = None  # reused for f(u) - u: no allocation per iteration
         for _ in range(self.max_iter):
@@ -449,6 +464,7 @@ class Anderson(FixedPointSolver):
     cuda_graph: bool = False  # replay f from a CUDA graph (CUDA only, see _GraphedMap)
 
     def __post_init__(self) -> None:
+        _check_stop(self.stop)
         if self.m < 1:
             raise ValueError(f"Anderson history m must be >= 1, got {self.m}")
         if not 0 < self.beta <= 1:
@@ -477,15 +493,15 @@ class Anderson(FixedPointSolver):
         F = torch.zeros_like(X)  # noqa: N806
         R = torch.zeros_like(X)  # noqa: N806
         gram = x0.new_zeros(batch, m, m)
-        mix = x0.new_empty(batch, x0.shape[1]) if (self.beta != 1.0 or self.stop == "sample") else None
+        check = _StopCheck(u0.device, self.lagged_stop)
+        per_sample = _per_sample(self.stop, check)
+        mix = x0.new_empty(batch, x0.shape[1]) if (self.beta != 1.0 or per_sample) else None
         mix_x = x0.new_empty(batch, x0.shape[1]) if self.beta != 1.0 else None
 
         active = torch.ones(batch, dtype=torch.bool, device=u0.device)
         iterations = torch.zeros(batch, dtype=torch.long, device=u0.device)
-        check = _StopCheck(u0.device, self.lagged_stop)
         best = _BestIterate(u0, copy=True)
         trace = _Trace(self.max_iter)
-        per_sample = self.stop == "sample"
         subset = _ActiveSubset(f, batch, per_sample and not check.lagged)
         # Bordered system [[0, 1^T], [1, G G^T + lam I]] [mu; a] = [1; 0] (sum of weights = 1).
         H = x0.new_zeros(batch, m + 1, m + 1)  # noqa: N806

@@ -244,7 +244,7 @@ class ModelConfig(_Strict):
     bias: bool = True
 
 
-StopRule = Literal["batch", "sample"]
+StopRule = Literal["batch", "sample", "auto"]
 
 
 class SolverConfig(_Strict):
@@ -254,9 +254,11 @@ class SolverConfig(_Strict):
     (small images, where kernel launches bound an iteration; ignored on the CPU).
     ``stop`` (training) and ``eval_stop``: ``batch`` iterates a batch until its slowest sample
     converges; ``sample`` stops each sample at ``tol`` and, on the CPU, computes the regulariser for
-    the samples still iterating only. For a batch of images at evaluation that was 2.2x faster
-    with ``builtin:deblur`` (benchmarks/per_sample_stop.py); in training it gained nothing, so
-    training keeps ``batch``. One image at a time (the CLI) is the same either way.
+    the samples still iterating only; ``auto`` is ``sample`` on the CPU and ``batch`` on CUDA
+    (where the stop flags are read one iteration late, and freezing samples saves no work). For a
+    batch of images at evaluation ``sample`` was 2.4x faster on the CPU with ``builtin:deblur``
+    (benchmarks/per_sample_stop.py); in training it gained nothing, so training keeps ``batch``.
+    One image at a time (the CLI) is the same either way.
     """
 
     name: Literal["anderson", "picard"] = "anderson"
@@ -268,7 +270,7 @@ class SolverConfig(_Strict):
     eval_max_iter: PositiveInt = 100
     cuda_graph: bool = False
     stop: StopRule = "batch"
-    eval_stop: StopRule = "sample"
+    eval_stop: StopRule = "auto"
 
 
 #: Autocast precisions of the learned regulariser (``auto``: see :mod:`jfb_inverse.models.precision`).
