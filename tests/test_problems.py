@@ -185,3 +185,29 @@ def test_overwriting_a_builtin_name_before_the_builtins_load_keeps_the_registry_
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_relative_paths_in_a_config_file_are_read_from_its_folder(tmp_path, monkeypatch):
+    import numpy as np
+
+    from jfb_inverse.problems import config_from_file_or_problem
+
+    project = tmp_path / "project"
+    (project / "imgs").mkdir(parents=True)
+    np.save(project / "k.npy", np.ones((3, 3), dtype=np.float32) / 9)
+    config = project / "run.toml"
+    config.write_text(
+        'problem = "deblur"\n[data]\nsource = "folder"\npath = "imgs"\n'
+        '[operator]\nkernel = "file"\npath = "k.npy"\n[training]\ninit_from = "builtin:deblur"\n'
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = config_from_file_or_problem(None, config)
+    assert cfg.data.path == str((project / "imgs").resolve())
+    assert cfg.operator.path == str((project / "k.npy").resolve())
+    assert cfg.training.init_from == "builtin:deblur"
+    # A path that is not there but in the working folder keeps meaning what it meant before.
+    (elsewhere / "other").mkdir()
+    config.write_text('problem = "deblur"\n[data]\nsource = "folder"\npath = "other"\n')
+    assert config_from_file_or_problem(None, config).data.path == "other"

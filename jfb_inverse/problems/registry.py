@@ -240,6 +240,30 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+#: The file paths a definition holds, as (section, key); a custom operator's ``target`` is a path
+#: when its module part names a .py file.
+_PATH_FIELDS = (("data", "path"), ("operator", "path"), ("operator", "target"), ("training", "init_from"))
+
+
+def _paths_from_the_file(values: dict[str, Any], config_path: Path) -> dict[str, Any]:
+    """Relative file paths in a config file, read from the file's own folder where they exist
+    there (as a project's files refer to each other), else left as written (the working folder)."""
+    base = config_path.parent
+    for section, key in _PATH_FIELDS:
+        table = values.get(section)
+        if not isinstance(table, dict) or not isinstance(table.get(key), str):
+            continue
+        value = table[key]
+        path, sep, rest = value.partition(":") if key == "target" else (value, "", "")
+        if key == "target" and not path.endswith(".py"):
+            continue  # a module name (package.module:Class), not a file
+        if not path or value.startswith("builtin:") or Path(path).expanduser().is_absolute():
+            continue
+        if (base / path).exists():
+            table[key] = str((base / path).resolve()) + sep + rest
+    return values
+
+
 def config_from_file_or_problem(
     problem: str | None,
     config_path: str | Path | None,
@@ -247,7 +271,7 @@ def config_from_file_or_problem(
     preset: str | None = None,
 ) -> ProblemConfig:
     """What ``train`` does: the problem comes from ``problem`` or the config file's ``problem`` key."""
-    file_values = load_config_file(config_path) if config_path else {}
+    file_values = _paths_from_the_file(load_config_file(config_path), Path(config_path)) if config_path else {}
     name = problem or file_values.get("problem")
     if not name:
         raise ConfigError('no problem given; pass --problem NAME or set `problem = "NAME"` in the config file')
