@@ -194,9 +194,6 @@ def train(
     # Steps whose forward solve stopped at max_iter: warned once when first seen, totalled at the end
     # (a warning per log line buried the progress bar: ~70 lines in the default deblur run).
     not_converged = [0]
-    # Denoiser pretraining (a new run with training.pretrain_steps) gets its own bar, before training's.
-    pretraining = bool(cfg.training.pretrain_steps) and not resume
-    pretrain_task = progress.add_task("pretrain D", total=cfg.training.pretrain_steps, info="") if pretraining else None
     task = progress.add_task("train", total=cfg.training.steps, info="")
 
     def on_log(record: dict[str, Any]) -> None:
@@ -240,11 +237,8 @@ def train(
             if unrolled
             else f"solver {cfg.solver.name} (tol {cfg.solver.tol:g}, max {cfg.solver.max_iter})"
         )
-        pretrain = f"{t.pretrain_steps} denoiser-pretraining steps (noise up to {t.pretrain_sigma:g}), then "
-        if not pretraining:
-            pretrain = ""
         console.print(
-            f"training [bold]{cfg.problem}[/] on {dev}: {pretrain}{t.steps} steps, batch {t.batch_size}{reuse}, "
+            f"training [bold]{cfg.problem}[/] on {dev}: {t.steps} steps, batch {t.batch_size}{reuse}, "
             f"gradient {t.gradient}, {solver}"
         )
         progress.start()
@@ -258,9 +252,6 @@ def train(
             on_step=lambda s: progress.update(task, completed=s + 1),
             resume=resume,
             on_start=on_start,
-            on_pretrain_step=None
-            if pretrain_task is None
-            else (lambda s: progress.update(pretrain_task, completed=s + 1)),
         )
     finally:
         if progress.live.is_started:  # stopping a bar never started prints a blank line before the error
@@ -270,11 +261,6 @@ def train(
     if not main_process:
         return
     distributed.shutdown_distributed()
-    if result.pretrain is not None and pretraining:
-        console.print(
-            f"pretrained D as a denoiser for {result.pretrain.steps} steps in {result.pretrain.seconds:.0f} s "
-            f"(final MSE {result.pretrain.final_loss:.2e})"
-        )
     console.print(f"trained {result.steps} steps in {result.seconds:.0f} s -> {escape(str(out / 'model.pt'))}")
     if result.steps < cfg.training.steps:  # the time budget ended it
         console.print(

@@ -295,17 +295,3 @@ def test_the_console_script_shows_python_warnings_as_one_line(capsys):
     err = capsys.readouterr().err
     assert "warning: 3 of 5 images are smaller than data.patch_size" in err
     assert "UserWarning" not in err and "warnings.warn" not in err
-
-
-def test_train_with_denoiser_pretraining_says_so(tmp_path):
-    config = tmp_path / "run.toml"
-    config.write_text("[data]\npatch_size = 32\neval_size = 32\n[model]\nwidth = 8\ndepth = 3\n"
-                      "[training]\nbatch_size = 2\nlog_every = 2\n"
-                      "pretrain_steps = 6\npretrain_sigma = 0.03\n")  # fmt: skip
-    result = invoke("train", "--problem", "deblur", "--config", str(config), "--steps", "2",
-                    "--out", str(tmp_path / "run"), "--device", "cpu")  # fmt: skip
-    assert result.exit_code == 0, result.output
-    text = " ".join(result.output.split())
-    assert "6 denoiser-pretraining steps (noise up to 0.03), then 2 steps" in text
-    assert "pretrained D as a denoiser for 6 steps" in text
-    assert "pretrain_steps = 6" in (tmp_path / "run" / "problem.toml").read_text()

@@ -295,10 +295,6 @@ class TrainingConfig(_Strict):
     steps apart, and every use after the first starts the solve from the batch's previous fixed
     point (warm start: fewer forward iterations per step, see :mod:`jfb_inverse.training.reuse`;
     ``unrolled`` gets no warm start); 1 (the class default) draws a fresh batch every step.
-    ``pretrain_steps``: before the fixed-point steps, train ``D`` alone that many steps as a
-    Gaussian denoiser of noise levels up to ``pretrain_sigma`` (Gilton et al., 2021; see
-    :mod:`jfb_inverse.training.pretrain`): cheap steps without a solve that start ``T`` from a
-    prior of the training images instead of a mild smoother. 0 (the class default): none.
     """
 
     steps: PositiveInt = 600
@@ -317,18 +313,6 @@ class TrainingConfig(_Strict):
     init_from: str | None = None
     batch_reuse: PositiveInt = 1
     reuse_gap: PositiveInt = 8
-    pretrain_steps: NonNegativeInt = 0
-    pretrain_sigma: Annotated[float, Field(gt=0, le=1)] = 0.05
-
-    @model_validator(mode="after")
-    def _pretraining_or_init_from(self) -> TrainingConfig:
-        # Pretraining starts D from its untrained weights: it would overwrite a fine-tune's start.
-        if self.pretrain_steps and self.init_from is not None:
-            raise ValueError(
-                f"training.pretrain_steps ({self.pretrain_steps}) would retrain the weights of training.init_from "
-                f"({self.init_from!r}) as a denoiser; set pretrain_steps = 0 to fine-tune, or drop init_from"
-            )
-        return self
 
 
 class ProblemConfig(_Strict):

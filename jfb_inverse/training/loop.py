@@ -44,7 +44,6 @@ from jfb_inverse.problems.config import ProblemConfig
 from jfb_inverse.problems.noise import simulate
 from jfb_inverse.training.checkpoint import load_checkpoint, load_initial_weights, save_checkpoint
 from jfb_inverse.training.data import TrainingSource
-from jfb_inverse.training.pretrain import PretrainingInterruptedError, PretrainResult, pretrain_denoiser
 from jfb_inverse.training.reuse import BatchPool
 
 LogCallback = Callable[[dict[str, Any]], None]
@@ -73,7 +72,6 @@ class TrainResult:
     seconds: float
     history: list[dict[str, Any]]
     skipped_steps: int = 0
-    pretrain: PretrainResult | None = None
 
 
 def _lr_lambda(total: int, warmup: int = 20) -> Callable[[int], float]:
@@ -215,15 +213,11 @@ def train(
     on_step: Callable[[int], None] | None = None,
     resume: bool = False,
     on_start: Callable[[], None] | None = None,
-    on_pretrain_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train the definition's implicit network with its gradient strategy; see the module docstring.
 
     ``on_start`` is called once the model, the data and the optimiser are set up (so bad data has
-    failed by then) and before anything is written to ``out_dir``. With ``training.pretrain_steps``
-    a new run first pretrains ``D`` as a denoiser (:mod:`jfb_inverse.training.pretrain`),
-    ``on_pretrain_step`` is called after each of those steps, and its time counts in the run's
-    seconds and time budget.
+    failed by then) and before anything is written to ``out_dir``.
     """
     out = Path(out_dir)
     rank, world = _rank_and_world()
@@ -256,7 +250,6 @@ def train(
     window_state: list[dict[str, float]] = []
     lipschitz_state: float | None = None
     guard_state = (0, 0)
-    pretrained: dict[str, Any] | None = None
     history: list[dict[str, Any]] = []
     history_path = out / "history.jsonl"
     if resume:
@@ -278,7 +271,6 @@ def train(
         if "grad_scaler" in payload:
             scaler.load_state_dict(payload["grad_scaler"])
         guard_state = (int(payload.get("skipped_steps", 0)), int(payload.get("bad_in_a_row", 0)))
-        pretrained = payload.get("pretrain")
         # The learning rate of the next step under this run's schedule: a resume with more --steps
         # stretches the schedule, and the optimiser's stored lr is the old schedule's.
         for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
@@ -332,7 +324,6 @@ def train(
             seconds=seconds(),
             log_window=json.dumps(window),
             lipschitz_pending=lipschitz,
-            pretrain=pretrained,
             grad_scaler=scaler.state_dict(),
             skipped_steps=skipped,
             bad_in_a_row=bad_in_a_row,
@@ -345,25 +336,6 @@ def train(
             return x_all, simulate(x_all, physics, cfg.noise, noise_gen)
 
     with _stop_on_signals() as received:
-        if t.pretrain_steps and not resume:
-
-            def signalled() -> int:
-                signum = int(received.get("signal", 0))
-                if world > 1:  # every rank stops at the same step, or the others hang in all_reduce
-                    flag = torch.tensor([float(signum)], device=device)
-                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                    signum = int(flag.item())
-                return signum
-
-            try:
-                done = pretrain_denoiser(model.regularizer, cfg, device, local, world, on_pretrain_step, signalled)
-            except PretrainingInterruptedError as exc:
-                raise TrainingInterruptedError(
-                    f"interrupted by signal {exc.signum} during the denoiser pretraining, before the first "
-                    "checkpoint; nothing to resume, start the run again",
-                    exc.signum,
-                ) from None
-            pretrained = {"steps": done.steps, "seconds": round(done.seconds, 3), "final_loss": done.final_loss}
         for step in range(first_step, t.steps):
             x, y, warm_start = pool.batch(step, draw)
             # An unrolled network is trained for its K iterations from the model's own start.
@@ -458,5 +430,4 @@ def train(
             if out_of_time:
                 break
     checkpoint(final=True)
-    pretrain = None if pretrained is None else PretrainResult(**pretrained)
-    return TrainResult(out, step + 1, seconds(), history, skipped, pretrain)
+    return TrainResult(out, step + 1, seconds(), history, skipped)
