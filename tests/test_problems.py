@@ -35,7 +35,16 @@ def test_deblur_reference_defaults():
         ({"training": {"steps": -5}}, "training.steps: Input should be greater than 0"),
         ({"noise": {"sigma": -0.1}}, "noise.sigma: Input should be greater than or equal to 0"),
         ({"operator": {"sigma": "wide"}}, "operator.blur.sigma"),
-        ({"operator": {"kernel": "file"}}, "kernel 'file' needs operator.path"),
+        (
+            {"operator": {"kernel": "file"}},
+            "kernel 'file' needs operator.path (a .npy or .png kernel) or operator.values",
+        ),
+        (
+            {"operator": {"kernel": "box", "values": [[1.0]]}},
+            "operator.values is a 'file' kernel's numbers; kernel is 'box'",
+        ),
+        ({"operator": {"kernel": "file", "values": [[1.0, 2.0], [1.0]]}}, "rows of equal, non-zero length"),
+        ({"operator": {"kernel": "file", "values": [[1.0, -1.0]]}}, "finite numbers with a positive sum"),
         ({"data": {"source": "folder"}}, "needs data.path"),
         ({"solver": {"name": "newton"}}, "solver.name"),
         ({"bogus": 1}, "bogus: Extra inputs are not permitted"),

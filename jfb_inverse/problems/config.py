@@ -51,7 +51,11 @@ class BlurOperator(_Strict):
     """Convolution with circular boundary (deepinv ``BlurFFT``).
 
     ``kernel``: ``gaussian`` (``sigma`` px), ``motion`` (``length`` px at ``angle`` degrees), ``box``
-    (``size`` px) or ``file`` (a .npy or .png kernel at ``path``, normalised to sum 1).
+    (``size`` px) or ``file`` (a .npy or .png kernel at ``path``, normalised to sum 1). ``values``:
+    a ``file`` kernel's own numbers (rows of floats, normalised to sum 1). Training embeds them
+    when it starts, so that a checkpoint reconstructs without the file (on another machine, after
+    the file moved); when they are present they are the kernel, and ``path`` only says where it
+    came from. They can also be written into a definition instead of a ``path``.
     """
 
     kind: Literal["blur"] = "blur"
@@ -61,11 +65,20 @@ class BlurOperator(_Strict):
     angle: float = 0.0
     size: PositiveInt = 5
     path: str | None = None
+    values: list[list[float]] | None = None
 
     @model_validator(mode="after")
     def _file_needs_path(self) -> BlurOperator:
-        if self.kernel == "file" and not self.path:
-            raise ValueError("kernel 'file' needs operator.path (a .npy or .png kernel)")
+        if self.kernel == "file" and not self.path and self.values is None:
+            raise ValueError("kernel 'file' needs operator.path (a .npy or .png kernel) or operator.values")
+        if self.values is not None:
+            if self.kernel != "file":
+                raise ValueError(f"operator.values is a 'file' kernel's numbers; kernel is {self.kernel!r}")
+            widths = {len(row) for row in self.values}
+            if not self.values or len(widths) != 1 or 0 in widths:
+                raise ValueError("operator.values must be rows of equal, non-zero length (a 2-D kernel)")
+            if not all(math.isfinite(v) for row in self.values for v in row) or sum(map(sum, self.values)) <= 0:
+                raise ValueError("operator.values must be finite numbers with a positive sum")
         return self
 
 

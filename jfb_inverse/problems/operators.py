@@ -35,6 +35,7 @@ from jfb_inverse.problems.config import (
     CustomOperator,
     InpaintingOperator,
     MRIOperator,
+    ProblemConfig,
     SuperResOperator,
     TomographyOperator,
 )
@@ -119,7 +120,20 @@ def blur_kernel(op: BlurOperator) -> torch.Tensor:
         return motion_kernel(op.length, op.angle)
     if op.kernel == "box":
         return torch.full((1, 1, op.size, op.size), 1.0 / op.size**2)
+    if op.values is not None:  # embedded by training: the file is not needed (nor read) any more
+        kernel = torch.tensor(op.values, dtype=torch.float64)
+        return (kernel / kernel.sum()).float().view(1, 1, *kernel.shape)
     return load_kernel(op.path or "")
+
+
+def with_embedded_kernel(cfg: ProblemConfig) -> ProblemConfig:
+    """``cfg`` with a ``file`` blur kernel's numbers in ``operator.values`` (read from its file once),
+    so that what is saved with a run reconstructs without the file. Other definitions as they are."""
+    op = cfg.operator
+    if op.kind != "blur" or op.kernel != "file" or op.values is not None:
+        return cfg
+    values = load_kernel(op.path or "")[0, 0].tolist()
+    return cfg.model_copy(update={"operator": op.model_copy(update={"values": values})})
 
 
 def _build_blur(op: BlurOperator, img_size: ImageSize, device: torch.device) -> LinearPhysics:

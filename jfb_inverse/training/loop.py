@@ -42,6 +42,7 @@ from jfb_inverse.metrics import psnr
 from jfb_inverse.models.build import build_model
 from jfb_inverse.problems.config import ProblemConfig
 from jfb_inverse.problems.noise import simulate
+from jfb_inverse.problems.operators import with_embedded_kernel
 from jfb_inverse.training.checkpoint import load_checkpoint, load_initial_weights, save_checkpoint
 from jfb_inverse.training.data import TrainingSource
 from jfb_inverse.training.reuse import BatchPool
@@ -226,6 +227,8 @@ def train(
     t = cfg.training
     if t.batch_size % world:
         raise UserError(f"batch size {t.batch_size} does not split over {world} processes; use a multiple of {world}")
+    # A kernel file's numbers go into the saved definition: the run's checkpoints need no file.
+    cfg = with_embedded_kernel(cfg)
     torch.manual_seed(t.seed)
     model, physics_cache = build_model(cfg, device)
     if t.init_from is not None and not resume:

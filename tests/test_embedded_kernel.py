@@ -1,0 +1,64 @@
+"""A ``file`` blur kernel travels with its run: training embeds its numbers (``operator.values``),
+so a checkpoint reconstructs the same after the file is gone."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from jfb_inverse.cli.app import app
+from typer.testing import CliRunner
+
+from jfb_inverse.problems import resolve_config
+from jfb_inverse.problems.operators import blur_kernel, load_kernel
+from jfb_inverse.training.checkpoint import load_checkpoint, load_model
+from jfb_inverse.training.loop import train
+
+TINY = {
+    "data": {"patch_size": 32},
+    "model": {"width": 8, "depth": 3},
+    "training": {"steps": 2, "batch_size": 2, "log_every": 1, "checkpoint_every": 2, "precision": "fp32"},
+}
+
+
+def _kernel_file(folder) -> tuple[str, np.ndarray]:
+    rng = np.random.default_rng(3)
+    kernel = rng.random((5, 7))  # not symmetric, not normalised: the file is normalised on reading
+    path = folder / "k.npy"
+    np.save(path, kernel)
+    return str(path), kernel
+
+
+def test_values_in_a_definition_are_the_kernel_normalised(tmp_path) -> None:
+    path, kernel = _kernel_file(tmp_path)
+    from_file = blur_kernel(resolve_config("deblur", overrides={"operator": {"kernel": "file", "path": path}}).operator)
+    inline = resolve_config("deblur", overrides={"operator": {"kernel": "file", "values": kernel.tolist()}})
+    assert torch.allclose(blur_kernel(inline.operator), from_file, atol=1e-7)
+    assert from_file.shape == (1, 1, 5, 7) and abs(float(from_file.sum()) - 1) < 1e-6
+
+
+def test_a_trained_run_reconstructs_without_its_kernel_file(tmp_path) -> None:
+    path, _ = _kernel_file(tmp_path)
+    cfg = resolve_config("deblur", overrides={**TINY, "operator": {"kernel": "file", "path": path}})
+    train(cfg, tmp_path / "run")
+    _, stored = load_checkpoint(tmp_path / "run" / "model.pt")
+    assert stored.operator.path == path and stored.operator.values is not None
+    assert torch.equal(blur_kernel(stored.operator), load_kernel(path))  # the file's kernel, bitwise
+    assert "values = [" in (tmp_path / "run" / "problem.toml").read_text()
+    x = torch.rand(1, 1, 40, 36, generator=torch.Generator().manual_seed(0))
+    model, _, physics = load_model(str(tmp_path / "run" / "model.pt"), "cpu")
+    y = physics.for_image((1, 40, 36)).A(x)
+    before = model(y).detach()
+    (tmp_path / "k.npy").unlink()
+    model, _, _ = load_model(str(tmp_path / "run" / "model.pt"), "cpu")
+    assert torch.equal(model(y).detach(), before)
+    # The CLI too: simulate and reconstruct with the checkpoint, the file gone.
+    np.save(tmp_path / "clean.npy", x[0].numpy())
+    runner = CliRunner()
+    ckpt = str(tmp_path / "run" / "model.pt")
+    for args in (
+        ["simulate", "--checkpoint", ckpt, "--input", str(tmp_path / "clean.npy"), "--output", str(tmp_path / "y.npy")],
+        ["reconstruct", "--checkpoint", ckpt, "--input", str(tmp_path / "y.npy"), "--output", str(tmp_path / "x.npy")],
+    ):
+        result = runner.invoke(app, args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "x.npy").shape[-2:] == (40, 36)
