@@ -15,8 +15,8 @@ from rich.markup import escape
 from jfb_inverse.errors import ConfigError, UserError
 
 # soft_wrap: a message is never broken at 80 columns when stdout is not a terminal (logs, CI).
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+console = Console(soft_wrap=True, emoji=False)
+err_console = Console(stderr=True, soft_wrap=True, emoji=False)
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Options several commands share, declared once so their names and help stay the same everywhere.

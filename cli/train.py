@@ -352,7 +352,7 @@ def _refuse_definition_options_on_resume(option_names: list[str]) -> None:
         names = ", ".join(f"--{name.replace('_', '-')}" for name in option_names)
         raise UserError(
             f"--resume continues the run in --out with its own definition, so {names} would be "
-            "ignored; drop them (--steps and --max-minutes may change), or start a new run with another --out"
+            "ignored; drop them (--steps, --max-minutes and --device may change), or start a new run with another --out"
         )
 
 

@@ -191,8 +191,8 @@ def test_custom_config_from_a_class_and_trust():
     with pytest.raises(OperatorError) as info:
         ensure_trusted(cfg)
     assert str(info.value) == (
-        f"checkpoint uses custom operator {target('ShiftBlur')}; rerun with --trust-operator to import it "
-        "(this runs its code)"
+        f"checkpoint uses custom operator {target('ShiftBlur')}; rerun with --trust-operator (from Python: "
+        "trust_operator=True) to import it (this runs its code)"
     )
     ensure_trusted(cfg, True)
     ensure_trusted(cfg, [target("ShiftBlur")])
@@ -232,6 +232,20 @@ def striped_run(tmp_path_factory):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     return out / "run"
+
+
+def test_an_operator_class_named_like_an_emoji_code_is_printed_as_named(tmp_path):
+    # rich turns ":camera:" into an emoji unless told not to: "ops.py:Camera: ..." lost its name.
+    (tmp_path / "ops.py").write_text(
+        "class Camera:\n"
+        "    def A(self, x):\n        return 0.5 * x\n"
+        "    def A_adjoint(self, y):\n        return 0.5 * y\n"
+    )
+    (tmp_path / "tiny.toml").write_text(TINY_TOML)
+    result = invoke("train", "--operator", f"{tmp_path / 'ops.py'}:Camera", "--config", str(tmp_path / "tiny.toml"),
+                    "--steps", "1", "--out", str(tmp_path / "run"), "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "ops.py:Camera:" in result.output.replace("\n", "") and "\U0001f4f7" not in result.output
 
 
 def test_cli_train_records_the_operator(striped_run):

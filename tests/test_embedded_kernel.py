@@ -62,3 +62,26 @@ def test_a_trained_run_reconstructs_without_its_kernel_file(tmp_path) -> None:
         result = runner.invoke(app, args, catch_exceptions=False)
         assert result.exit_code == 0, result.output
     assert np.load(tmp_path / "x.npy").shape[-2:] == (40, 36)
+
+
+def test_measurement_sidecars_compare_kernels_briefly(tmp_path) -> None:
+    import json
+
+    from jfb_inverse.measurements import check_provenance, provenance, provenance_path
+
+    path, kernel = _kernel_file(tmp_path)
+
+    def definition(**operator: object):
+        return resolve_config("deblur", overrides={"operator": {"kernel": "file", **operator}})
+
+    def sidecar(cfg) -> str:
+        y = tmp_path / "y.npy"
+        provenance_path(y).write_text(json.dumps(provenance(cfg, (1, 32, 32), seed=0)))
+        return str(y)
+
+    ckpt = definition(path=path, values=kernel.tolist())
+    # Simulated from the file itself, before kernels were embedded: the same path, no values.
+    assert check_provenance(sidecar(definition(path=path)), ckpt, "ckpt") is None
+    other = definition(path=path, values=np.ones((3, 3)).tolist())
+    message = check_provenance(sidecar(other), ckpt, "ckpt")
+    assert message is not None and "values <3x3 kernel> vs <5x7 kernel>" in message and len(message) < 200

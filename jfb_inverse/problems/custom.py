@@ -396,5 +396,6 @@ def ensure_trusted(cfg: ProblemConfig, trusted_targets: Iterable[str] | bool = (
     if trusted_targets is not False and absolute_target(op.target) in {absolute_target(t) for t in trusted_targets}:
         return
     raise OperatorError(
-        f"checkpoint uses custom operator {op.target}; rerun with --trust-operator to import it (this runs its code)"
+        f"checkpoint uses custom operator {op.target}; rerun with --trust-operator (from Python: "
+        "trust_operator=True) to import it (this runs its code)"
     )
