@@ -108,6 +108,11 @@ def load_kernel(path: str | Path) -> torch.Tensor:
     arr = np.asarray(arr, dtype=np.float64)
     if arr.ndim != 2 or not np.isfinite(arr).all() or arr.sum() <= 0:
         raise ConfigError(f"kernel file {str(p)!r} must hold a finite 2-D array with a positive sum")
+    return _normalised_kernel(arr)
+
+
+def _normalised_kernel(arr: np.ndarray) -> torch.Tensor:
+    """A checked 2-D float64 kernel divided by its sum, as a (1, 1, h, w) float32 tensor."""
     kernel = torch.from_numpy(arr / arr.sum()).float()
     return kernel.view(1, 1, *kernel.shape)
 
@@ -121,8 +126,7 @@ def blur_kernel(op: BlurOperator) -> torch.Tensor:
     if op.kernel == "box":
         return torch.full((1, 1, op.size, op.size), 1.0 / op.size**2)
     if op.values is not None:  # embedded by training: the file is not needed (nor read) any more
-        kernel = torch.tensor(op.values, dtype=torch.float64)
-        return (kernel / kernel.sum()).float().view(1, 1, *kernel.shape)
+        return _normalised_kernel(np.asarray(op.values, dtype=np.float64))
     return load_kernel(op.path or "")
 
 
