@@ -78,12 +78,33 @@ def run_all(
     items = list(only or ITEMS)
     unknown = sorted(set(items) - set(ITEMS))
     if unknown:
-        raise SystemExit(f"error: unknown benchmark(s) {unknown}; choose from {list(ITEMS)}")
+        raise SystemExit(f"error: unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(ITEMS)}")
     registered = benchlib.available_problems()
     wanted = problems or ["deblur", "ct"]
     unknown_problems = [p for p in wanted if p not in registered]
     if problems and unknown_problems:  # asked for by name: a typo must not run nothing and exit 0
-        raise SystemExit(f"error: unknown problem(s) {unknown_problems} for --problems; registered: {registered}")
+        raise SystemExit(
+            f"error: unknown problem(s) {', '.join(unknown_problems)} for --problems; "
+            f"registered: {', '.join(registered)}"
+        )
+    for p in wanted:
+        if p in registered:
+            try:  # a problem that needs more than its name (custom: an operator file) fails now, not mid-run
+                from jfb_inverse.problems.operators import build_physics
+
+                cfg = benchlib.problem_config(p)
+                side = cfg.data.patch_size
+                build_physics(cfg.operator, (cfg.data.channels, side, side), torch.device("cpu"))
+            except Exception as exc:
+                raise SystemExit(f"error: problem {p!r} cannot be benchmarked by name alone ({exc})") from None
+    if checkpoint is not None:  # the reference model is a deblur one: say so before anything runs
+        from jfb_inverse.training.checkpoint import load_checkpoint
+
+        _, ckpt_cfg = load_checkpoint(checkpoint)
+        if ckpt_cfg.problem != "deblur":
+            raise SystemExit(
+                f"error: --checkpoint {checkpoint!r} is for {ckpt_cfg.problem!r}; the benchmarks need a deblur model"
+            )
     skipped: dict[str, str] = {}
     run_problems = []
     for p in wanted:

@@ -6,7 +6,7 @@ import sys
 from typing import Annotated
 
 import typer
-from jfb_inverse.cli.common import console, set_debug, user_errors
+from jfb_inverse.cli.common import SEED_MAX, console, set_debug, user_errors
 from rich.table import Table
 
 from jfb_inverse import __version__
@@ -53,7 +53,7 @@ def problems() -> None:
 @app.command()
 def demo(
     steps: Annotated[int, typer.Option(min=1, help="Adam steps.")] = 200,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Random seed.")] = 0,
 ) -> None:
     """Fit a toy implicit network with JFB and with implicit differentiation (engine demo)."""
     import time

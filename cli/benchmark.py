@@ -73,20 +73,27 @@ def benchmark(
         from jfb_inverse.training.checkpoint import resolve_checkpoint_path
 
         resolve_checkpoint_path(checkpoint)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} is a file; give a folder for the results")
     run_all = _run_all_module()
-    summary = run_all.run_all(
-        out=out,
-        device=device,
-        quick=quick,
-        only=items,
-        problems=[p.strip() for p in problems.split(",") if p.strip()],
-        checkpoint=checkpoint,
-        threads=threads,
-        malloc_tuning=malloc_tuning,
-        log=lambda msg: console.print(msg, highlight=False, markup=False),
-        repeats=repeats,
-        budget_s=budget,
-    )
+    try:
+        summary = run_all.run_all(
+            out=out,
+            device=device,
+            quick=quick,
+            only=items,
+            problems=[p.strip() for p in problems.split(",") if p.strip()],
+            checkpoint=checkpoint,
+            threads=threads,
+            malloc_tuning=malloc_tuning,
+            log=lambda msg: console.print(msg, highlight=False, markup=False),
+            repeats=repeats,
+            budget_s=budget,
+        )
+    except SystemExit as exc:  # the scripts' own refusals ("error: ..."): one line and exit 2 here too
+        if isinstance(exc.code, str):
+            raise UserError(exc.code.removeprefix("error: ")) from None
+        raise
     console.print(f"results in {out}/ (summary.md, summary.json, one JSON + PNG per benchmark)")
     if summary["errors"]:
         raise UserError(f"benchmark(s) failed: {', '.join(summary['errors'])}; see the messages above")

@@ -29,6 +29,10 @@ TolOption = Annotated[
     float | None, typer.Option(help="Override the fixed-point tolerance of the checkpoint (> 0, e.g. 1e-4).")
 ]
 MaxIterOption = Annotated[int | None, typer.Option(min=1, help="Override the fixed-point iteration cap.")]
+#: Seeds as the definition's ``training.seed`` takes them (a torch generator needs 64-bit values;
+#: the bound keeps the CLI's seeds and the definition's the same range).
+SEED_MAX = 2**32 - 1
+NoiseSeedOption = Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Noise seed.")]
 # A torch-free copy of jfb_inverse.problems.config.Equivariance, so --help stays fast.
 Equivariance = Literal["none", "rotations", "dihedral"]
 EquivarianceOption = Annotated[

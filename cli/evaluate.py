@@ -10,6 +10,7 @@ from jfb_inverse.cli.common import (
     DeviceOption,
     EquivarianceOption,
     MaxIterOption,
+    NoiseSeedOption,
     TolOption,
     TrustOperatorOption,
     console,
@@ -32,7 +33,7 @@ def evaluate(
     figure: Annotated[
         Path | None, typer.Option(help="Write a side-by-side figure (.png, .pdf, .svg, .jpg or .tif).")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
+    seed: NoiseSeedOption = 0,
     device: DeviceOption = "auto",
     trust_operator: TrustOperatorOption = False,
     tol: TolOption = None,
@@ -60,6 +61,13 @@ def evaluate(
         raise UserError(f"--json {str(json_path)!r}: give a file name ending in .json")
     if figure is not None and figure.suffix.lower() not in FIGURE_SUFFIXES:
         raise UserError(f"--figure {str(figure)!r}: give a file name ending in {', '.join(FIGURE_SUFFIXES)}")
+    if images is not None and images.is_dir():
+        from jfb_inverse.datasets import IMAGE_SUFFIXES
+
+        inputs = {p.resolve() for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+        for option, target in (("--json", json_path), ("--figure", figure)):
+            if target is not None and target.resolve() in inputs:
+                raise UserError(f"{option} {str(target)!r} is one of the --images inputs; write it to another file")
     dev = resolve_device(device)
     model, cfg, physics = load_model(checkpoint, dev, trust_operator)
     override_evaluation(model, tol, max_iter, equivariance)

@@ -10,6 +10,7 @@ from jfb_inverse.cli.common import (
     DeviceOption,
     EquivarianceOption,
     MaxIterOption,
+    NoiseSeedOption,
     TolOption,
     TrustOperatorOption,
     check_config_file,
@@ -35,7 +36,7 @@ def simulate(
     problem: Annotated[str | None, typer.Option(help="Registered problem.")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML/JSON definition.")] = None,
     checkpoint: Annotated[str | None, typer.Option(help="Take the definition from a checkpoint.")] = None,
-    seed: Annotated[int, typer.Option(help="Noise seed.")] = 0,
+    seed: NoiseSeedOption = 0,
     noise_sigma: Annotated[float | None, typer.Option(min=0, help="Override the noise level.")] = None,
     trust_operator: TrustOperatorOption = False,
 ) -> None:
@@ -52,6 +53,11 @@ def simulate(
     from jfb_inverse.problems.registry import resolve_config
 
     check_output_path(output)
+    if provenance_path(output).is_dir():
+        raise UserError(
+            f"{str(provenance_path(output))!r}, where simulate records how {output.name!r} was made, is a folder; "
+            "remove it or choose another --output"
+        )
     if input.is_dir():
         raise UserError(f"input {str(input)!r} is a folder; simulate takes one clean image (PNG/JPEG/TIFF/npy)")
     if not input.is_file():
@@ -122,6 +128,11 @@ def reconstruct(
     if input.is_dir():
         if output.exists() and not output.is_dir():
             raise UserError(f"--output {str(output)!r} must be a folder when --input is a folder")
+        if not output.exists() and output.suffix.lower() in IMAGE_SUFFIXES | {".npy"}:
+            raise UserError(
+                f"--output {str(output)!r} names a file, but --input is a folder: give a folder for the results "
+                "(--format sets their type)"
+            )
         files = sorted(p for p in input.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES | {".npy"})
         if not files:
             raise UserError(f"folder {str(input)!r} holds no .npy/.png/.tif measurements")
@@ -200,9 +211,14 @@ def _check_folder_targets(files: list[Path], output: Path, format: str) -> None:
     for path in files:
         key = path.stem.casefold()
         if key in seen:
+            first = seen[key]
+            where = (
+                f"both be written as {path.stem}.{format}"
+                if first.stem == path.stem
+                else f"be written as {first.stem}.{format} and {path.stem}.{format}, one file on macOS and Windows"
+            )
             raise UserError(
-                f"{seen[key].name!r} and {path.name!r} would both be written as {path.stem}.{format}; "
-                "rename one, or reconstruct them separately"
+                f"{first.name!r} and {path.name!r} would {where}; rename one, or reconstruct them separately"
             )
         seen[key] = path
         if str((output / f"{path.stem}.{format}").resolve()).casefold() in inputs:

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from jfb_inverse import baselines
 from jfb_inverse.errors import UserError
-from jfb_inverse.metrics import psnr, ssim
+from jfb_inverse.metrics import SSIM_MIN_SIZE, psnr, ssim
 from jfb_inverse.models.build import PhysicsCache
 from jfb_inverse.models.reconstructor import ImplicitReconstructor
 from jfb_inverse.problems.config import ProblemConfig
@@ -62,11 +62,16 @@ def evaluate(
     methods = baselines_for(cfg) if with_baselines else {}
     rows: list[dict[str, Any]] = []
     result = Evaluation(report={})
-    for name, x in images:  # every image must fit the operator: checked before any work, named
+    for name, x in images:  # every image must fit the operator and SSIM: checked before any work, named
         try:
             physics_cache.for_image(tuple(x.shape))
         except UserError as exc:
             raise UserError(f"{name}: {exc}") from None
+        if min(x.shape[-2:]) < SSIM_MIN_SIZE:
+            raise UserError(
+                f"{name}: image of {x.shape[-2]}x{x.shape[-1]} px is too small to score (SSIM needs at least "
+                f"{SSIM_MIN_SIZE}x{SSIM_MIN_SIZE}); leave it out of the images"
+            )
     for name, x in images:
         x = x[None].to(device)
         physics = physics_cache.for_image(tuple(x.shape[1:]), device)  # where the model is now

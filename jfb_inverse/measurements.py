@@ -45,7 +45,9 @@ def read_measurement(path: str | Path, channels: int, note: Callable[[str], None
 
     An image file's colour is converted to ``channels`` (``note`` hears of it); a ``.npy`` array is
     taken as it is (its channel count is checked against the operator by :func:`check_fits`), except
-    that a 3-D array with more than 4 entries first and at most 4 last is read as (H, W, C)."""
+    that a 3-D array with more than 4 entries first and at most 4 last is read as (H, W, C), and
+    that uint8/uint16 values are scaled to [0, 1] by their type's range as an image file's are
+    (other integer types are refused)."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"input {str(p)!r} not found; give an existing .npy or image file")
@@ -69,6 +71,17 @@ def read_measurement(path: str | Path, channels: int, note: Callable[[str], None
             arr = np.moveaxis(arr, -1, 0)
             if note is not None:
                 note(f"{p.name}: a {arr.shape[1]}x{arr.shape[2]}x{arr.shape[0]} array, read as channels last")
+        if arr.dtype.kind in "iu":
+            # As for PNG/TIFF measurements and clean images: 8- and 16-bit integers are pixel values
+            # scaled by their type's range; other integer types have no agreed scale.
+            if arr.dtype not in (np.uint8, np.uint16):
+                raise UserError(
+                    f"{str(p)!r} holds {arr.dtype} integers, which have no agreed scale; save the measurement "
+                    "as float32 (the scale `simulate` writes), or as uint8/uint16 pixel values"
+                )
+            if note is not None:
+                note(f"{p.name}: {arr.dtype} values read as pixels, scaled to [0, 1] by {np.iinfo(arr.dtype).max}")
+            arr = arr / np.float32(np.iinfo(arr.dtype).max)
         y = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
         y = y[None] if y.ndim == 2 else y
     elif p.suffix.lower() in IMAGE_SUFFIXES:

@@ -63,6 +63,10 @@ def _filter(x: Tensor, window: Tensor) -> Tensor:
     return F.conv2d(x, window.view(1, 1, 1, -1))
 
 
+#: The smallest side :func:`ssim` takes: its Gaussian window's.
+SSIM_MIN_SIZE = 2 * _SSIM_RADIUS + 1
+
+
 def ssim(x: Tensor, ref: Tensor, data_range: float = 1.0) -> Tensor:
     """Structural similarity of each image of a batch, as a (B,) tensor.
 
@@ -81,7 +85,7 @@ def ssim(x: Tensor, ref: Tensor, data_range: float = 1.0) -> Tensor:
     """
     x, ref = _check_pair(x, ref, "ssim")
     b, c, h, w = x.shape
-    size = 2 * _SSIM_RADIUS + 1
+    size = SSIM_MIN_SIZE
     if h < size or w < size:
         raise UserError(f"ssim: images must be at least {size}x{size} for the Gaussian window, got {h}x{w}")
     window = _gaussian_window(x.dtype, x.device)

@@ -176,10 +176,21 @@ def test_benchmark_command_refuses_unknown_problems_and_missing_checkpoints(tmp_
     runner = CliRunner()
     out = str(tmp_path / "bench")
     result = runner.invoke(app, ["benchmark", "--quick", "--only", "step", "--problems", "foo", "--out", out])
-    assert result.exit_code != 0 and "unknown problem(s) ['foo']" in (result.output + str(result.exception))
+    assert result.exit_code == 2 and "unknown problem(s) foo for --problems" in result.output
     result = runner.invoke(app, ["benchmark", "--quick", "--only", "solver", "--checkpoint", "nope.pt", "--out", out])
     assert result.exit_code == 2 and "checkpoint 'nope.pt' not found" in result.output
+    # A problem that needs more than its name (custom: an operator file), and a checkpoint of
+    # another problem, are refused before anything runs or is written.
+    result = runner.invoke(app, ["benchmark", "--quick", "--only", "step", "--problems", "custom", "--out", out])
+    assert result.exit_code == 2 and "problem 'custom' cannot be benchmarked by name alone" in result.output
+    assert "Traceback" not in result.output
+    wrong_problem = ["--problems", "deblur", "--checkpoint", "builtin:ct"]
+    result = runner.invoke(app, ["benchmark", "--quick", "--only", "step", *wrong_problem, "--out", out])
+    assert result.exit_code == 2 and "is for 'ct'; the benchmarks need a deblur model" in result.output
     assert not (tmp_path / "bench").exists()
+    (tmp_path / "file").write_text("x")
+    result = runner.invoke(app, ["benchmark", "--quick", "--only", "step", "--out", str(tmp_path / "file")])
+    assert result.exit_code == 2 and "is a file; give a folder" in result.output
 
 
 def test_per_sample_stop_benchmark_keys(tmp_path, _one_thread, monkeypatch):

@@ -339,3 +339,108 @@ def test_a_channels_last_npy_measurement_is_read_as_such(tmp_path):
     sinogram = np.zeros((1, 46, 30), dtype=np.float32)  # channels first, as written: unchanged
     np.save(tmp_path / "sino.npy", sinogram)
     assert read_measurement(tmp_path / "sino.npy", 1).shape == (1, 46, 30)
+
+
+def test_evaluate_refuses_outputs_that_are_its_input_images(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    image = folder / "a.png"
+    save_image(load_builtin("camera", size=32), image)
+    before = image.read_bytes()
+    result = invoke("evaluate", "--checkpoint", "builtin:deblur", "--images", str(folder), "--figure", str(image))
+    one_line_error(result, "--figure")
+    assert "is one of the --images inputs" in " ".join(result.output.split())
+    assert image.read_bytes() == before
+
+
+def test_train_refuses_to_write_into_its_data_folder(tmp_path):
+    # The run's figure (training.png) would replace a user's image of that name, and be read as a
+    # training image by a later run.
+    data = tmp_path / "data"
+    data.mkdir()
+    save_image(load_builtin("camera", size=64), data / "training.png")
+    before = (data / "training.png").read_bytes()
+    result = invoke("train", "--problem", "deblur", "--data", str(data), "--steps", "2", "--out", str(data))
+    one_line_error(result, "is the training-data folder (--data); give another --out")
+    assert sorted(p.name for p in data.iterdir()) == ["training.png"]
+    assert (data / "training.png").read_bytes() == before
+
+
+def test_integer_npy_measurements_are_scaled_like_image_files(tmp_path):
+    from jfb_inverse.measurements import read_measurement
+
+    pixels = (np.arange(16 * 16) % 256).astype(np.uint8).reshape(16, 16)
+    np.save(tmp_path / "y8.npy", pixels)
+    save_image(torch.from_numpy(pixels / 255.0).float()[None], tmp_path / "y8.png")
+    notes: list[str] = []
+    from_npy = read_measurement(tmp_path / "y8.npy", 1, notes.append)
+    assert torch.allclose(from_npy, read_measurement(tmp_path / "y8.png", 1), atol=1e-6)
+    assert float(from_npy.max()) == 1.0 and "scaled to [0, 1] by 255" in notes[0]
+    np.save(tmp_path / "y16.npy", np.full((16, 16), 65535, dtype=np.uint16))
+    assert float(read_measurement(tmp_path / "y16.npy", 1).min()) == 1.0
+    np.save(tmp_path / "i32.npy", np.zeros((16, 16), dtype=np.int32))
+    result = invoke("reconstruct", "--checkpoint", "builtin:deblur", "--input", str(tmp_path / "i32.npy"),
+                    "--output", str(tmp_path / "x.npy"))  # fmt: skip
+    one_line_error(result, "holds int32 integers, which have no agreed scale")
+    assert not (tmp_path / "x.npy").exists()
+
+
+@pytest.mark.parametrize("command", ["simulate", "evaluate", "demo"])
+@pytest.mark.parametrize("seed", ["-1", "99999999999999999999"])
+def test_seeds_outside_the_definitions_range_are_usage_errors(command, seed, capsys, tmp_path):
+    args = {"simulate": ["--problem", "deblur", "--input", "x.png", "--output", str(tmp_path / "y.npy")],
+            "evaluate": ["--checkpoint", "builtin:deblur"], "demo": ["--steps", "1"]}[command]  # fmt: skip
+    assert run_app([command, *args, "--seed", seed]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Invalid value for '--seed'") and len(err.strip().splitlines()) == 1, err
+
+
+def test_reconstruct_folder_mode_refuses_an_output_named_like_a_file(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    np.save(src / "a.npy", np.zeros((1, 32, 32), dtype=np.float32))
+    result = invoke("reconstruct", "--checkpoint", "builtin:deblur", "--input", str(src),
+                    "--output", str(tmp_path / "out.png"))  # fmt: skip
+    one_line_error(result, "names a file, but --input is a folder")
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_simulate_refuses_a_folder_where_its_record_goes(tmp_path, clean_png):
+    (tmp_path / "y.npy.json").mkdir()
+    result = invoke("simulate", "--problem", "deblur", "--input", str(clean_png), "--output", str(tmp_path / "y.npy"))
+    one_line_error(result, "where simulate records how 'y.npy' was made, is a folder")
+    assert not (tmp_path / "y.npy").exists()
+
+
+def test_evaluate_refuses_an_image_too_small_for_ssim_before_any_work(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    save_image(load_builtin("camera", size=48), folder / "big.png")
+    save_image(load_builtin("coins", size=8), folder / "tiny.png")
+    # CT accepts an 8x8 image; SSIM's 11x11 window does not: named before any reconstruction.
+    result = invoke("evaluate", "--checkpoint", "builtin:ct", "--images", str(folder),
+                    "--json", str(tmp_path / "r.json"))  # fmt: skip
+    one_line_error(result, "tiny.png: image of 8x8 px is too small to score (SSIM needs at least 11x11)")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_a_kernel_larger_than_the_training_patches_names_the_patch_size(tmp_path):
+    np.save(tmp_path / "k.npy", np.ones((101, 101)))
+    config = tmp_path / "k.toml"
+    config.write_text(f'[operator]\nkernel = "file"\npath = "{tmp_path / "k.npy"}"\n')
+    result = invoke("train", "--problem", "deblur", "--config", str(config), "--steps", "1",
+                    "--out", str(tmp_path / "run"))  # fmt: skip
+    one_line_error(result, "training patches: image of 64x64 px is smaller than the 101x101 blur kernel")
+    assert "change data.patch_size (64)" in " ".join(result.output.split())
+    assert not (tmp_path / "run").exists()
+
+
+def test_names_that_differ_only_in_case_are_refused_with_both_output_names(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    np.save(src / "a.npy", np.zeros((1, 32, 32), dtype=np.float32))
+    (src / "A.NPY").write_bytes((src / "a.npy").read_bytes())  # np.save would append .npy to this name
+    result = invoke("reconstruct", "--checkpoint", "builtin:deblur", "--input", str(src),
+                    "--output", str(tmp_path / "out"))  # fmt: skip
+    one_line_error(result, "would be written as A.png and a.png, one file on macOS and Windows")
+    assert not (tmp_path / "out").exists()

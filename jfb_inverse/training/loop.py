@@ -36,7 +36,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from jfb_inverse.consistency import make_step
-from jfb_inverse.errors import UserError
+from jfb_inverse.errors import ConfigError, UserError
 from jfb_inverse.implicit import lipschitz_estimate
 from jfb_inverse.metrics import psnr
 from jfb_inverse.models.build import build_model
@@ -227,6 +227,10 @@ def train(
     t = cfg.training
     if t.batch_size % world:
         raise UserError(f"batch size {t.batch_size} does not split over {world} processes; use a multiple of {world}")
+    if cfg.data.source == "folder" and cfg.data.path and Path(cfg.data.path).resolve() == out.resolve():
+        # The run writes training.png there (the CLI's figure), which a later run or a resume would
+        # read as a training image, and which would replace a user's image of that name.
+        raise UserError(f"the output folder {str(out)!r} is the training-data folder (--data); give another --out")
     # A kernel file's numbers go into the saved definition: the run's checkpoints need no file.
     cfg = with_embedded_kernel(cfg)
     torch.manual_seed(t.seed)
@@ -238,7 +242,10 @@ def train(
     local = slice(rank * t.batch_size // world, (rank + 1) * t.batch_size // world)
     pool = BatchPool(t.batch_reuse, t.reuse_gap, local)
     img_size = (cfg.data.channels, cfg.data.patch_size, cfg.data.patch_size)
-    physics = physics_cache.for_image(img_size)
+    try:
+        physics = physics_cache.for_image(img_size)
+    except ConfigError as exc:  # a size the operator refuses: the image here is a training patch
+        raise ConfigError(f"training patches: {exc}; or change data.patch_size ({cfg.data.patch_size})") from None
     try:  # a step that does not fit the operator (a custom one) fails here, before anything is written
         make_step(cfg.model.step, physics, img_size)
     except ValueError as exc:
