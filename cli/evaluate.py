@@ -71,7 +71,7 @@ def evaluate(
     dev = resolve_device(device)
     model, cfg, physics = load_model(checkpoint, dev, trust_operator)
     override_evaluation(model, tol, max_iter, equivariance)
-    clean = load_folder(images, channels=cfg.data.channels) if images else evaluation_images(cfg.data)
+    clean = load_folder(images, channels=cfg.data.channels, note=warn) if images else evaluation_images(cfg.data)
     ev = run_evaluation(model, physics, cfg, clean, seed=seed)
     report = ev.report
     methods = list(report["mean"]["psnr"])

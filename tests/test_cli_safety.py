@@ -444,3 +444,12 @@ def test_names_that_differ_only_in_case_are_refused_with_both_output_names(tmp_p
                     "--output", str(tmp_path / "out"))  # fmt: skip
     one_line_error(result, "would be written as A.png and a.png, one file on macOS and Windows")
     assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_says_when_it_converts_a_colour_image(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    save_image(load_builtin("astronaut", channels=3, size=32), folder / "rgb.png")
+    result = invoke("evaluate", "--checkpoint", "builtin:deblur", "--images", str(folder), "--max-iter", "2")
+    assert result.exit_code == 0, result.output
+    assert "rgb.png: colour image converted to grey" in " ".join(result.output.split())
