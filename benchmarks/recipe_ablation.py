@@ -45,6 +45,37 @@ def validation_images() -> list[tuple[str, torch.Tensor]]:
     return [(name, load_image(path, channels=1, size=128)) for name, path in paths.items()]
 
 
+def more_validation_photos() -> list[tuple[str, torch.Tensor]]:
+    """Four more photos in neither split, for ranking recipes with less noise than two photos give:
+    PyWavelets' ``aero`` and ``ascent`` and scikit-learn's ``china`` and ``flower`` (grey, central
+    square at 128 px), bundled in those packages' wheels. They are not dependencies of jfb-inverse
+    (``pip install PyWavelets scikit-learn``); without them this returns ``[]``."""
+    import tempfile
+
+    import numpy as np
+
+    try:
+        import pywt.data
+        from sklearn.datasets import load_sample_image
+    except ImportError:
+        return []
+    from skimage.color import rgb2gray
+
+    arrays = {
+        "aero": pywt.data.aero() / 255.0,
+        "ascent": pywt.data.ascent() / 255.0,
+        "china": rgb2gray(load_sample_image("china.jpg")),
+        "flower": rgb2gray(load_sample_image("flower.jpg")),
+    }
+    with tempfile.TemporaryDirectory() as folder:  # through load_image: the same crop and resize as the others
+        out = []
+        for name, array in arrays.items():
+            path = Path(folder) / f"{name}.npy"
+            np.save(path, array[None].astype(np.float32))
+            out.append((name, load_image(path, channels=1, size=128)))
+    return out
+
+
 def training_images(channels: int = 1) -> list[tuple[str, torch.Tensor]]:
     """The 13 built-in training images at 128 px: seen in training, so they rank recipes only."""
     return [(name, load_builtin(name, channels=channels, size=128)) for name in BUILTIN_TRAIN]
@@ -66,6 +97,8 @@ def main() -> None:
     model, cfg, physics = load_model(str(run / "model.pt"), "cpu")
     ev = evaluate(model, physics, cfg, training_images(), seed=0, with_baselines=False)
     val = evaluate(model, physics, cfg, validation_images(), seed=0, with_baselines=True)
+    more = more_validation_photos()
+    six = evaluate(model, physics, cfg, more, seed=0, with_baselines=True).report if more else None
     result = {
         "name": args.name,
         "overrides": args.overrides,
@@ -73,6 +106,10 @@ def main() -> None:
         "train_images_psnr": round(ev.report["mean"]["psnr"]["model"], 3),
         "iterations": ev.iterations,
         "validation_psnr": {k: round(v, 3) for k, v in val.report["mean"]["psnr"].items()},
+        # The two photos above and the four of more_validation_photos (when installed), per image.
+        "validation6_psnr": None
+        if six is None
+        else {row["name"]: round(row["psnr"]["model"], 3) for row in val.report["images"] + six["images"]},
         # What training ran in: precision auto is bf16 on a CPU with native bf16 (earlier lines: fp32).
         "precision": effective_precision(cfg.training.precision, torch.device("cpu"), training=True),
         # How the scores were made: D averaged over quarter-turns by default (earlier lines: plain T).
