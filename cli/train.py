@@ -92,6 +92,7 @@ def train(
     from jfb_inverse.training.checkpoint import load_checkpoint
     from jfb_inverse.training.data import evaluation_images
     from jfb_inverse.training.device import resolve_device
+    from jfb_inverse.training.loop import TrainingInterruptedError
     from jfb_inverse.training.loop import train as run_training
     from jfb_inverse.training.report import training_figure
 
@@ -253,6 +254,10 @@ def train(
             resume=resume,
             on_start=on_start,
         )
+    except TrainingInterruptedError as exc:
+        if not main_process:  # every rank stops at the same step; rank 0 says so, once for the run
+            raise typer.Exit(code=exc.exit_code) from None
+        raise
     finally:
         if progress.live.is_started:  # stopping a bar never started prints a blank line before the error
             progress.stop()

@@ -97,11 +97,12 @@ def test_a_failing_rank_stops_the_whole_run(tmp_path):
 
 def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     # Rank 0 alone receives SIGINT mid-step: the ranks agree (an all_reduce of the flag) and both
-    # stop after the same step with the interruption message, where rank 1 used to go on alone
-    # into a collective that rank 0 had left.
+    # stop after the same step, where rank 1 used to go on alone into a collective that rank 0 had
+    # left (the run then hung until the timeout). Rank 0 alone prints the message, once for the run.
     result = run_custom_operator_on_two_ranks(tmp_path, "ops_rank_signal.py:SignalsRankZero", "--trust-operator")
-    steps = re.findall(r"interrupted by signal 2 after step (\d+)", result.stdout + result.stderr)
-    assert len(steps) == 2 and steps[0] == steps[1], (result.stdout + result.stderr)[-3000:]
+    output = result.stdout + result.stderr
+    steps = re.findall(r"interrupted by signal 2 after step (\d+)", output)
+    assert len(steps) == 1 and result.returncode != 0, (result.returncode, output[-3000:])
     assert torch.load(tmp_path / "run" / "model.pt", weights_only=True)["step"] == int(steps[0]) < 200
 
 
