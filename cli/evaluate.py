@@ -61,10 +61,10 @@ def evaluate(
         raise UserError(f"--json {str(json_path)!r}: give a file name ending in .json")
     if figure is not None and figure.suffix.lower() not in FIGURE_SUFFIXES:
         raise UserError(f"--figure {str(figure)!r}: give a file name ending in {', '.join(FIGURE_SUFFIXES)}")
-    if images is not None and images.is_dir():
-        from jfb_inverse.datasets import IMAGE_SUFFIXES
+    if images is not None:  # the files load_folder reads below (a bad folder fails here, as it would there)
+        from jfb_inverse.datasets.images import image_files
 
-        inputs = {p.resolve() for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+        inputs = {p.resolve() for p in image_files(images)}
         for option, target in (("--json", json_path), ("--figure", figure)):
             if target is not None and target.resolve() in inputs:
                 raise UserError(f"{option} {str(target)!r} is one of the --images inputs; write it to another file")
