@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from jfb_inverse.implicit import lipschitz_estimate, spectral_normalize
+from jfb_inverse.implicit import jacobian_eigenvalues, lipschitz_estimate, spectral_normalize
 
 
 def test_lipschitz_estimate_of_linear_map_is_its_spectral_norm():
@@ -81,3 +81,47 @@ def test_spectral_normalize_bounds_linear_layers():
     # Applying it twice does not stack parametrisations.
     spectral_normalize(net)
     assert len(net[0].parametrizations.weight) == 1
+
+
+def _sorted_by_modulus(values: torch.Tensor) -> torch.Tensor:
+    return values[values.abs().argsort(descending=True)]
+
+
+def test_jacobian_eigenvalues_of_linear_maps_are_their_eigenvalues():
+    # Two samples, each its own 6x6 matrix: real eigenvalues near +1 and a complex pair on the
+    # negative side (the shape seen on the trained deblur map); full-dimension Arnoldi is exact.
+    torch.manual_seed(0)
+    spectra = [
+        torch.tensor([0.99, 0.9, -0.8, 0.3, 0.0, 0.0]),
+        torch.tensor([0.5, -0.2, 0.1, 0.05, 0.0, 0.0]),
+    ]
+    mats = []
+    for i, diag in enumerate(spectra):
+        block = torch.diag(diag.double())
+        if i == 0:  # -0.85 +- 0.16j as a rotation-scaled 2x2 block
+            block[4:, 4:] = torch.tensor([[-0.85, 0.16], [-0.16, -0.85]], dtype=torch.float64)
+        basis = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))[0] + 0.3 * torch.eye(6, dtype=torch.float64)
+        mats.append(basis @ block @ torch.linalg.inv(basis))
+    mats = torch.stack(mats)
+    u = torch.randn(2, 6, dtype=torch.float64)
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bij,bj->bi", mats, x) + 1.0
+
+    ritz = jacobian_eigenvalues(fn, u, k=6)
+    assert ritz.shape == (2, 6) and ritz.is_complex()
+    for b in range(2):
+        exact = _sorted_by_modulus(torch.linalg.eigvals(mats[b]))
+        assert torch.allclose(ritz[b].abs(), exact.abs(), atol=1e-6)
+        # the same multiset of values (conjugate pairs may come in either order)
+        for value in exact:
+            assert (ritz[b] - value).abs().min() < 1e-6
+    assert (ritz[0] - complex(-0.85, 0.16)).abs().min() < 1e-6
+
+
+def test_jacobian_eigenvalues_leading_value_of_a_nonlinear_map():
+    # T(u) = 0.9 tanh(u) elementwise: J = diag(0.9 / cosh(u)^2), largest 0.9 where u = 0.
+    u = torch.tensor([[0.0, 0.5, 1.0, 2.0, -1.5, 3.0]], dtype=torch.float64)
+    ritz = jacobian_eigenvalues(lambda x: 0.9 * torch.tanh(x), u, k=6)
+    expected = _sorted_by_modulus((0.9 / torch.cosh(u[0]) ** 2).to(torch.complex128))
+    assert torch.allclose(ritz[0], expected, atol=1e-6)

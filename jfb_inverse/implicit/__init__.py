@@ -4,7 +4,7 @@ Independent of imaging (it never imports deepinv): everything here works on any 
 ``u -> T(u; d)`` with a leading batch dimension.
 """
 
-from jfb_inverse.implicit.contractivity import lipschitz_estimate, spectral_normalize
+from jfb_inverse.implicit.contractivity import jacobian_eigenvalues, lipschitz_estimate, spectral_normalize
 from jfb_inverse.implicit.gradients import (
     JFB,
     GradientStrategy,
@@ -30,6 +30,7 @@ __all__ = [
     "SolverStats",
     "Unrolled",
     "fixed_point",
+    "jacobian_eigenvalues",
     "lipschitz_estimate",
     "make_gradient",
     "make_solver",

@@ -1,8 +1,10 @@
-"""Contractivity tools: spectral normalisation and a power-iteration Lipschitz estimate.
+"""Contractivity tools: spectral normalisation, a power-iteration Lipschitz estimate and the
+Jacobian's leading eigenvalues.
 
 JFB's gradient is a descent direction when T is a contraction in u (Lipschitz constant < 1).
 Spectral normalisation bounds each learned layer; :func:`lipschitz_estimate` measures the whole
-map at a given point.
+map at a given point; :func:`jacobian_eigenvalues` shows the spectrum that sets how fast Picard
+and Anderson converge there.
 """
 
 from __future__ import annotations
@@ -80,6 +82,50 @@ def lipschitz_estimate(fn: FixedPointMap, u: Tensor, n_iter: int = 20, seed: int
             sigma = jv.reshape(batch, -1).norm(dim=1)
             v = jtjv.detach()
     return sigma.detach()
+
+
+def jacobian_eigenvalues(fn: FixedPointMap, u: Tensor, k: int = 40, seed: int = 0) -> Tensor:
+    """Ritz values of ``J_fn(u)`` per sample: ``k`` steps of Arnoldi, largest modulus first.
+
+    Returns a complex tensor of shape ``(B, k)``. The leading values approximate the eigenvalues
+    of largest modulus, which set the local rate of the fixed-point iterations at ``u`` (a fixed
+    point): Picard's error shrinks like ``|lambda_max|^n``, and Krylov-type accelerations
+    (Anderson, Broyden, GMRES) gain little when eigenvalues lie both near ``+1`` and far out on
+    the negative side, as on the trained deblur model (see the README's "Performance").
+
+    ``J v`` is the central difference of :func:`lipschitz_estimate` (no autograd, so any ``fn``
+    computing in ``u``'s precision works); ``fn`` must act on each sample independently. The
+    start is a seeded draw, the same on every device. An invariant subspace found early (a
+    breakdown) leaves the remaining values at zero.
+    """
+    u = u.detach()
+    batch = u.shape[0]
+    shape = (-1, *([1] * (u.dim() - 1)))
+    rel_step = max(1e-5, 10 * torch.finfo(u.dtype).eps)
+    step = (rel_step * u.reshape(batch, -1).norm(dim=1)).clamp_min(rel_step).view(shape)
+    draw_dtype = u.dtype if u.dtype in (torch.float32, torch.float64) else torch.float32
+    v = torch.randn(u.shape, generator=torch.Generator().manual_seed(seed), dtype=draw_dtype).to(u)
+    basis = torch.empty(k + 1, *u.shape, dtype=u.dtype, device=u.device)
+    hessenberg = torch.zeros(batch, k + 1, k, dtype=torch.float64, device=u.device)
+
+    def dot(a: Tensor, b: Tensor) -> Tensor:
+        return (a * b).reshape(batch, -1).sum(dim=1)
+
+    basis[0] = v / dot(v, v).sqrt().view(shape)
+    with _without_tf32(), torch.no_grad():
+        for j in range(k):
+            w = (fn(u + step * basis[j]) - fn(u - step * basis[j])) / (2 * step)
+            for _ in range(2):  # Gram-Schmidt twice: once loses orthogonality in float32
+                for i in range(j + 1):
+                    coeff = dot(w, basis[i])
+                    hessenberg[:, i, j] += coeff.double()
+                    w = w - coeff.view(shape) * basis[i]
+            norm = dot(w, w).sqrt()
+            hessenberg[:, j + 1, j] = norm.double()
+            basis[j + 1] = w / norm.clamp_min(1e-30).view(shape)
+    values = torch.linalg.eigvals(hessenberg[:, :k, :k])
+    order = values.abs().argsort(dim=1, descending=True)
+    return torch.gather(values, 1, order)
 
 
 @contextlib.contextmanager
