@@ -125,3 +125,17 @@ def test_jacobian_eigenvalues_leading_value_of_a_nonlinear_map():
     ritz = jacobian_eigenvalues(lambda x: 0.9 * torch.tanh(x), u, k=6)
     expected = _sorted_by_modulus((0.9 / torch.cosh(u[0]) ** 2).to(torch.complex128))
     assert torch.allclose(ritz[0], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "k", "message"), [(torch.bfloat16, 4, "float32 or float64"), (torch.float32, 0, "k >= 1")]
+)
+def test_jacobian_eigenvalues_refuses_half_precision_and_no_steps(dtype, k, message):
+    with pytest.raises(ValueError, match=message):
+        jacobian_eigenvalues(lambda x: 0.5 * x, torch.ones(2, 3, dtype=dtype), k=k)
+
+
+def test_jacobian_eigenvalues_on_one_dimensional_iterates_of_a_contraction():
+    # (B,) iterates, as the solvers accept: T(u) = 0.3 u + 1 has J = 0.3 for each sample.
+    ritz = jacobian_eigenvalues(lambda x: 0.3 * x + 1.0, torch.tensor([0.5, -2.0], dtype=torch.float64), k=1)
+    assert torch.allclose(ritz, torch.full((2, 1), 0.3, dtype=torch.complex128), atol=1e-8)

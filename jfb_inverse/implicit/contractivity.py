@@ -98,13 +98,19 @@ def jacobian_eigenvalues(fn: FixedPointMap, u: Tensor, k: int = 40, seed: int = 
     start is a seeded draw, the same on every device. An invariant subspace found early (a
     breakdown) leaves the remaining values at zero.
     """
+    if u.dtype not in (torch.float32, torch.float64):
+        raise ValueError(
+            f"jacobian_eigenvalues needs float32 or float64 iterates, got {u.dtype}: central differences "
+            "drown in half-precision rounding; pass u.float() and a map that computes in float32"
+        )
+    if k < 1:
+        raise ValueError(f"jacobian_eigenvalues needs k >= 1 Arnoldi steps, got {k}")
     u = u.detach()
     batch = u.shape[0]
     shape = (-1, *([1] * (u.dim() - 1)))
     rel_step = max(1e-5, 10 * torch.finfo(u.dtype).eps)
     step = (rel_step * u.reshape(batch, -1).norm(dim=1)).clamp_min(rel_step).view(shape)
-    draw_dtype = u.dtype if u.dtype in (torch.float32, torch.float64) else torch.float32
-    v = torch.randn(u.shape, generator=torch.Generator().manual_seed(seed), dtype=draw_dtype).to(u)
+    v = torch.randn(u.shape, generator=torch.Generator().manual_seed(seed), dtype=u.dtype).to(u.device)
     basis = torch.empty(k + 1, *u.shape, dtype=u.dtype, device=u.device)
     hessenberg = torch.zeros(batch, k + 1, k, dtype=torch.float64, device=u.device)
 
