@@ -16,6 +16,8 @@ Gradient = Literal["jfb", "jfbk", "implicit", "unrolled"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 #: What a checkpoint must hold besides the weights to be resumed (written by the training loop).
 RESUME_STATE = ("optimizer", "scheduler", "step", "data", "noise_rng", "torch_rng")
+#: The step cap of a run given --minutes and no --steps: the budget decides.
+MINUTES_STEP_CAP = 1_000_000
 
 
 def _overrides(**values: Any) -> dict[str, Any]:
@@ -44,7 +46,16 @@ def train(
     device: DeviceOption = "auto",
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     gradient: Annotated[Gradient | None, typer.Option(help="Gradient strategy.")] = None,
-    max_minutes: Annotated[float | None, typer.Option(help="Stop after this many minutes (> 0).")] = None,
+    max_minutes: Annotated[
+        float | None, typer.Option(help="Stop after this many minutes (> 0); the run can be resumed.")
+    ] = None,
+    minutes: Annotated[
+        float | None,
+        typer.Option(
+            help="Train for about this many minutes (> 0): the step count (at most --steps) is fitted to "
+            "this machine's speed, so the learning-rate schedule ends on time."
+        ),
+    ] = None,
     operator: Annotated[
         str | None,
         typer.Option(help="Your forward operator: path/to/ops.py:ClassName or package.module:ClassName."),
@@ -111,6 +122,7 @@ def train(
         training__seed=seed,
         training__gradient=gradient,
         training__max_minutes=max_minutes,
+        training__minutes=minutes,
         training__device=None if device == "auto" else device,
         training__precision=precision,
         training__lipschitz_every=lipschitz_every,
@@ -127,7 +139,8 @@ def train(
             ("operator_args", operator_args),
         )
         changing = [name for name, value in named if value is not None]
-        changing += [name for name in overrides.get("training", {}) if name not in ("steps", "max_minutes", "device")]
+        resumable = ("steps", "max_minutes", "minutes", "device")
+        changing += [name for name in overrides.get("training", {}) if name not in resumable]
         _refuse_definition_options_on_resume(changing)
     launcher = nproc > 1 and distributed.world_size_from_env() <= 1
     # torchrun's workers run this command again: rank 0 has checked, and may have written model.pt already.
@@ -156,6 +169,8 @@ def train(
         run_control: dict[str, Any] = {"max_minutes": max_minutes}
         if steps is not None:
             run_control["steps"] = steps
+        if minutes is not None:
+            run_control["minutes"] = minutes
         # Validated like any definition (model_copy would not): --max-minutes 0 is refused here too.
         planned = cfg.training.steps
         cfg = validate_definition(deep_merge(cfg.model_dump(), {"training": run_control}))
@@ -165,6 +180,8 @@ def train(
                 f"the run in --out is at step {done} of {planned}; give --steps above {done} to train it further"
             )
     else:
+        if minutes is not None and steps is None:
+            overrides["training"]["steps"] = MINUTES_STEP_CAP
         if config is not None:
             check_config_file(config)
         problem = _custom_operator(problem, operator, operator_args, overrides)
@@ -195,11 +212,14 @@ def train(
     # Steps whose forward solve stopped at max_iter: warned once when first seen, totalled at the end
     # (a warning per log line buried the progress bar: ~70 lines in the default deblur run).
     not_converged = [0]
-    task = progress.add_task("train", total=cfg.training.steps, info="")
+    # Under --minutes the total is the fitted step count, known from the first fit on (records carry it).
+    task = progress.add_task("train", total=None if cfg.training.minutes else cfg.training.steps, info="")
 
     def on_log(record: dict[str, Any]) -> None:
         if not main_process:  # one report per run: rank 0's records cover every rank's shard
             return
+        if "planned_steps" in record:
+            progress.update(task, total=record["planned_steps"])
         progress.update(
             task,
             info=f"loss {record['loss']:.2e}  psnr {record['psnr']:.2f}  iters {record['iterations']:.1f}",
@@ -238,8 +258,13 @@ def train(
             if unrolled
             else f"solver {cfg.solver.name} (tol {cfg.solver.tol:g}, max {cfg.solver.max_iter})"
         )
+        length = (
+            f"about {t.minutes:g} minutes (steps fitted to this machine's speed, at most {t.steps})"
+            if t.minutes
+            else f"{t.steps} steps"
+        )
         console.print(
-            f"training [bold]{cfg.problem}[/] on {dev}: {t.steps} steps, batch {t.batch_size}{reuse}, "
+            f"training [bold]{cfg.problem}[/] on {dev}: {length}, batch {t.batch_size}{reuse}, "
             f"gradient {t.gradient}, {solver}"
         )
         progress.start()
@@ -267,7 +292,7 @@ def train(
         return
     distributed.shutdown_distributed()
     console.print(f"trained {result.steps} steps in {result.seconds:.0f} s -> {escape(str(out / 'model.pt'))}")
-    if result.steps < cfg.training.steps:  # the time budget ended it
+    if result.steps < (result.planned_steps or cfg.training.steps):  # --max-minutes ended it
         console.print(
             f"stopped by --max-minutes at step {result.steps} of {cfg.training.steps}; "
             f"continue with: jfb-inverse train --resume --out {escape(str(out))}"

@@ -136,3 +136,16 @@ def test_distributed_run_resumes(tmp_path, extra):
     a = torch.load(tmp_path / "full" / "model.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "part" / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_time_budget_ends_every_rank_at_the_same_step(tmp_path):
+    # Each rank fits the step count to its own clock; the ranks take the smallest plan each step,
+    # so they stop together (one going on alone would hang the run until the timeout).
+    config = tmp_path / "run.toml"
+    config.write_text(config_text(FRESH))
+    result = run_train(["--config", str(config), "--out", str(tmp_path / "run"), "--nproc", "2", "--minutes", "0.05"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    payload = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    records = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert payload["step"] == records[-1]["step"] == records[-1]["planned_steps"] >= 1
+    assert payload["step_plan"]["planned"] == payload["step"]

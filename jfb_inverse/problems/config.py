@@ -308,6 +308,10 @@ class TrainingConfig(_Strict):
     steps apart, and every use after the first starts the solve from the batch's previous fixed
     point (warm start: fewer forward iterations per step, see :mod:`jfb_inverse.training.reuse`;
     ``unrolled`` gets no warm start); 1 (the class default) draws a fresh batch every step.
+    ``minutes``: train for about that long: the step count (at most ``steps``) is fitted to the
+    measured speed at 5, 25, 50, 75 and 90% of the time, so that the learning-rate schedule ends
+    with the budget (:mod:`jfb_inverse.training.budget`); the budget counts the run's training
+    time across resumes. ``max_minutes`` is a hard stop of one invocation, resumable.
     """
 
     steps: PositiveInt = 600
@@ -322,6 +326,7 @@ class TrainingConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Precision = "auto"
     max_minutes: PositiveFloat | None = None
+    minutes: PositiveFloat | None = None
     lipschitz_every: NonNegativeInt = 0
     init_from: str | None = None
     batch_reuse: PositiveInt = 1

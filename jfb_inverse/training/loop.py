@@ -5,7 +5,9 @@ resolved definition, full training state), ``problem.toml``, ``history.jsonl`` (
 logged step). Checkpoints are written atomically every ``checkpoint_every`` steps, at the end,
 and when SIGINT/SIGTERM arrives; ``resume=True`` continues from ``model.pt`` with the same
 optimiser, scheduler, data stream and RNG states, so an interrupted run ends with the same
-weights as an uninterrupted one (bitwise on CPU).
+weights as an uninterrupted one (bitwise on CPU). With ``training.minutes`` the step count is
+fitted to the run's measured speed (:mod:`jfb_inverse.training.budget`) and the learning-rate
+schedule follows the plan, so it ends when the time does.
 
 Distributed (``torchrun``): every rank draws the same global batch from the same seeded stream
 and trains on its own slice of it, gradients are averaged by DistributedDataParallel. The
@@ -43,6 +45,7 @@ from jfb_inverse.models.build import build_model
 from jfb_inverse.problems.config import ProblemConfig
 from jfb_inverse.problems.noise import simulate
 from jfb_inverse.problems.operators import with_embedded_kernel
+from jfb_inverse.training.budget import StepPlan
 from jfb_inverse.training.checkpoint import load_checkpoint, load_initial_weights, save_checkpoint
 from jfb_inverse.training.data import TrainingSource
 from jfb_inverse.training.reuse import BatchPool
@@ -73,15 +76,20 @@ class TrainResult:
     seconds: float
     history: list[dict[str, Any]]
     skipped_steps: int = 0
+    #: The steps the run planned: ``training.steps``, or the count fitted to ``training.minutes``.
+    #: ``steps`` below it: a time limit (``max_minutes``) stopped the run early.
+    planned_steps: int | None = None
 
 
-def _lr_lambda(total: int, warmup: int = 20) -> Callable[[int], float]:
-    """Linear warm-up, then cosine decay to 5% of the peak learning rate."""
+def _lr_lambda(total: int | Callable[[], int], warmup: int = 20) -> Callable[[int], float]:
+    """Linear warm-up, then cosine decay to 5% of the peak learning rate at step ``total`` (a
+    number, or a function giving the current plan: a time budget refits it during the run)."""
 
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        steps = total() if callable(total) else total
+        progress = min(1.0, (step - warmup) / max(1, steps - warmup))
         return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
@@ -180,7 +188,7 @@ def lipschitz_at_fixed_point(model: torch.nn.Module, y: torch.Tensor, physics: A
 
 
 #: What a resume may change: how long it trains and where.
-RESUMABLE_CHANGES = ("steps", "max_minutes", "device")
+RESUMABLE_CHANGES = ("steps", "max_minutes", "minutes", "device")
 
 
 def _check_same_definition(cfg: ProblemConfig, stored: ProblemConfig) -> None:
@@ -252,7 +260,9 @@ def train(
         raise UserError(str(exc)) from None
     noise_gen = torch.Generator(device=device).manual_seed(t.seed + 1)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(t.steps))
+    budget = None if t.minutes is None else 60 * t.minutes
+    plan = StepPlan(cap=t.steps, seconds=budget)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(lambda: plan.planned))
     # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
     scaler = torch.amp.GradScaler(device.type, enabled=t.precision == "fp16")
     first_step = 0
@@ -281,6 +291,14 @@ def train(
         if "grad_scaler" in payload:
             scaler.load_state_dict(payload["grad_scaler"])
         guard_state = (int(payload.get("skipped_steps", 0)), int(payload.get("bad_in_a_row", 0)))
+        if payload.get("step_plan") is not None:  # absent before training.minutes: the plan was the cap
+            plan.load_state_dict(payload["step_plan"])
+        plan.rebudget(budget, t.steps)
+        if budget is not None and budget == plan.seconds and first_step >= plan.planned:
+            raise UserError(
+                f"the run in {str(out)!r} has used its {t.minutes:g}-minute budget (step {first_step}); "
+                "give a larger --minutes to train it further"
+            )
         # The learning rate of the next step under this run's schedule: a resume with more --steps
         # stretches the schedule, and the optimiser's stored lr is the old schedule's.
         for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
@@ -314,7 +332,7 @@ def train(
         # Every rank takes part: the pool gathers the ranks' warm starts. A run that did all its
         # steps keeps no pool (a resume with more steps draws fresh batches), so model.pt stays small;
         # one stopped early (time budget, signal) keeps it, to resume exactly.
-        done = final and step + 1 >= t.steps
+        done = final and step + 1 >= plan.planned
         pool_state = None if done or t.batch_reuse == 1 else pool.state_dict(world)
         if not is_main:
             return
@@ -335,6 +353,7 @@ def train(
             log_window=json.dumps(window),
             lipschitz_pending=lipschitz,
             grad_scaler=scaler.state_dict(),
+            step_plan=plan.state_dict(),
             skipped_steps=skipped,
             bad_in_a_row=bad_in_a_row,
             finished=final,
@@ -397,15 +416,23 @@ def train(
                     lipschitz = estimate
             if on_step is not None:
                 on_step(step)
-            last = step + 1 == t.steps
-            # The budget is this invocation's (a resumed run gets --max-minutes again), and every
-            # rank stops at the same step, as for signals: a rank that went on alone would hang.
+            # max_minutes is this invocation's budget (a resumed run gets --max-minutes again): the
+            # run stops resumable. minutes is the run's: the plan fits the steps to it, and at its
+            # end the run is over whatever the plan said (a fit can overshoot).
+            elapsed = seconds()
+            plan.update(step + 1, elapsed)
             out_of_time = t.max_minutes is not None and time.perf_counter() - start > 60 * t.max_minutes
+            if budget is not None and elapsed > budget:
+                plan.planned = step + 1
             signum = int(received.get("signal", 0))
-            if world > 1:
-                flags = torch.tensor([float(out_of_time), float(signum)], device=device)
+            if world > 1:  # every rank stops at the same step, as for signals: one going on alone would hang
+                # float64: a plan of up to 2^53 steps survives the reduction exactly (float32: 2^24)
+                flags = torch.tensor(
+                    [float(out_of_time), float(signum), -float(plan.planned)], dtype=torch.float64, device=device
+                )
                 dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-                out_of_time, signum = bool(flags[0] > 0), int(flags[1])
+                out_of_time, signum, plan.planned = bool(flags[0] > 0), int(flags[1]), int(-flags[2])
+            last = step + 1 >= plan.planned
             # A run that ends (last step or time budget) logs the steps since its last record too.
             if (step + 1) % t.log_every == 0 or last or (out_of_time and window):
                 record: dict[str, Any] = {"step": step + 1, "seconds": round(seconds(), 3)}
@@ -415,6 +442,8 @@ def train(
                 if world > 1:  # the whole batch's record, not rank 0's shard
                     not_converged = _reduce_record(record, not_converged, world, device)
                 record["lr"] = scheduler.get_last_lr()[0]
+                if budget is not None:
+                    record["planned_steps"] = plan.planned
                 record["eta"] = float(model.eta.detach())
                 record["not_converged_steps"] = int(sum(not_converged))
                 record["skipped_steps"] = int(sum(w["skipped"] for w in window))
@@ -437,7 +466,7 @@ def train(
                 )
             if (step + 1) % t.checkpoint_every == 0 and not last:
                 checkpoint()
-            if out_of_time:
+            if out_of_time or last:
                 break
     checkpoint(final=True)
-    return TrainResult(out, step + 1, seconds(), history, skipped)
+    return TrainResult(out, step + 1, seconds(), history, skipped, plan.planned)

@@ -1,0 +1,130 @@
+"""Training for a time budget (``training.minutes``): the step count is fitted to the measured speed,
+so the learning-rate schedule ends with the budget; resumable; refused once used up."""
+
+from __future__ import annotations
+
+import json
+import types
+
+import pytest
+import torch
+from jfb_inverse.cli.app import app
+from typer.testing import CliRunner
+
+import jfb_inverse.training.loop as loop
+from jfb_inverse.problems import resolve_config
+from jfb_inverse.training.budget import FIT_AT, StepPlan
+from jfb_inverse.training.checkpoint import load_checkpoint
+from jfb_inverse.training.loop import train
+
+TINY = {
+    "data": {"patch_size": 32},
+    "model": {"width": 8, "depth": 3},
+    "training": {"steps": 1000, "batch_size": 2, "log_every": 5, "checkpoint_every": 1000, "batch_reuse": 1},
+}
+
+
+def test_a_constant_speed_fits_the_budget_exactly():
+    plan = StepPlan(cap=1000, seconds=100.0)
+    for step in range(1, 200):
+        plan.update(step, elapsed=2.0 * step)  # 2 s a step: 50 fit
+        if step >= plan.planned:
+            break
+    assert plan.planned == 50 and step == 50
+    assert plan.fits_done == len(FIT_AT)
+
+
+def test_the_plan_follows_a_change_of_speed_and_keeps_to_the_cap():
+    plan = StepPlan(cap=1000, seconds=100.0)
+    plan.update(5, 5.0)  # 1 s a step at the 5% point: 100 steps
+    assert plan.planned == 100
+    # From step 5 on each step takes 3 s: at the 25% point (25 s, step 11) 75 s remain, 25 more steps.
+    plan.update(11, 23.0)
+    assert plan.planned == 100  # 23 s: not yet at 25 s, no refit
+    plan.update(12, 26.0)
+    assert plan.planned == 12 + int(74.0 / 3.0)
+    capped = StepPlan(cap=30, seconds=100.0)
+    capped.update(5, 5.0)
+    assert capped.planned == 30
+    assert StepPlan(cap=30).planned == 30 and StepPlan(cap=30, seconds=None).fits_done == 0
+
+
+def test_a_state_dict_round_trip_and_a_new_budget_refit():
+    plan = StepPlan(cap=1000, seconds=100.0)
+    plan.update(10, 10.0)
+    copy = StepPlan(cap=1000, seconds=100.0)
+    copy.load_state_dict(plan.state_dict())
+    assert copy == plan
+    copy.rebudget(200.0, 1000)  # a resume with --minutes doubled: refit at the next step
+    copy.update(11, 11.0)
+    assert copy.planned == 11 + int(189.0 / 1.0)
+
+
+class _StepClock:
+    """The loop's clock, advanced one second per training step by ``on_step``."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def tick(self, step: int) -> None:
+        self.now += 1.0
+
+
+def _records(run) -> list[dict]:
+    return [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+
+
+def test_a_run_with_a_budget_ends_with_its_schedule(tmp_path, monkeypatch):
+    clock = _StepClock()
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+    cfg = resolve_config("deblur", overrides={**TINY, "training": {**TINY["training"], "minutes": 0.5}})
+    result = train(cfg, tmp_path / "run", on_step=clock.tick)
+    assert result.steps == result.planned_steps == 30  # 30 s at 1 s a step, of a cap of 1000
+    last = _records(tmp_path / "run")[-1]
+    assert last["step"] == 30 and last["planned_steps"] == 30
+    # The cosine schedule ran to its end: 5% of the peak learning rate.
+    assert last["lr"] == pytest.approx(0.05 * cfg.training.lr)
+    payload = load_checkpoint(tmp_path / "run" / "model.pt")[0]
+    assert payload["step"] == 30 and payload["step_plan"]["planned"] == 30
+    # Used up: a resume is refused in one line before anything is written.
+    with pytest.raises(loop.UserError, match=r"has used its 0\.5-minute budget"):
+        train(cfg, tmp_path / "run", resume=True, on_step=clock.tick)
+
+
+def test_a_budgeted_run_resumed_after_a_hard_stop_matches_the_uninterrupted_run(tmp_path, monkeypatch):
+    clock = _StepClock()
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+    overrides = {**TINY, "training": {**TINY["training"], "minutes": 0.4}}
+    full = train(resolve_config("deblur", overrides=overrides), tmp_path / "full", on_step=clock.tick)
+    clock.now = 0.0
+    stopped = {**overrides, "training": {**overrides["training"], "max_minutes": 0.2}}
+    part = train(resolve_config("deblur", overrides=stopped), tmp_path / "part", on_step=clock.tick)
+    assert part.steps < part.planned_steps == full.planned_steps == 24
+    resumed = train(resolve_config("deblur", overrides=overrides), tmp_path / "part", resume=True, on_step=clock.tick)
+    assert resumed.steps == full.steps == 24
+    a = load_checkpoint(tmp_path / "full" / "model.pt")[0]["state_dict"]
+    b = load_checkpoint(tmp_path / "part" / "model.pt")[0]["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_minutes_from_the_cli(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text("[data]\npatch_size = 32\neval_size = 32\n[model]\nwidth = 8\ndepth = 3\n"
+                      "[training]\nbatch_size = 2\nlog_every = 2\n")  # fmt: skip
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--problem", "deblur", "--config", str(config), "--minutes", "0.03",
+                                      "--out", str(run), "--device", "cpu"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "about 0.03 minutes (steps fitted to this machine's speed, at most 1000000)" in text
+    assert "stopped by --max-minutes" not in text
+    records = _records(run)
+    assert records[-1]["planned_steps"] == records[-1]["step"] >= 1
+    payload, cfg = load_checkpoint(run / "model.pt")
+    assert cfg.training.minutes == 0.03 and cfg.training.steps == 1_000_000
+    assert payload["step"] == records[-1]["step"] and payload["batch_pool"] is None  # finished, not resumable
+    again = CliRunner().invoke(app, ["train", "--resume", "--out", str(run)])
+    assert again.exit_code == 2 and "has used its 0.03-minute budget" in " ".join(again.output.split())
