@@ -55,9 +55,12 @@ def test_a_state_dict_round_trip_and_a_new_budget_refit():
     copy = StepPlan(cap=1000, seconds=100.0)
     copy.load_state_dict(plan.state_dict())
     assert copy == plan
-    copy.rebudget(200.0, 1000)  # a resume with --minutes doubled: refit at the next step
-    copy.update(11, 11.0)
-    assert copy.planned == 11 + int(189.0 / 1.0)
+    copy.rebudget(100.0, 1000, 10, 10.0)  # the same budget: nothing changes
+    assert copy == plan
+    copy.rebudget(200.0, 1000, 10, 10.0)  # --minutes doubled on resume: planned again at once
+    assert copy.planned == 10 + int(190.0 / 1.0)
+    copy.rebudget(None, 500, 10, 10.0)  # no budget: the cap
+    assert copy.planned == 500
 
 
 class _StepClock:
@@ -92,6 +95,11 @@ def test_a_run_with_a_budget_ends_with_its_schedule(tmp_path, monkeypatch):
     # Used up: a resume is refused in one line before anything is written.
     with pytest.raises(loop.UserError, match=r"has used its 0\.5-minute budget"):
         train(cfg, tmp_path / "run", resume=True, on_step=clock.tick)
+    # A larger budget continues it: 30 more seconds, 30 more steps, the schedule ending again.
+    longer = resolve_config("deblur", overrides={**TINY, "training": {**TINY["training"], "minutes": 1.0}})
+    more = train(longer, tmp_path / "run", resume=True, on_step=clock.tick)
+    assert more.steps == more.planned_steps == 60
+    assert _records(tmp_path / "run")[-1]["lr"] == pytest.approx(0.05 * cfg.training.lr)
 
 
 def test_a_budgeted_run_resumed_after_a_hard_stop_matches_the_uninterrupted_run(tmp_path, monkeypatch):

@@ -54,11 +54,14 @@ class StepPlan:
         self.planned = max(steps_done, min(self.cap, steps_done + ahead))
         self.fits_done, self.mark_step, self.mark_seconds = due, steps_done, elapsed
 
-    def rebudget(self, seconds: float | None, cap: int) -> None:
-        """A resume with another budget or cap: refit at the next step from the speed since the last fit."""
-        if seconds != self.seconds or cap != self.cap:
-            self.seconds, self.cap, self.fits_done = seconds, cap, 0
-            self.planned = min(self.planned, cap) if seconds is not None else cap
+    def rebudget(self, seconds: float | None, cap: int, steps_done: int, elapsed: float) -> None:
+        """A resume with another budget or cap: plan again now, from the run's average speed so far
+        (``steps_done`` steps in ``elapsed`` seconds), so that its next step already follows it."""
+        if seconds == self.seconds and cap == self.cap:
+            return
+        self.seconds, self.cap, self.fits_done = seconds, cap, 0
+        self.planned, self.mark_step, self.mark_seconds = cap, 0, 0.0
+        self.update(steps_done, elapsed)
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)

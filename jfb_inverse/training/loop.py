@@ -293,7 +293,7 @@ def train(
         guard_state = (int(payload.get("skipped_steps", 0)), int(payload.get("bad_in_a_row", 0)))
         if payload.get("step_plan") is not None:  # absent before training.minutes: the plan was the cap
             plan.load_state_dict(payload["step_plan"])
-        plan.rebudget(budget, t.steps)
+        plan.rebudget(budget, t.steps, first_step, elapsed_before)
         if budget is not None and budget == plan.seconds and first_step >= plan.planned:
             raise UserError(
                 f"the run in {str(out)!r} has used its {t.minutes:g}-minute budget (step {first_step}); "
