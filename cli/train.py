@@ -180,12 +180,14 @@ def train(
                 f"the run in --out is at step {done} of {planned}; give --steps above {done} to train it further"
             )
     else:
-        if minutes is not None and steps is None:
-            overrides["training"]["steps"] = MINUTES_STEP_CAP
         if config is not None:
             check_config_file(config)
         problem = _custom_operator(problem, operator, operator_args, overrides)
         cfg = _absolute_paths(config_from_file_or_problem(problem, config, overrides, preset))
+        if cfg.training.minutes is not None and steps is None and not _file_sets_steps(config):
+            # A budget (from --minutes or the file) decides the length: the problem's or the preset's
+            # step count would cut it short (4,300 deblur steps take 4 of 9 minutes on a fast CPU).
+            cfg = validate_definition(deep_merge(cfg.model_dump(), {"training": {"steps": MINUTES_STEP_CAP}}))
     _check_writable(out)
     wanted_device = resolve_device(device if device != "auto" else cfg.training.device)  # refuses cuda without one
     if launcher:
@@ -293,8 +295,10 @@ def train(
     distributed.shutdown_distributed()
     console.print(f"trained {result.steps} steps in {result.seconds:.0f} s -> {escape(str(out / 'model.pt'))}")
     if result.steps < (result.planned_steps or cfg.training.steps):  # --max-minutes ended it
+        of = f" of {result.planned_steps}" if result.planned_steps else ""
+        plan_note = " (the plan for --minutes so far)" if cfg.training.minutes and result.planned_steps else ""
         console.print(
-            f"stopped by --max-minutes at step {result.steps} of {cfg.training.steps}; "
+            f"stopped by --max-minutes at step {result.steps}{of}{plan_note}; "
             f"continue with: jfb-inverse train --resume --out {escape(str(out))}"
         )
     if not_converged[0]:
@@ -319,6 +323,13 @@ def train(
         _print_mean(ev.report)
         if not all(ev.converged):
             warn("the forward solve did not reach its tolerance on some held-out images")
+
+
+def _file_sets_steps(config: Path | None) -> bool:
+    """Whether the ``--config`` file gives ``training.steps`` (then the cap of a time budget)."""
+    from jfb_inverse.problems.registry import load_config_file
+
+    return config is not None and "steps" in load_config_file(config).get("training", {})
 
 
 def _custom_operator(
@@ -382,7 +393,8 @@ def _refuse_definition_options_on_resume(option_names: list[str]) -> None:
         names = ", ".join(f"--{name.replace('_', '-')}" for name in option_names)
         raise UserError(
             f"--resume continues the run in --out with its own definition, so {names} would be "
-            "ignored; drop them (--steps, --max-minutes and --device may change), or start a new run with another --out"
+            "ignored; drop them (--steps, --max-minutes, --minutes and --device may change), "
+            "or start a new run with another --out"
         )
 
 

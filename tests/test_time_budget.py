@@ -60,7 +60,10 @@ def test_a_state_dict_round_trip_and_a_new_budget_refit():
     copy.rebudget(200.0, 1000, 10, 10.0)  # --minutes doubled on resume: planned again at once
     assert copy.planned == 10 + int(190.0 / 1.0)
     copy.rebudget(None, 500, 10, 10.0)  # no budget: the cap
-    assert copy.planned == 500
+    assert copy.planned == 500 and not copy.fitted
+    early = StepPlan(cap=10**6)
+    early.rebudget(1000.0, 10**6, 10, 10.0)  # 1% into the new budget: planned from the average speed
+    assert early.planned == 1000 and early.fitted
 
 
 class _StepClock:
@@ -136,3 +139,47 @@ def test_train_minutes_from_the_cli(tmp_path):
     assert payload["step"] == records[-1]["step"] and payload["batch_pool"] is None  # finished, not resumable
     again = CliRunner().invoke(app, ["train", "--resume", "--out", str(run)])
     assert again.exit_code == 2 and "has used its 0.03-minute budget" in " ".join(again.output.split())
+
+
+def test_a_checkpoint_from_before_budgets_is_planned_on_resume(tmp_path, monkeypatch):
+    clock = _StepClock()
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+    stopped = {**TINY, "training": {**TINY["training"], "max_minutes": 0.1}}
+    first = train(resolve_config("deblur", overrides=stopped), tmp_path / "run", on_step=clock.tick)
+    assert first.steps == 7  # 7 s > 6 s
+    path = tmp_path / "run" / "model.pt"
+    payload = torch.load(path, weights_only=True)
+    del payload["step_plan"]  # as written before training.minutes existed
+    torch.save(payload, path)
+    short = {**TINY, "training": {**TINY["training"], "minutes": 0.05}}  # 3 s: already used
+    with pytest.raises(loop.UserError, match="budget"):
+        train(resolve_config("deblur", overrides=short), tmp_path / "run", resume=True, on_step=clock.tick)
+    budget = {**TINY, "training": {**TINY["training"], "minutes": 0.5}}  # 30 s: 23 more steps
+    more = train(resolve_config("deblur", overrides=budget), tmp_path / "run", resume=True, on_step=clock.tick)
+    assert more.steps == more.planned_steps == 30
+
+
+@pytest.mark.parametrize(
+    ("file_training", "option", "cap"),
+    [("minutes = 0.02\n", [], 1_000_000), ("steps = 200\n", ["--minutes", "0.02"], 200)],
+    ids=["budget-in-file", "steps-in-file"],
+)
+def test_the_cap_of_a_budget_from_the_cli(tmp_path, file_training, option, cap):
+    config = tmp_path / "run.toml"
+    config.write_text("[data]\npatch_size = 32\neval_size = 32\n[model]\nwidth = 8\ndepth = 3\n"
+                      f"[training]\nbatch_size = 2\nlog_every = 2\n{file_training}")  # fmt: skip
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--problem", "deblur", "--config", str(config), *option,
+                                      "--out", str(run), "--device", "cpu"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert f"at most {cap})" in " ".join(result.output.split())
+    assert load_checkpoint(run / "model.pt")[1].training.steps == cap
+
+
+def test_a_budgeted_run_stopped_before_its_first_fit_reports_no_plan(tmp_path, monkeypatch):
+    clock = _StepClock()
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+    overrides = {**TINY, "training": {**TINY["training"], "minutes": 1.0, "max_minutes": 0.02}}
+    result = train(resolve_config("deblur", overrides=overrides), tmp_path / "run", on_step=clock.tick)
+    assert result.steps == 2 and result.planned_steps is None  # 2 s > 1.2 s; the first fit is at 3 s
+    assert "planned_steps" not in _records(tmp_path / "run")[-1]  # the cap is no plan

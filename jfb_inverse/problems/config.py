@@ -311,7 +311,9 @@ class TrainingConfig(_Strict):
     ``minutes``: train for about that long: the step count (at most ``steps``) is fitted to the
     measured speed at 5, 25, 50, 75 and 90% of the time, so that the learning-rate schedule ends
     with the budget (:mod:`jfb_inverse.training.budget`); the budget counts the run's training
-    time across resumes. ``max_minutes`` is a hard stop of one invocation, resumable.
+    time across resumes. ``jfb-inverse train`` raises ``steps`` to 1,000,000 under a budget unless
+    ``--steps`` or the ``--config`` file gives it (a problem's or preset's count would cut the
+    budget short). ``max_minutes`` is a hard stop of one invocation, resumable.
     """
 
     steps: PositiveInt = 600
@@ -326,7 +328,7 @@ class TrainingConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Precision = "auto"
     max_minutes: PositiveFloat | None = None
-    minutes: PositiveFloat | None = None
+    minutes: Annotated[float, Field(gt=0, le=1e7)] | None = None
     lipschitz_every: NonNegativeInt = 0
     init_from: str | None = None
     batch_reuse: PositiveInt = 1

@@ -54,14 +54,24 @@ class StepPlan:
         self.planned = max(steps_done, min(self.cap, steps_done + ahead))
         self.fits_done, self.mark_step, self.mark_seconds = due, steps_done, elapsed
 
+    @property
+    def fitted(self) -> bool:
+        """Whether ``planned`` comes from a measured speed (else it is the cap, or no budget is set)."""
+        return self.seconds is not None and self.fits_done > 0
+
     def rebudget(self, seconds: float | None, cap: int, steps_done: int, elapsed: float) -> None:
         """A resume with another budget or cap: plan again now, from the run's average speed so far
         (``steps_done`` steps in ``elapsed`` seconds), so that its next step already follows it."""
         if seconds == self.seconds and cap == self.cap:
             return
-        self.seconds, self.cap, self.fits_done = seconds, cap, 0
-        self.planned, self.mark_step, self.mark_seconds = cap, 0, 0.0
-        self.update(steps_done, elapsed)
+        self.seconds, self.cap, self.planned = seconds, cap, cap
+        self.fits_done, self.mark_step, self.mark_seconds = 0, 0, 0.0
+        if seconds is None or steps_done <= 0 or elapsed <= 0:
+            return  # no budget, or no speed measured yet: the first fit will come at 5% of the budget
+        ahead = int(max(0.0, seconds - elapsed) / (elapsed / steps_done))
+        self.planned = max(steps_done, min(cap, steps_done + ahead))
+        self.fits_done = max(1, sum(elapsed >= f * seconds for f in FIT_AT))
+        self.mark_step, self.mark_seconds = steps_done, elapsed
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -76,8 +76,8 @@ class TrainResult:
     seconds: float
     history: list[dict[str, Any]]
     skipped_steps: int = 0
-    #: The steps the run planned: ``training.steps``, or the count fitted to ``training.minutes``.
-    #: ``steps`` below it: a time limit (``max_minutes``) stopped the run early.
+    #: The steps the run planned: ``training.steps``, or the count fitted to ``training.minutes``
+    #: (None: stopped before the first fit). ``steps`` below it: ``max_minutes`` stopped the run.
     planned_steps: int | None = None
 
 
@@ -291,8 +291,8 @@ def train(
         if "grad_scaler" in payload:
             scaler.load_state_dict(payload["grad_scaler"])
         guard_state = (int(payload.get("skipped_steps", 0)), int(payload.get("bad_in_a_row", 0)))
-        if payload.get("step_plan") is not None:  # absent before training.minutes: the plan was the cap
-            plan.load_state_dict(payload["step_plan"])
+        # Absent before training.minutes: the stored run planned its step count, without a budget.
+        plan.load_state_dict(payload.get("step_plan") or StepPlan(cap=stored.training.steps).state_dict())
         plan.rebudget(budget, t.steps, first_step, elapsed_before)
         if budget is not None and budget == plan.seconds and first_step >= plan.planned:
             raise UserError(
@@ -324,6 +324,7 @@ def train(
     # with lipschitz_every < log_every several estimates share a record, and none above 1 may be lost.
     lipschitz: float | None = lipschitz_state
     step = first_step - 1
+    last = False
 
     def seconds() -> float:
         return elapsed_before + time.perf_counter() - start
@@ -442,7 +443,7 @@ def train(
                 if world > 1:  # the whole batch's record, not rank 0's shard
                     not_converged = _reduce_record(record, not_converged, world, device)
                 record["lr"] = scheduler.get_last_lr()[0]
-                if budget is not None:
+                if plan.fitted or (budget is not None and last):  # not the cap before the first fit
                     record["planned_steps"] = plan.planned
                 record["eta"] = float(model.eta.detach())
                 record["not_converged_steps"] = int(sum(not_converged))
@@ -469,4 +470,6 @@ def train(
             if out_of_time or last:
                 break
     checkpoint(final=True)
-    return TrainResult(out, step + 1, seconds(), history, skipped, plan.planned)
+    # A budgeted run stopped (max_minutes) before its first fit has no plan yet, only the cap.
+    planned = plan.planned if budget is None or plan.fitted or last else None
+    return TrainResult(out, step + 1, seconds(), history, skipped, planned)
