@@ -48,11 +48,14 @@ class StepPlan:
             due += 1
         if due == self.fits_done or steps_done <= self.mark_step:
             return
-        per_step = (elapsed - self.mark_seconds) / (steps_done - self.mark_step)
-        remaining = max(0.0, self.seconds - elapsed)
-        ahead = int(remaining / per_step) if per_step > 0 else self.cap
+        self._fit(steps_done, elapsed, (elapsed - self.mark_seconds) / (steps_done - self.mark_step), due)
+
+    def _fit(self, steps_done: int, elapsed: float, per_step: float, fits_done: int) -> None:
+        """Plan the steps done plus those the remaining time holds at ``per_step`` seconds each."""
+        assert self.seconds is not None
+        ahead = int(max(0.0, self.seconds - elapsed) / per_step) if per_step > 0 else self.cap
         self.planned = max(steps_done, min(self.cap, steps_done + ahead))
-        self.fits_done, self.mark_step, self.mark_seconds = due, steps_done, elapsed
+        self.fits_done, self.mark_step, self.mark_seconds = fits_done, steps_done, elapsed
 
     @property
     def fitted(self) -> bool:
@@ -68,10 +71,7 @@ class StepPlan:
         self.fits_done, self.mark_step, self.mark_seconds = 0, 0, 0.0
         if seconds is None or steps_done <= 0 or elapsed <= 0:
             return  # no budget, or no speed measured yet: the first fit will come at 5% of the budget
-        ahead = int(max(0.0, seconds - elapsed) / (elapsed / steps_done))
-        self.planned = max(steps_done, min(cap, steps_done + ahead))
-        self.fits_done = max(1, sum(elapsed >= f * seconds for f in FIT_AT))
-        self.mark_step, self.mark_seconds = steps_done, elapsed
+        self._fit(steps_done, elapsed, elapsed / steps_done, max(1, sum(elapsed >= f * seconds for f in FIT_AT)))
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
