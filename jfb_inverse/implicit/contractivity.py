@@ -62,9 +62,8 @@ def lipschitz_estimate(fn: FixedPointMap, u: Tensor, n_iter: int = 20, seed: int
     generator = torch.Generator().manual_seed(seed)
     u = u.detach()
     shape = (-1, *([1] * (u.dim() - 1)))
-    rel_step = max(1e-5, 10 * torch.finfo(u.dtype).eps)
-    batch = u.shape[0]  # reshape, not flatten(1): iterates may be 1-D, (B,)
-    step = (rel_step * u.reshape(batch, -1).norm(dim=1)).clamp_min(rel_step).view(shape)
+    batch = u.shape[0]
+    step = _difference_step(u)
     with _without_tf32():
         with torch.enable_grad():
             u_grad = u.clone().requires_grad_()
@@ -108,8 +107,7 @@ def jacobian_eigenvalues(fn: FixedPointMap, u: Tensor, k: int = 40, seed: int = 
     u = u.detach()
     batch = u.shape[0]
     shape = (-1, *([1] * (u.dim() - 1)))
-    rel_step = max(1e-5, 10 * torch.finfo(u.dtype).eps)
-    step = (rel_step * u.reshape(batch, -1).norm(dim=1)).clamp_min(rel_step).view(shape)
+    step = _difference_step(u)
     v = torch.randn(u.shape, generator=torch.Generator().manual_seed(seed), dtype=u.dtype).to(u.device)
     basis = torch.empty(k + 1, *u.shape, dtype=u.dtype, device=u.device)
     hessenberg = torch.zeros(batch, k + 1, k, dtype=torch.float64, device=u.device)
@@ -132,6 +130,14 @@ def jacobian_eigenvalues(fn: FixedPointMap, u: Tensor, k: int = 40, seed: int = 
     values = torch.linalg.eigvals(hessenberg[:, :k, :k])
     order = values.abs().argsort(dim=1, descending=True)
     return torch.gather(values, 1, order)
+
+
+def _difference_step(u: Tensor) -> Tensor:
+    """The central differences' step per sample, ``1e-5 ||u||`` (more for half precision), shaped
+    to broadcast over ``u`` (reshape, not flatten(1): iterates may be 1-D, ``(B,)``)."""
+    rel_step = max(1e-5, 10 * torch.finfo(u.dtype).eps)
+    step = (rel_step * u.reshape(u.shape[0], -1).norm(dim=1)).clamp_min(rel_step)
+    return step.view(-1, *([1] * (u.dim() - 1)))
 
 
 @contextlib.contextmanager

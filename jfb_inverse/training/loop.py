@@ -294,7 +294,7 @@ def train(
         # Absent before training.minutes: the stored run planned its step count, without a budget.
         plan.load_state_dict(payload.get("step_plan") or StepPlan(cap=stored.training.steps).state_dict())
         plan.rebudget(budget, t.steps, first_step, elapsed_before)
-        if budget is not None and budget == plan.seconds and first_step >= plan.planned:
+        if budget is not None and first_step >= plan.planned:  # rebudget left no step to plan
             raise UserError(
                 f"the run in {str(out)!r} has used its {t.minutes:g}-minute budget (step {first_step}); "
                 "give a larger --minutes to train it further"
