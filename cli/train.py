@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 Gradient = Literal["jfb", "jfbk", "implicit", "unrolled"]
+Optimizer = Literal["adam", "muon"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 #: What a checkpoint must hold besides the weights to be resumed (written by the training loop).
 RESUME_STATE = ("optimizer", "scheduler", "step", "data", "noise_rng", "torch_rng")
@@ -31,6 +32,11 @@ def _overrides(**values: Any) -> dict[str, Any]:
     return out
 
 
+def _optimizer_text(name: str, lr: float, muon_lr: float) -> str:
+    """The header's optimiser: ``adam (lr 0.002)`` or ``muon (lr 0.005; Adam lr 0.002 for the rest)``."""
+    return f"adam (lr {lr:g})" if name == "adam" else f"muon (lr {muon_lr:g}; Adam lr {lr:g} for the rest)"
+
+
 @user_errors
 def train(
     problem: Annotated[str | None, typer.Option(help="Registered problem (see `jfb-inverse problems`).")] = None,
@@ -39,7 +45,10 @@ def train(
     data: Annotated[Path | None, typer.Option(help="Folder of training images (PNG/JPEG/TIFF/.npy).")] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Training steps.")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Patches per step.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate (> 0).")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (> 0); Adam's under --optimizer muon.")] = None,
+    optimizer: Annotated[
+        Optimizer | None, typer.Option(help="adam, or muon for the regulariser's hidden layers (Adam for the rest).")
+    ] = None,
     out: Annotated[Path, typer.Option(help="Output folder (model.pt, history.jsonl, training.png).")] = Path(
         "runs/latest"
     ),
@@ -121,6 +130,7 @@ def train(
         training__lr=lr,
         training__seed=seed,
         training__gradient=gradient,
+        training__optimizer=optimizer,
         training__max_minutes=max_minutes,
         training__minutes=minutes,
         training__device=None if device == "auto" else device,
@@ -267,7 +277,7 @@ def train(
         )
         console.print(
             f"training [bold]{cfg.problem}[/] on {dev}: {length}, batch {t.batch_size}{reuse}, "
-            f"gradient {t.gradient}, {solver}"
+            f"gradient {t.gradient}, {solver}, {_optimizer_text(t.optimizer, t.lr, t.muon_lr)}"
         )
         progress.start()
 

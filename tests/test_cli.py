@@ -244,6 +244,20 @@ def test_train_header_and_warnings_of_an_unrolled_run(tmp_path):
     assert "warm-started" not in text and "hit max_iter" not in text
 
 
+def test_train_optimizer_option_reaches_the_definition_and_the_header(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text("[data]\npatch_size = 32\neval_size = 32\n[model]\nwidth = 8\ndepth = 3\n"
+                      "[training]\nbatch_size = 2\nlog_every = 2\n")  # fmt: skip
+    result = invoke("train", "--problem", "deblur", "--config", str(config), "--steps", "2", "--optimizer", "muon",
+                    "--out", str(tmp_path / "run"), "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "muon (lr 0.005; Adam lr 0.002 for the rest)" in text
+    assert 'optimizer = "muon"' in (tmp_path / "run" / "problem.toml").read_text()
+    result = invoke("train", "--problem", "deblur", "--optimizer", "sgd", "--out", str(tmp_path / "other"))
+    assert result.exit_code == 2 and "'sgd' is not one of 'adam', 'muon'" in " ".join(result.output.split())
+
+
 def test_reconstruct_equivariance_option_changes_the_result(tmp_path):
     clean = load_builtin("camera", size=None)[:, 100:140, 200:264]  # 40 x 64
     save_image(clean, tmp_path / "clean.png")

@@ -86,23 +86,27 @@ def _records(run) -> list[dict]:
 def test_a_run_with_a_budget_ends_with_its_schedule(tmp_path, monkeypatch):
     clock = _StepClock()
     monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
-    cfg = resolve_config("deblur", overrides={**TINY, "training": {**TINY["training"], "minutes": 0.5}})
+    # Muon: both parameter groups' schedules follow the plan.
+    budget = {**TINY["training"], "minutes": 0.5, "optimizer": "muon"}
+    cfg = resolve_config("deblur", overrides={**TINY, "training": budget})
     result = train(cfg, tmp_path / "run", on_step=clock.tick)
     assert result.steps == result.planned_steps == 30  # 30 s at 1 s a step, of a cap of 1000
     last = _records(tmp_path / "run")[-1]
     assert last["step"] == 30 and last["planned_steps"] == 30
     # The cosine schedule ran to its end: 5% of the peak learning rate.
     assert last["lr"] == pytest.approx(0.05 * cfg.training.lr)
+    assert last["muon_lr"] == pytest.approx(0.05 * cfg.training.muon_lr)
     payload = load_checkpoint(tmp_path / "run" / "model.pt")[0]
     assert payload["step"] == 30 and payload["step_plan"]["planned"] == 30
     # Used up: a resume is refused in one line before anything is written.
     with pytest.raises(loop.UserError, match=r"has used its 0\.5-minute budget"):
         train(cfg, tmp_path / "run", resume=True, on_step=clock.tick)
     # A larger budget continues it: 30 more seconds, 30 more steps, the schedule ending again.
-    longer = resolve_config("deblur", overrides={**TINY, "training": {**TINY["training"], "minutes": 1.0}})
+    longer = resolve_config("deblur", overrides={**TINY, "training": {**budget, "minutes": 1.0}})
     more = train(longer, tmp_path / "run", resume=True, on_step=clock.tick)
     assert more.steps == more.planned_steps == 60
-    assert _records(tmp_path / "run")[-1]["lr"] == pytest.approx(0.05 * cfg.training.lr)
+    last = _records(tmp_path / "run")[-1]
+    assert (last["lr"], last["muon_lr"]) == pytest.approx((0.05 * cfg.training.lr, 0.05 * cfg.training.muon_lr))
 
 
 def test_a_budgeted_run_resumed_after_a_hard_stop_matches_the_uninterrupted_run(tmp_path, monkeypatch):

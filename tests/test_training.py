@@ -12,6 +12,7 @@ import jfb_inverse.training.loop as loop
 from jfb_inverse.problems import resolve_config, simulate
 from jfb_inverse.training.checkpoint import load_checkpoint
 from jfb_inverse.training.loop import TrainingDivergedError, train
+from jfb_inverse.training.optim import MuonWithAdam
 
 TINY = {
     "data": {"patch_size": 32},
@@ -29,8 +30,9 @@ def weights(path):
     return load_checkpoint(path)[0]["state_dict"]
 
 
-def test_resume_after_a_crash_gives_bitwise_the_same_weights(tmp_path):
-    cfg = resolve_config("deblur", overrides=TINY)
+@pytest.mark.parametrize("optimizer", ["adam", "muon"])
+def test_resume_after_a_crash_gives_bitwise_the_same_weights(tmp_path, optimizer):
+    cfg = resolve_config("deblur", overrides={**TINY, "training": {**TINY["training"], "optimizer": optimizer}})
     train(cfg, tmp_path / "full")
 
     def crash_at_step_10(step: int) -> None:
@@ -58,8 +60,12 @@ def test_same_seed_same_result(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+# Muon's two parameter groups (Muon, Adam): the guard halves both learning rates.
+MUON = {**TINY, "training": {**TINY["training"], "optimizer": "muon"}}
+
+
 def test_nan_loss_skips_steps_halves_lr_then_stops_cleanly(tmp_path, monkeypatch):
-    cfg = resolve_config("deblur", overrides=TINY)
+    cfg = resolve_config("deblur", overrides=MUON)
     real_mse = loop.F.mse_loss
     calls = {"n": 0}
 
@@ -76,12 +82,13 @@ def test_nan_loss_skips_steps_halves_lr_then_stops_cleanly(tmp_path, monkeypatch
     # the last one: nothing was written after the failure.
     assert payload["step"] == 8
     assert all(torch.isfinite(v).all() for v in payload["state_dict"].values())
-    # Halved at each of the bad steps 6, 7 and 8 before that checkpoint.
-    assert payload["scheduler"]["base_lrs"][0] == pytest.approx(cfg.training.lr / 8)
+    # Halved at each of the bad steps 6, 7 and 8 before that checkpoint: Muon's group and Adam's.
+    t = cfg.training
+    assert payload["scheduler"]["base_lrs"] == pytest.approx([t.muon_lr / 8, t.lr / 8])
 
 
 def test_a_single_nan_step_is_skipped_and_training_goes_on(tmp_path, monkeypatch):
-    cfg = resolve_config("deblur", overrides=TINY)
+    cfg = resolve_config("deblur", overrides=MUON)
     real_mse = loop.F.mse_loss
     calls = {"n": 0}
 
@@ -93,8 +100,8 @@ def test_a_single_nan_step_is_skipped_and_training_goes_on(tmp_path, monkeypatch
     monkeypatch.setattr(loop.F, "mse_loss", one_bad)
     result = train(cfg, tmp_path)
     assert result.steps == 12 and result.skipped_steps == 1
-    base_lr = load_checkpoint(tmp_path / "model.pt")[0]["scheduler"]["base_lrs"][0]
-    assert base_lr == pytest.approx(cfg.training.lr / 2)
+    base_lrs = load_checkpoint(tmp_path / "model.pt")[0]["scheduler"]["base_lrs"]
+    assert base_lrs == pytest.approx([cfg.training.muon_lr / 2, cfg.training.lr / 2])
 
 
 def test_contractivity_monitor_logs_lipschitz_and_leaves_training_unchanged(tmp_path):
@@ -362,20 +369,21 @@ def test_the_pending_lipschitz_maximum_survives_a_resume(tmp_path, monkeypatch):
 
 
 def test_a_resume_with_more_steps_takes_its_first_step_on_the_new_schedule(tmp_path, monkeypatch):
-    short = resolve_config("deblur", overrides={**TINY, "training": {**TINY["training"], "steps": 30}})
+    short = resolve_config("deblur", overrides={**MUON, "training": {**MUON["training"], "steps": 30}})
     train(short, tmp_path / "run")
-    used: list[float] = []
-    real_step = torch.optim.Adam.step
+    used: list[tuple[float, float]] = []
+    real_step = MuonWithAdam.step  # both groups move to the new schedule: Muon's and Adam's
 
     def recording_step(self, *args, **kwargs):
-        used.append(self.param_groups[0]["lr"])
+        used.append((self.param_groups[0]["lr"], self.param_groups[1]["lr"]))
         return real_step(self, *args, **kwargs)
 
-    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
-    longer = resolve_config("deblur", overrides={**TINY, "training": {**TINY["training"], "steps": 60}})
+    monkeypatch.setattr(MuonWithAdam, "step", recording_step)
+    longer = resolve_config("deblur", overrides={**MUON, "training": {**MUON["training"], "steps": 60}})
     train(longer, tmp_path / "run", resume=True)
-    assert used[0] == pytest.approx(longer.training.lr * loop._lr_lambda(60)(30))
-    assert used[0] > 5 * longer.training.lr * loop._lr_lambda(30)(29)  # not the old schedule's floor
+    t = longer.training
+    assert used[0] == pytest.approx((t.muon_lr * loop._lr_lambda(60)(30), t.lr * loop._lr_lambda(60)(30)))
+    assert used[0][1] > 5 * t.lr * loop._lr_lambda(30)(29)  # not the old schedule's floor
 
 
 def test_resume_from_python_refuses_another_definition(tmp_path):

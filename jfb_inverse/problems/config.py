@@ -291,7 +291,11 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 class TrainingConfig(_Strict):
-    """Optimisation: Adam with cosine decay; ``gradient`` picks the gradient strategy.
+    """Optimisation: Adam (or Muon) with cosine decay; ``gradient`` picks the gradient strategy.
+
+    ``optimizer``: ``adam`` trains every parameter with Adam at ``lr``; ``muon`` trains the
+    regulariser's hidden layers with Muon at ``muon_lr`` (orthogonalised momentum, see
+    :mod:`jfb_inverse.training.optim`) and the rest with Adam at ``lr``, under the same schedule.
 
     ``precision``: autocast dtype of the learned regulariser (``bf16``/``fp16``; ``auto``: bf16
     while training on a CPU with native bf16, fp32 otherwise and for reconstructions, see
@@ -319,6 +323,8 @@ class TrainingConfig(_Strict):
     steps: PositiveInt = 600
     batch_size: PositiveInt = 8
     lr: Annotated[float, Field(gt=0, le=10)] = 2e-3
+    optimizer: Literal["adam", "muon"] = "adam"
+    muon_lr: Annotated[float, Field(gt=0, le=10)] = 5e-3
     gradient: Literal["jfb", "jfbk", "implicit", "unrolled"] = "jfb"
     jfbk_k: PositiveInt = 5
     unrolled_k: PositiveInt = 20

@@ -48,6 +48,7 @@ from jfb_inverse.problems.operators import with_embedded_kernel
 from jfb_inverse.training.budget import StepPlan
 from jfb_inverse.training.checkpoint import load_checkpoint, load_initial_weights, save_checkpoint
 from jfb_inverse.training.data import TrainingSource
+from jfb_inverse.training.optim import build_optimizer
 from jfb_inverse.training.reuse import BatchPool
 
 LogCallback = Callable[[dict[str, Any]], None]
@@ -259,7 +260,10 @@ def train(
     except ValueError as exc:
         raise UserError(str(exc)) from None
     noise_gen = torch.Generator(device=device).manual_seed(t.seed + 1)
-    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr)
+    try:
+        optimizer = build_optimizer(model, t.optimizer, t.lr, t.muon_lr)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     budget = None if t.minutes is None else 60 * t.minutes
     plan = StepPlan(cap=t.steps, seconds=budget)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(lambda: plan.planned))
@@ -442,7 +446,10 @@ def train(
                 not_converged = [float(w["converged"] < 1) for w in window]
                 if world > 1:  # the whole batch's record, not rank 0's shard
                     not_converged = _reduce_record(record, not_converged, world, device)
-                record["lr"] = scheduler.get_last_lr()[0]
+                # training.lr's schedule (Adam's group, the last one); Muon's group first, under muon.
+                *muon_lr, record["lr"] = scheduler.get_last_lr()
+                if muon_lr:
+                    record["muon_lr"] = muon_lr[0]
                 if plan.fitted or (budget is not None and last):  # not the cap before the first fit
                     record["planned_steps"] = plan.planned
                 record["eta"] = float(model.eta.detach())
