@@ -6,7 +6,7 @@ degrees, instead of DEBLUR-G's Gaussian) for the same steps; one starts from ``b
 split with the classical baselines (noise seed 0), with the models' default evaluation map (``D``
 averaged over quarter-turns; recorded as ``equivariance``).
 
-    python benchmarks/fine_tune.py [--steps 300] [--source builtin:deblur]
+    python benchmarks/fine_tune.py [--steps 300] [--source builtin:deblur] [--optimizer adam|muon]
 
 Writes ``benchmarks/results/fine_tune_motion.json``.
 """
@@ -36,11 +36,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--source", default="builtin:deblur")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--optimizer", choices=("adam", "muon"), default="adam", help="training.optimizer")
     parser.add_argument("--out", type=Path, default=RESULTS / "fine_tune_motion.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     # fp32 as recorded in results/fine_tune_motion.json (measured before precision auto existed).
-    quiet = {"training": {"steps": args.steps, "log_every": 50, "checkpoint_every": 100_000, "precision": "fp32"}}
+    quiet = {
+        "training": {
+            "steps": args.steps,
+            "log_every": 50,
+            "checkpoint_every": 100_000,
+            "precision": "fp32",
+            "optimizer": args.optimizer,
+        }
+    }
     runs = {"scratch": {}, "fine_tuned": {"training": {"init_from": args.source}}}
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -67,6 +76,7 @@ def main() -> None:
         "source": args.source,
         "threads": args.threads,
         "precision": "fp32",
+        "optimizer": args.optimizer,
         # How the held-out split was scored: the model's evaluation map (D averaged over
         # quarter-turns by default; results before the fifth session used the plain T).
         "equivariance": cfg.model.equivariance,
