@@ -43,7 +43,7 @@ def train(
     config: Annotated[Path | None, typer.Option(help="TOML/JSON file with any definition field.")] = None,
     preset: Annotated[str | None, typer.Option(help="Named preset of the problem, e.g. `full`.")] = None,
     data: Annotated[Path | None, typer.Option(help="Folder of training images (PNG/JPEG/TIFF/.npy).")] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="Training steps.")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Training steps (exactly these: lifts a problem's own time budget).")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Patches per step.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (> 0); Adam's under --optimizer muon.")] = None,
     optimizer: Annotated[
@@ -194,9 +194,11 @@ def train(
             check_config_file(config)
         problem = _custom_operator(problem, operator, operator_args, overrides)
         cfg = _absolute_paths(config_from_file_or_problem(problem, config, overrides, preset))
-        if cfg.training.minutes is not None and steps is None and not _file_sets_steps(config):
+        budget_given = minutes is not None or _file_sets(config, "minutes")
+        if budget_given and steps is None and not _file_sets(config, "steps"):
             # A budget (from --minutes or the file) decides the length: the problem's or the preset's
             # step count would cut it short (4,300 deblur steps take 4 of 9 minutes on a fast CPU).
+            # A problem's own budget (deblur's 9 minutes) only guards its own step count.
             cfg = validate_definition(deep_merge(cfg.model_dump(), {"training": {"steps": MINUTES_STEP_CAP}}))
     _check_writable(out)
     wanted_device = resolve_device(device if device != "auto" else cfg.training.device)  # refuses cuda without one
@@ -224,8 +226,10 @@ def train(
     # Steps whose forward solve stopped at max_iter: warned once when first seen, totalled at the end
     # (a warning per log line buried the progress bar: ~70 lines in the default deblur run).
     not_converged = [0]
-    # Under --minutes the total is the fitted step count, known from the first fit on (records carry it).
-    task = progress.add_task("train", total=None if cfg.training.minutes else cfg.training.steps, info="")
+    # Under --minutes the total is the fitted step count, known from the first fit on (records carry it);
+    # under a problem's own budget it starts at the step count and a fit can lower it.
+    capped = not cfg.training.minutes or cfg.training.steps < MINUTES_STEP_CAP
+    task = progress.add_task("train", total=cfg.training.steps if capped else None, info="")
 
     def on_log(record: dict[str, Any]) -> None:
         if not main_process:  # one report per run: rank 0's records cover every rank's shard
@@ -270,11 +274,12 @@ def train(
             if unrolled
             else f"solver {cfg.solver.name} (tol {cfg.solver.tol:g}, max {cfg.solver.max_iter})"
         )
-        length = (
-            f"about {t.minutes:g} minutes (steps fitted to this machine's speed, at most {t.steps})"
-            if t.minutes
-            else f"{t.steps} steps"
-        )
+        if not t.minutes:
+            length = f"{t.steps} steps"
+        elif t.steps >= MINUTES_STEP_CAP:
+            length = f"about {t.minutes:g} minutes (steps fitted to this machine's speed, at most {t.steps})"
+        else:  # a cap that a fast machine reaches within the budget: deblur's default
+            length = f"{t.steps} steps, or as many as fit {t.minutes:g} minutes on this machine if fewer"
         console.print(
             f"training [bold]{cfg.problem}[/] on {dev}: {length}, batch {t.batch_size}{reuse}, "
             f"gradient {t.gradient}, {solver}, {_optimizer_text(t.optimizer, t.lr, t.muon_lr)}"
@@ -311,6 +316,12 @@ def train(
             f"stopped by --max-minutes at step {result.steps}{of}{plan_note}; "
             f"continue with: jfb-inverse train --resume --out {escape(str(out))}"
         )
+    t = cfg.training
+    if t.minutes and t.steps < MINUTES_STEP_CAP and result.steps == result.planned_steps < t.steps:
+        console.print(
+            f"the {t.minutes:g}-minute budget (training.minutes) fitted {result.steps} of the {t.steps} steps "
+            f"to this machine's speed; --steps {t.steps} trains them all"
+        )
     if not_converged[0]:
         warn(
             f"{not_converged[0]} training steps of this run hit max_iter before tol: their gradient was taken at "
@@ -335,11 +346,11 @@ def train(
             warn("the forward solve did not reach its tolerance on some held-out images")
 
 
-def _file_sets_steps(config: Path | None) -> bool:
-    """Whether the ``--config`` file gives ``training.steps`` (then the cap of a time budget)."""
+def _file_sets(config: Path | None, field: str) -> bool:
+    """Whether the ``--config`` file gives ``training.<field>`` (``steps``: the cap of a time budget)."""
     from jfb_inverse.problems.registry import load_config_file
 
-    return config is not None and "steps" in load_config_file(config).get("training", {})
+    return config is not None and field in load_config_file(config).get("training", {})
 
 
 def _custom_operator(

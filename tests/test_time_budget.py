@@ -176,7 +176,12 @@ def test_the_cap_of_a_budget_from_the_cli(tmp_path, file_training, option, cap):
     result = CliRunner().invoke(app, ["train", "--problem", "deblur", "--config", str(config), *option,
                                       "--out", str(run), "--device", "cpu"])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert f"at most {cap})" in " ".join(result.output.split())
+    wanted = (
+        "about 0.02 minutes (steps fitted to this machine's speed, at most 1000000)"
+        if cap == 1_000_000
+        else f"{cap} steps, or as many as fit 0.02 minutes on this machine if fewer"
+    )
+    assert wanted in " ".join(result.output.split())
     assert load_checkpoint(run / "model.pt")[1].training.steps == cap
 
 
@@ -187,3 +192,64 @@ def test_a_budgeted_run_stopped_before_its_first_fit_reports_no_plan(tmp_path, m
     result = train(resolve_config("deblur", overrides=overrides), tmp_path / "run", on_step=clock.tick)
     assert result.steps == 2 and result.planned_steps is None  # 2 s > 1.2 s; the first fit is at 3 s
     assert "planned_steps" not in _records(tmp_path / "run")[-1]  # the cap is no plan
+
+
+def test_a_problems_own_budget_guards_only_its_own_step_count(tmp_path):
+    # deblur's defaults: 4,300 steps, or as many as fit 9 minutes where they would take longer.
+    default = resolve_config("deblur").training
+    assert (default.steps, default.minutes) == (4300, 9.0)
+    assert resolve_config("deblur", overrides={"training": {"seed": 1}}).training.minutes == 9.0
+    # Asking for a step count asks for exactly those steps: from an option, a preset or a file.
+    assert resolve_config("deblur", overrides={"training": {"steps": 4300}}).training.minutes is None
+    assert resolve_config("deblur", preset="full").training.minutes is None
+    assert resolve_config("deblur", config={"training": {"steps": 50}}).training.minutes is None
+    # A budget given with the steps stays: then the steps are its cap.
+    both = resolve_config("deblur", config={"training": {"steps": 50}}, overrides={"training": {"minutes": 2.0}})
+    assert (both.training.steps, both.training.minutes) == (50, 2.0)
+    # Problems without a budget of their own are unchanged.
+    assert resolve_config("ct").training.minutes is None
+
+
+def test_a_budget_that_does_not_bind_leaves_the_run_bitwise_unchanged(tmp_path, monkeypatch):
+    clock = _StepClock()
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+    steps = {**TINY["training"], "steps": 12}
+    plain = train(resolve_config("deblur", overrides={**TINY, "training": steps}), tmp_path / "plain", on_step=clock.tick)
+    clock.now = 0.0
+    guarded_cfg = resolve_config("deblur", overrides={**TINY, "training": {**steps, "minutes": 5.0}})  # 300 s
+    guarded = train(guarded_cfg, tmp_path / "guarded", on_step=clock.tick)
+    assert plain.steps == guarded.steps == guarded.planned_steps == 12
+    a = load_checkpoint(tmp_path / "plain" / "model.pt")[0]["state_dict"]
+    b = load_checkpoint(tmp_path / "guarded" / "model.pt")[0]["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lrs = [[r["lr"] for r in _records(tmp_path / run)] for run in ("plain", "guarded")]
+    assert lrs[0] == lrs[1]
+
+
+def test_deblurs_budget_fits_its_steps_to_a_slow_machine_from_the_cli(tmp_path, monkeypatch):
+    # A machine on which every reading of the training clock is 5 s later: 4,300 steps would take far
+    # more than 9 minutes, so the run fits its steps (and its schedule) to the budget and says so.
+    class _SlowClock:
+        now = 0.0
+
+        def perf_counter(self) -> float:
+            self.now += 5.0
+            return self.now
+
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=_SlowClock().perf_counter))
+    config = tmp_path / "run.toml"
+    config.write_text("[data]\npatch_size = 32\neval_size = 32\n[model]\nwidth = 8\ndepth = 3\n"
+                      "[training]\nbatch_size = 2\nlog_every = 2\n")  # fmt: skip
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--problem", "deblur", "--config", str(config),
+                                      "--out", str(run), "--device", "cpu"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "4300 steps, or as many as fit 9 minutes on this machine if fewer" in text
+    records = _records(run)
+    done = records[-1]["step"]
+    assert 1 <= done == records[-1]["planned_steps"] < 4300
+    assert records[-1]["lr"] == pytest.approx(0.05 * 2e-3)  # the schedule ended with the budget
+    assert f"fitted {done} of the 4300 steps to this machine's speed; --steps 4300 trains them all" in text
+    cfg = load_checkpoint(run / "model.pt")[1]
+    assert (cfg.training.steps, cfg.training.minutes) == (4300, 9.0)

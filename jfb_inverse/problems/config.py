@@ -317,7 +317,10 @@ class TrainingConfig(_Strict):
     with the budget (:mod:`jfb_inverse.training.budget`); the budget counts the run's training
     time across resumes. ``jfb-inverse train`` raises ``steps`` to 1,000,000 under a budget unless
     ``--steps`` or the ``--config`` file gives it (a problem's or preset's count would cut the
-    budget short). ``max_minutes`` is a hard stop of one invocation, resumable.
+    budget short). A problem's defaults may set ``minutes`` beside ``steps`` as a guard: ``deblur``
+    trains 4,300 steps, or as many as fit 9 minutes where they would take longer; a preset, file or
+    option that sets ``steps`` without ``minutes`` lifts it. ``max_minutes`` is a hard stop of one
+    invocation, resumable.
     """
 
     steps: PositiveInt = 600

@@ -188,7 +188,20 @@ def resolve_config(
         if isinstance(section, Mapping) and "kind" in section and section["kind"] != values["operator"].get("kind"):
             values["operator"] = {}  # a different operator kind replaces the whole section
         values = deep_merge(values, layer)
+    later = [prob.presets[preset] if preset is not None else None, config, overrides]
+    if _drops_default_budget(prob.defaults, later):
+        values["training"]["minutes"] = None
     return validate_definition(values)
+
+
+def _drops_default_budget(defaults: Mapping[str, Any], later: list[Mapping[str, Any] | None]) -> bool:
+    """Whether a problem's own time budget (``training.minutes`` in its defaults) gives way: it guards
+    the problem's own step count on slow machines, so a preset, file or option that sets
+    ``training.steps`` without ``training.minutes`` asks for exactly those steps."""
+    if _section(defaults, "training").get("minutes") is None:
+        return False
+    sections = [_section(layer, "training") for layer in later]
+    return any("steps" in s for s in sections) and not any("minutes" in s for s in sections)
 
 
 def validate_definition(values: Mapping[str, Any]) -> ProblemConfig:
