@@ -43,7 +43,9 @@ def train(
     config: Annotated[Path | None, typer.Option(help="TOML/JSON file with any definition field.")] = None,
     preset: Annotated[str | None, typer.Option(help="Named preset of the problem, e.g. `full`.")] = None,
     data: Annotated[Path | None, typer.Option(help="Folder of training images (PNG/JPEG/TIFF/.npy).")] = None,
-    steps: Annotated[int | None, typer.Option(min=1, help="Training steps (exactly these: lifts a problem's own time budget).")] = None,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="Training steps (exactly these: lifts a problem's own time budget).")
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Patches per step.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (> 0); Adam's under --optimizer muon.")] = None,
     optimizer: Annotated[

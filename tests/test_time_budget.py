@@ -214,7 +214,8 @@ def test_a_budget_that_does_not_bind_leaves_the_run_bitwise_unchanged(tmp_path, 
     clock = _StepClock()
     monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
     steps = {**TINY["training"], "steps": 12}
-    plain = train(resolve_config("deblur", overrides={**TINY, "training": steps}), tmp_path / "plain", on_step=clock.tick)
+    plain_cfg = resolve_config("deblur", overrides={**TINY, "training": steps})
+    plain = train(plain_cfg, tmp_path / "plain", on_step=clock.tick)
     clock.now = 0.0
     guarded_cfg = resolve_config("deblur", overrides={**TINY, "training": {**steps, "minutes": 5.0}})  # 300 s
     guarded = train(guarded_cfg, tmp_path / "guarded", on_step=clock.tick)
