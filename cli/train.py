@@ -183,6 +183,10 @@ def train(
             run_control["steps"] = steps
         if minutes is not None:
             run_control["minutes"] = minutes
+        elif steps is not None and cfg.training.minutes is not None and cfg.training.steps < MINUTES_STEP_CAP:
+            # --steps asks for exactly those steps, as in a new run: a budget that capped a step count
+            # (deblur's 9-minute guard) gives way. A run planned by its budget alone keeps it.
+            run_control["minutes"] = None
         # Validated like any definition (model_copy would not): --max-minutes 0 is refused here too.
         planned = cfg.training.steps
         cfg = validate_definition(deep_merge(cfg.model_dump(), {"training": run_control}))

@@ -254,3 +254,10 @@ def test_deblurs_budget_fits_its_steps_to_a_slow_machine_from_the_cli(tmp_path, 
     assert f"fitted {done} of the 4300 steps to this machine's speed; --steps 4300 trains them all" in text
     cfg = load_checkpoint(run / "model.pt")[1]
     assert (cfg.training.steps, cfg.training.minutes) == (4300, 9.0)
+
+    # --steps on --resume asks for exactly those steps too: the guard gives way.
+    resumed = CliRunner().invoke(app, ["train", "--resume", "--out", str(run), "--steps", str(done + 3)])
+    assert resumed.exit_code == 0, resumed.output
+    assert _records(run)[-1]["step"] == done + 3
+    cfg = load_checkpoint(run / "model.pt")[1]
+    assert (cfg.training.steps, cfg.training.minutes) == (done + 3, None)
