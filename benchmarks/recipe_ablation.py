@@ -89,6 +89,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "recipe_ablation.jsonl")
     args = parser.parse_args()
     quiet = {"training": {"log_every": 100, "checkpoint_every": 100_000}}
+    asked = args.overrides.get("training", {})
+    if "steps" not in asked and "minutes" not in asked:
+        # The default's step count, exactly: deblur's 9-minute guard would fit fewer steps to a
+        # slow machine, and an ablation compares recipes at equal steps unless it asks for time.
+        quiet["training"]["steps"] = resolve_config("deblur").training.steps
     cfg = resolve_config("deblur", overrides=deep_merge(quiet, args.overrides))
     run = args.runs / args.name
     start = time.perf_counter()
