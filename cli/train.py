@@ -17,8 +17,6 @@ Optimizer = Literal["adam", "muon"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 #: What a checkpoint must hold besides the weights to be resumed (written by the training loop).
 RESUME_STATE = ("optimizer", "scheduler", "step", "data", "noise_rng", "torch_rng")
-#: The step cap of a run given --minutes and no --steps: the budget decides.
-MINUTES_STEP_CAP = 1_000_000
 
 
 def _overrides(**values: Any) -> dict[str, Any]:
@@ -108,6 +106,7 @@ def train(
     from jfb_inverse.errors import UserError
     from jfb_inverse.evaluation import evaluate
     from jfb_inverse.problems import config_from_file_or_problem
+    from jfb_inverse.problems.config import BUDGET_STEP_CAP
     from jfb_inverse.problems.custom import ensure_trusted
     from jfb_inverse.problems.registry import deep_merge, validate_definition
     from jfb_inverse.training import distributed
@@ -183,7 +182,7 @@ def train(
             run_control["steps"] = steps
         if minutes is not None:
             run_control["minutes"] = minutes
-        elif steps is not None and cfg.training.minutes is not None and cfg.training.steps < MINUTES_STEP_CAP:
+        elif steps is not None and cfg.training.minutes is not None and cfg.training.steps < BUDGET_STEP_CAP:
             # --steps asks for exactly those steps, as in a new run: a budget that capped a step count
             # (deblur's 9-minute guard) gives way. A run planned by its budget alone keeps it.
             run_control["minutes"] = None
@@ -200,12 +199,6 @@ def train(
             check_config_file(config)
         problem = _custom_operator(problem, operator, operator_args, overrides)
         cfg = _absolute_paths(config_from_file_or_problem(problem, config, overrides, preset))
-        budget_given = minutes is not None or _file_sets(config, "minutes")
-        if budget_given and steps is None and not _file_sets(config, "steps"):
-            # A budget (from --minutes or the file) decides the length: the problem's or the preset's
-            # step count would cut it short (4,300 deblur steps take 4 of 9 minutes on a fast CPU).
-            # A problem's own budget (deblur's 9 minutes) only guards its own step count.
-            cfg = validate_definition(deep_merge(cfg.model_dump(), {"training": {"steps": MINUTES_STEP_CAP}}))
     _check_writable(out)
     wanted_device = resolve_device(device if device != "auto" else cfg.training.device)  # refuses cuda without one
     if launcher:
@@ -234,7 +227,7 @@ def train(
     not_converged = [0]
     # Under --minutes the total is the fitted step count, known from the first fit on (records carry it);
     # under a problem's own budget it starts at the step count and a fit can lower it.
-    capped = not cfg.training.minutes or cfg.training.steps < MINUTES_STEP_CAP
+    capped = not cfg.training.minutes or cfg.training.steps < BUDGET_STEP_CAP
     task = progress.add_task("train", total=cfg.training.steps if capped else None, info="")
 
     def on_log(record: dict[str, Any]) -> None:
@@ -282,7 +275,7 @@ def train(
         )
         if not t.minutes:
             length = f"{t.steps} steps"
-        elif t.steps >= MINUTES_STEP_CAP:
+        elif t.steps >= BUDGET_STEP_CAP:
             length = f"about {t.minutes:g} minutes (steps fitted to this machine's speed, at most {t.steps})"
         else:  # a cap that a fast machine reaches within the budget: deblur's default
             length = f"{t.steps} steps, or as many as fit {t.minutes:g} minutes on this machine if fewer"
@@ -323,10 +316,10 @@ def train(
             f"continue with: jfb-inverse train --resume --out {escape(str(out))}"
         )
     t = cfg.training
-    if t.minutes and t.steps < MINUTES_STEP_CAP and result.steps == result.planned_steps < t.steps:
+    if t.minutes and t.steps < BUDGET_STEP_CAP and result.steps == result.planned_steps < t.steps:
         console.print(
             f"the {t.minutes:g}-minute budget (training.minutes) fitted {result.steps} of the {t.steps} steps "
-            f"to this machine's speed; --steps {t.steps} trains them all"
+            f"to this machine's speed; a new run with --steps {t.steps} (another --out, or --overwrite) trains them all"
         )
     if not_converged[0]:
         warn(
@@ -350,13 +343,6 @@ def train(
         _print_mean(ev.report)
         if not all(ev.converged):
             warn("the forward solve did not reach its tolerance on some held-out images")
-
-
-def _file_sets(config: Path | None, field: str) -> bool:
-    """Whether the ``--config`` file gives ``training.<field>`` (``steps``: the cap of a time budget)."""
-    from jfb_inverse.problems.registry import load_config_file
-
-    return config is not None and field in load_config_file(config).get("training", {})
 
 
 def _custom_operator(

@@ -11,6 +11,7 @@ import torch
 from jfb_inverse.cli.app import app
 from typer.testing import CliRunner
 
+import jfb_inverse.problems.registry as registry
 import jfb_inverse.training.loop as loop
 from jfb_inverse.problems import resolve_config
 from jfb_inverse.training.budget import FIT_AT, StepPlan
@@ -143,6 +144,15 @@ def test_train_minutes_from_the_cli(tmp_path):
     assert payload["step"] == records[-1]["step"] and payload["batch_pool"] is None  # finished, not resumable
     again = CliRunner().invoke(app, ["train", "--resume", "--out", str(run)])
     assert again.exit_code == 2 and "has used its 0.03-minute budget" in " ".join(again.output.split())
+    # A run planned by its budget alone keeps it when --resume gives --steps: they are only a cap
+    # (the budget's last seconds, if any are left, may train a step or two more).
+    cap = payload["step"] + 50
+    capped = CliRunner().invoke(app, ["train", "--resume", "--out", str(run), "--steps", str(cap)])
+    if capped.exit_code == 0:
+        assert load_checkpoint(run / "model.pt")[1].training.minutes == 0.03
+    else:
+        assert capped.exit_code == 2 and "has used its 0.03-minute budget" in " ".join(capped.output.split())
+    assert _records(run)[-1]["step"] < cap  # lifted, the budget would have let it train to the cap
 
 
 def test_a_checkpoint_from_before_budgets_is_planned_on_resume(tmp_path, monkeypatch):
@@ -194,7 +204,7 @@ def test_a_budgeted_run_stopped_before_its_first_fit_reports_no_plan(tmp_path, m
     assert "planned_steps" not in _records(tmp_path / "run")[-1]  # the cap is no plan
 
 
-def test_a_problems_own_budget_guards_only_its_own_step_count(tmp_path):
+def test_a_problems_own_budget_guards_only_its_own_step_count():
     # deblur's defaults: 4,300 steps, or as many as fit 9 minutes where they would take longer.
     default = resolve_config("deblur").training
     assert (default.steps, default.minutes) == (4300, 9.0)
@@ -206,8 +216,34 @@ def test_a_problems_own_budget_guards_only_its_own_step_count(tmp_path):
     # A budget given with the steps stays: then the steps are its cap.
     both = resolve_config("deblur", config={"training": {"steps": 50}}, overrides={"training": {"minutes": 2.0}})
     assert (both.training.steps, both.training.minutes) == (50, 2.0)
+    # An explicit null in a (JSON) file switches the guard off and keeps the step count.
+    off = resolve_config("deblur", config={"training": {"minutes": None}}).training
+    assert (off.steps, off.minutes) == (4300, None)
+    # A budget given without steps decides the length: the problem's 4,300 would cut it short.
+    assert resolve_config("deblur", overrides={"training": {"minutes": 4.0}}).training.steps == 1_000_000
     # Problems without a budget of their own are unchanged.
     assert resolve_config("ct").training.minutes is None
+
+
+def test_budgets_from_a_problems_defaults_or_presets_follow_the_same_rules(monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # the test problem goes with the test
+    registry.register_problem(
+        "budget-test",
+        "a problem whose defaults are a budget, with a guarded preset",
+        {**TINY, "operator": {"kind": "blur"}, "training": {"minutes": 20.0}},
+        presets={"guarded": {"training": {"steps": 50, "minutes": 3.0}}, "timed": {"training": {"minutes": 2.0}}},
+    )
+
+    def budget(**kw):
+        t = resolve_config("budget-test", **kw).training
+        return t.steps, t.minutes
+
+    assert budget() == (1_000_000, 20.0)  # a budget alone decides the length
+    assert budget(overrides={"training": {"steps": 30}}) == (30, None)  # asked-for steps lift it
+    assert budget(preset="guarded") == (50, 3.0)
+    assert budget(preset="guarded", overrides={"training": {"steps": 7}}) == (7, None)
+    assert budget(preset="timed") == (1_000_000, 2.0)
+    assert budget(preset="timed", overrides={"training": {"steps": 9}}) == (9, None)
 
 
 def test_a_budget_that_does_not_bind_leaves_the_run_bitwise_unchanged(tmp_path, monkeypatch):
@@ -217,9 +253,11 @@ def test_a_budget_that_does_not_bind_leaves_the_run_bitwise_unchanged(tmp_path, 
     plain_cfg = resolve_config("deblur", overrides={**TINY, "training": steps})
     plain = train(plain_cfg, tmp_path / "plain", on_step=clock.tick)
     clock.now = 0.0
-    guarded_cfg = resolve_config("deblur", overrides={**TINY, "training": {**steps, "minutes": 5.0}})  # 300 s
+    # 15 s at 1 s a step: the plan is refitted at 1, 4, 8 and 12 s and stays at the 12 steps.
+    guarded_cfg = resolve_config("deblur", overrides={**TINY, "training": {**steps, "minutes": 0.25}})
     guarded = train(guarded_cfg, tmp_path / "guarded", on_step=clock.tick)
     assert plain.steps == guarded.steps == guarded.planned_steps == 12
+    assert load_checkpoint(tmp_path / "guarded" / "model.pt")[0]["step_plan"]["fits_done"] >= 4
     a = load_checkpoint(tmp_path / "plain" / "model.pt")[0]["state_dict"]
     b = load_checkpoint(tmp_path / "guarded" / "model.pt")[0]["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -251,9 +289,16 @@ def test_deblurs_budget_fits_its_steps_to_a_slow_machine_from_the_cli(tmp_path, 
     done = records[-1]["step"]
     assert 1 <= done == records[-1]["planned_steps"] < 4300
     assert records[-1]["lr"] == pytest.approx(0.05 * 2e-3)  # the schedule ended with the budget
-    assert f"fitted {done} of the 4300 steps to this machine's speed; --steps 4300 trains them all" in text
+    assert (
+        f"fitted {done} of the 4300 steps to this machine's speed; a new run with --steps 4300 "
+        "(another --out, or --overwrite) trains them all"
+    ) in text
     cfg = load_checkpoint(run / "model.pt")[1]
     assert (cfg.training.steps, cfg.training.minutes) == (4300, 9.0)
+    again = CliRunner().invoke(app, ["train", "--resume", "--out", str(run)])
+    assert again.exit_code == 2
+    assert "used its 9-minute budget" in (message := " ".join(again.output.split()))
+    assert "give a larger --minutes, or --steps above it to train exactly that many" in message
 
     # --steps on --resume asks for exactly those steps too: the guard gives way.
     resumed = CliRunner().invoke(app, ["train", "--resume", "--out", str(run), "--steps", str(done + 3)])

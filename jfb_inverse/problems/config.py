@@ -289,6 +289,9 @@ class SolverConfig(_Strict):
 #: Autocast precisions of the learned regulariser (``auto``: see :mod:`jfb_inverse.models.precision`).
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
+#: The step cap of a run whose time budget comes without a step count: the budget decides.
+BUDGET_STEP_CAP = 1_000_000
+
 
 class TrainingConfig(_Strict):
     """Optimisation: Adam (or Muon) with cosine decay; ``gradient`` picks the gradient strategy.
@@ -315,12 +318,12 @@ class TrainingConfig(_Strict):
     ``minutes``: train for about that long: the step count (at most ``steps``) is fitted to the
     measured speed at 5, 25, 50, 75 and 90% of the time, so that the learning-rate schedule ends
     with the budget (:mod:`jfb_inverse.training.budget`); the budget counts the run's training
-    time across resumes. ``jfb-inverse train`` raises ``steps`` to 1,000,000 under a budget unless
-    ``--steps`` or the ``--config`` file gives it (a problem's or preset's count would cut the
-    budget short). A problem's defaults may set ``minutes`` beside ``steps`` as a guard: ``deblur``
-    trains 4,300 steps, or as many as fit 9 minutes where they would take longer; a preset, file or
-    option that sets ``steps`` without ``minutes`` lifts it. ``max_minutes`` is a hard stop of one
-    invocation, resumable.
+    time across resumes. A budget given without a step count in its own layer (the problem's
+    defaults, the preset, or the user's file and options) plans up to 1,000,000 steps
+    (:data:`BUDGET_STEP_CAP`): an earlier layer's count would cut it short. A budget set with
+    ``steps`` in the same layer is a guard: ``deblur``'s defaults train 4,300 steps, or as many as
+    fit 9 minutes where they would take longer; a later layer that sets ``steps`` without
+    ``minutes`` lifts it. ``max_minutes`` is a hard stop of one invocation, resumable.
     """
 
     steps: PositiveInt = 600

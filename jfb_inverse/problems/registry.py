@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from jfb_inverse.errors import ConfigError, UserError
-from jfb_inverse.problems.config import ModelConfig, ProblemConfig
+from jfb_inverse.problems.config import BUDGET_STEP_CAP, ModelConfig, ProblemConfig
 
 ENTRY_POINT_GROUP = "jfb_inverse.problems"
 
@@ -188,20 +188,38 @@ def resolve_config(
         if isinstance(section, Mapping) and "kind" in section and section["kind"] != values["operator"].get("kind"):
             values["operator"] = {}  # a different operator kind replaces the whole section
         values = deep_merge(values, layer)
-    later = [prob.presets[preset] if preset is not None else None, config, overrides]
-    if _drops_default_budget(prob.defaults, later):
-        values["training"]["minutes"] = None
+    preset_layer = prob.presets[preset] if preset is not None else None
+    budget = _budget_and_steps(prob.defaults, preset_layer, config, overrides)
+    values["training"] = {**values.get("training", {}), **budget}
     return validate_definition(values)
 
 
-def _drops_default_budget(defaults: Mapping[str, Any], later: list[Mapping[str, Any] | None]) -> bool:
-    """Whether a problem's own time budget (``training.minutes`` in its defaults) gives way: it guards
-    the problem's own step count on slow machines, so a preset, file or option that sets
-    ``training.steps`` without ``training.minutes`` asks for exactly those steps."""
-    if _section(defaults, "training").get("minutes") is None:
-        return False
-    sections = [_section(layer, "training") for layer in later]
-    return any("steps" in s for s in sections) and not any("minutes" in s for s in sections)
+def _budget_and_steps(
+    defaults: Mapping[str, Any],
+    preset: Mapping[str, Any] | None,
+    config: Mapping[str, Any] | None,
+    overrides: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """``training.minutes`` / ``steps`` corrections from where the budget comes from (``{}``: none).
+
+    The layers are the problem's defaults, the preset, and the user's (the file and the options
+    together). The budget is the last layer's that sets ``minutes`` (an explicit ``None`` there
+    means no budget). If that layer, or a later one, also sets ``steps``, those are its cap; if
+    neither does, the budget decides the length (:data:`BUDGET_STEP_CAP`): an earlier layer's
+    count would cut it short. A budget that came with its layer's own step count is a guard: a
+    later layer that sets ``steps`` asks for exactly those steps and lifts it (``deblur``'s defaults:
+    4,300 steps, or as many as fit 9 minutes).
+    """
+    user = {**_section(config, "training"), **_section(overrides, "training")}
+    layers = [_section(defaults, "training"), _section(preset, "training"), user]
+    source = max((i for i, layer in enumerate(layers) if "minutes" in layer), default=None)
+    if source is None or layers[source]["minutes"] is None:
+        return {}
+    if any("steps" in layer for layer in layers[source + 1 :]):
+        return {"minutes": None}  # a guard lifted by asked-for steps
+    if "steps" not in layers[source]:
+        return {"steps": BUDGET_STEP_CAP}
+    return {}
 
 
 def validate_definition(values: Mapping[str, Any]) -> ProblemConfig:

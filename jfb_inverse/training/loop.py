@@ -42,7 +42,7 @@ from jfb_inverse.errors import ConfigError, UserError
 from jfb_inverse.implicit import lipschitz_estimate
 from jfb_inverse.metrics import psnr
 from jfb_inverse.models.build import build_model
-from jfb_inverse.problems.config import ProblemConfig
+from jfb_inverse.problems.config import BUDGET_STEP_CAP, ProblemConfig
 from jfb_inverse.problems.noise import simulate
 from jfb_inverse.problems.operators import with_embedded_kernel
 from jfb_inverse.training.budget import StepPlan
@@ -299,9 +299,10 @@ def train(
         plan.load_state_dict(payload.get("step_plan") or StepPlan(cap=stored.training.steps).state_dict())
         plan.rebudget(budget, t.steps, first_step, elapsed_before)
         if budget is not None and first_step >= plan.planned:  # rebudget left no step to plan
+            more = "" if t.steps >= BUDGET_STEP_CAP else ", or --steps above it to train exactly that many"
             raise UserError(
                 f"the run in {str(out)!r} has used its {t.minutes:g}-minute budget (step {first_step}); "
-                "give a larger --minutes to train it further"
+                f"give a larger --minutes{more} to train it further"
             )
         # The learning rate of the next step under this run's schedule: a resume with more --steps
         # stretches the schedule, and the optimiser's stored lr is the old schedule's.
