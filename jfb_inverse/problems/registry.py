@@ -204,11 +204,11 @@ def _budget_and_steps(
 
     The layers are the problem's defaults, the preset, and the user's (the file and the options
     together). The budget is the last layer's that sets ``minutes`` (an explicit ``None`` there
-    means no budget). If that layer, or a later one, also sets ``steps``, those are its cap; if
-    neither does, the budget decides the length (:data:`BUDGET_STEP_CAP`): an earlier layer's
-    count would cut it short. A budget that came with its layer's own step count is a guard: a
-    later layer that sets ``steps`` asks for exactly those steps and lifts it (``deblur``'s defaults:
-    4,300 steps, or as many as fit 9 minutes).
+    means no budget). A later layer that sets ``steps`` asks for exactly those steps and lifts the
+    budget (``deblur``'s defaults: 4,300 steps, or as many as fit 9 minutes, a guard that
+    ``--steps`` lifts). Otherwise ``steps`` set in the budget's own layer are its cap, and without
+    them the budget decides the length (:data:`BUDGET_STEP_CAP`): an earlier layer's count would
+    cut it short.
     """
     user = {**_section(config, "training"), **_section(overrides, "training")}
     layers = [_section(defaults, "training"), _section(preset, "training"), user]
