@@ -190,7 +190,8 @@ def resolve_config(
         values = deep_merge(values, layer)
     preset_layer = prob.presets[preset] if preset is not None else None
     budget = _budget_and_steps(prob.defaults, preset_layer, config, overrides)
-    values["training"] = {**values.get("training", {}), **budget}
+    if budget and isinstance(values.get("training"), Mapping):  # any other value: validation names it
+        values["training"] = {**values["training"], **budget}
     return validate_definition(values)
 
 
