@@ -164,6 +164,7 @@ def train(
     if data is not None:
         _check_data_folder(data)
         overrides.setdefault("data", {}).update({"source": "folder", "path": str(data)})
+    first_step = 0  # where this invocation starts: a resumed run's step
     if resume:
         if not (out / "model.pt").exists():
             raise UserError(f"nothing to resume: {str(out)!r} holds no model.pt; start the run without --resume")
@@ -190,6 +191,7 @@ def train(
         planned = cfg.training.steps
         cfg = validate_definition(deep_merge(cfg.model_dump(), {"training": run_control}))
         done = int(payload["step"])
+        first_step = done
         if cfg.training.steps <= done:
             raise UserError(
                 f"the run in --out is at step {done} of {planned}; give --steps above {done} to train it further"
@@ -322,9 +324,11 @@ def train(
             f"to this machine's speed; a new run with --steps {t.steps} (another --out, or --overwrite) trains them all"
         )
     if not_converged[0]:
+        trained = max(1, result.steps - first_step)  # the steps this invocation trained, whose logs were counted
         warn(
-            f"{not_converged[0]} training steps of this run hit max_iter before tol: their gradient was taken at "
-            "an approximate fixed point; raise solver.max_iter if that share is large"
+            f"{not_converged[0]} of the {trained} training steps of this run ({not_converged[0] / trained:.0%}) "
+            "hit max_iter before tol: their gradient was taken at an approximate fixed point; raise "
+            "solver.max_iter if that share is large"
         )
     if result.skipped_steps:
         warn(f"{result.skipped_steps} steps had NaN/Inf loss or gradients and were skipped (learning rate halved)")

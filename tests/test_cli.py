@@ -199,9 +199,13 @@ def test_train_warns_once_about_unconverged_steps_and_totals_them(tmp_path):
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert text.count("hit max_iter (1) before tol") == 1
-    assert "6 training steps of this run hit max_iter" in text
+    assert "6 of the 6 training steps of this run (100%) hit max_iter" in text
     records = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
     assert [r["not_converged_steps"] for r in records] == [2, 2, 2]
+    # A resumed run counts the steps it trained itself.
+    more = invoke("train", "--resume", "--out", str(tmp_path / "run"), "--steps", "10")
+    assert more.exit_code == 0, more.output
+    assert "4 of the 4 training steps of this run (100%) hit max_iter" in " ".join(more.output.split())
 
 
 def test_init_from_is_stored_as_an_absolute_path(trained, tmp_path, monkeypatch):
