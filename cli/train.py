@@ -190,11 +190,11 @@ def train(
         # Validated like any definition (model_copy would not): --max-minutes 0 is refused here too.
         planned = cfg.training.steps
         cfg = validate_definition(deep_merge(cfg.model_dump(), {"training": run_control}))
-        done = int(payload["step"])
-        first_step = done
-        if cfg.training.steps <= done:
+        first_step = int(payload["step"])
+        if cfg.training.steps <= first_step:
             raise UserError(
-                f"the run in --out is at step {done} of {planned}; give --steps above {done} to train it further"
+                f"the run in --out is at step {first_step} of {planned}; "
+                f"give --steps above {first_step} to train it further"
             )
     else:
         if config is not None:
