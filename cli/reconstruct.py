@@ -43,13 +43,15 @@ def simulate(
     """Simulate measurements of a clean image with a problem's operator and noise."""
     import torch
     from jfb_inverse.datasets import load_image
+    from jfb_inverse.datasets.images import UNIT_RANGE_SLACK
 
     from jfb_inverse.errors import UserError
     from jfb_inverse.measurements import check_output_path, provenance, provenance_path, write_array, write_json
     from jfb_inverse.models.build import PhysicsCache
     from jfb_inverse.problems import config_from_file_or_problem
     from jfb_inverse.problems import simulate as simulate_measurements
-    from jfb_inverse.problems.custom import ensure_trusted
+    from jfb_inverse.problems.custom import absolute_if_exists, ensure_trusted
+    from jfb_inverse.problems.operators import with_embedded_kernel
     from jfb_inverse.problems.registry import resolve_config
 
     check_output_path(output)
@@ -80,11 +82,21 @@ def simulate(
             if config
             else resolve_config(problem or "", overrides=overrides)
         )
+        # A kernel file's numbers and absolute path go into the sidecar, as into a trained run's
+        # definition: reconstruct then compares kernels, not the names they were read by.
+        cfg = with_embedded_kernel(cfg)
+        if getattr(cfg.operator, "path", None):
+            cfg = cfg.model_copy(
+                update={"operator": cfg.operator.model_copy(update={"path": absolute_if_exists(cfg.operator.path)})}
+            )
     x = load_image(input, channels=cfg.data.channels, check_range=True, note=warn)
     physics = PhysicsCache(cfg, torch.device("cpu")).for_image(tuple(x.shape))
     gen = torch.Generator().manual_seed(seed)
     y = simulate_measurements(x[None], physics, cfg.noise, gen)[0]
-    write_array(y, output)
+    # A PNG clips the noise of dark and bright pixels (up to 5 sigma of absolute noise) and refuses
+    # what goes further: values the image's range does not explain, as a CT sinogram's often do.
+    noise_slack = 0.0 if cfg.noise.relative else 5 * cfg.noise.sigma
+    write_array(y, output, png_slack=UNIT_RANGE_SLACK + noise_slack)
     try:  # how it was made, so that `reconstruct` can refuse a checkpoint of another operator
         write_json(provenance(cfg, tuple(x.shape), seed), provenance_path(output))
     except BaseException:
@@ -145,6 +157,11 @@ def reconstruct(
             )
         if output.is_dir():
             raise UserError(f"--output {str(output)!r} is a folder; give a file name (.png/.tif/.npy)")
+        if not output.suffix:  # a folder to be, most likely (outdir/): folder mode needs a folder of inputs
+            raise UserError(
+                f"--output {str(output)!r} has no file type and --input is one file; give a file name such as "
+                f"{str(output / (input.stem + '.png'))!r} (a folder --output is for a folder --input)"
+            )
         check_output_path(output)
         _refuse_overwriting_input(input, output)
     dev = resolve_device(device)

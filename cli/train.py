@@ -49,9 +49,9 @@ def train(
     optimizer: Annotated[
         Optimizer | None, typer.Option(help="adam, or muon for the regulariser's hidden layers (Adam for the rest).")
     ] = None,
-    out: Annotated[Path, typer.Option(help="Output folder (model.pt, history.jsonl, training.png).")] = Path(
-        "runs/latest"
-    ),
+    out: Annotated[
+        Path, typer.Option(help="Output folder (model.pt, problem.toml, history.jsonl, training.png).")
+    ] = Path("runs/latest"),
     device: DeviceOption = "auto",
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     gradient: Annotated[Gradient | None, typer.Option(help="Gradient strategy.")] = None,
@@ -250,7 +250,7 @@ def train(
         if record["not_converged_steps"] and cfg.training.gradient != "unrolled":
             if not not_converged[0]:
                 warn(
-                    f"{record['not_converged_steps']} steps before step {record['step']} hit max_iter "
+                    f"{_steps(record['not_converged_steps'])} before step {record['step']} hit max_iter "
                     f"({cfg.solver.max_iter}) before tol ({cfg.solver.tol:g}); the total follows at the end, "
                     "per log interval in history.jsonl (not_converged_steps)"
                 )
@@ -334,6 +334,9 @@ def train(
         warn(f"{result.skipped_steps} steps had NaN/Inf loss or gradients and were skipped (learning rate halved)")
     from jfb_inverse.models.build import build_model
 
+    # The curves first: an interrupted evaluation (which `jfb-inverse evaluate` can redo) must not
+    # cost the run its figure, which nothing else redraws.
+    training_figure(result.history, None, out / "training.png")
     payload, _ = load_checkpoint(out / "model.pt", map_location=dev)
     model, physics = build_model(cfg, dev)
     model.load_state_dict(payload["state_dict"])
@@ -408,11 +411,17 @@ def _refuse_definition_options_on_resume(option_names: list[str]) -> None:
 
     if option_names:
         names = ", ".join(f"--{name.replace('_', '-')}" for name in option_names)
+        them = "them" if len(option_names) > 1 else "it"
         raise UserError(
             f"--resume continues the run in --out with its own definition, so {names} would be "
-            "ignored; drop them (--steps, --max-minutes, --minutes and --device may change), "
+            f"ignored; drop {them} (--steps, --max-minutes, --minutes and --device may change), "
             "or start a new run with another --out"
         )
+
+
+def _steps(n: int) -> str:
+    """``1 step``, ``2 steps``."""
+    return f"{n} step" if n == 1 else f"{n} steps"
 
 
 def _check_data_folder(data: Path) -> None:

@@ -18,6 +18,7 @@ output name is replaced, not followed.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -124,6 +125,33 @@ def check_fits(y: Tensor, cfg: ProblemConfig, physics: PhysicsCache, source: str
             f"{source}: measurement shape {tuple(y.shape)} does not fit the {cfg.problem!r} operator "
             f"(it produces {expected} for images of {img_size}); use a measurement made for this checkpoint"
         )
+    _check_scale(y, cfg, phys, img_size, source, physics.device)
+
+
+def _check_scale(
+    y: Tensor, cfg: ProblemConfig, phys: Any, img_size: tuple[int, ...], source: str, device: torch.device
+) -> None:
+    """Refuse a measurement far larger than the operator makes from any image in [0, 1] (pixel values
+    0-255 saved as floats, say), which would otherwise reconstruct as a white image without a word.
+
+    ``||A x|| <= ||A|| sqrt(n)`` for every image ``x`` of ``n`` pixels in [0, 1]; Gaussian noise adds
+    about ``sigma sqrt(m)`` for ``m`` measured values (``sigma`` times the largest ``|A x|``, at most
+    ``||A x||``, when relative), Poisson noise less than ``||A x||``. The limit allows 3x that."""
+    from jfb_inverse.consistency.norm import operator_norm_squared
+
+    n, m = math.prod(img_size), y.numel()
+    clean = math.sqrt(operator_norm_squared(phys, img_size, device) * n)
+    noise = cfg.noise.sigma * math.sqrt(m) * (clean if cfg.noise.relative else 1.0)
+    if cfg.noise.kind == "poisson":
+        noise += clean
+    limit = 3.0 * (clean + noise)
+    norm = float(torch.linalg.vector_norm(y.double()))
+    if norm > limit:
+        raise UserError(
+            f"{source}: the measurement is {norm / (clean + noise):.0f}x larger than the {cfg.problem!r} operator "
+            "makes from any image in [0, 1] with its noise; scale it to the images' [0, 1] range (divide 0-255 "
+            "pixel values by 255)"
+        )
 
 
 def provenance_path(path: str | Path) -> Path:
@@ -171,9 +199,13 @@ def check_provenance(path: str | Path, cfg: ProblemConfig, checkpoint: str) -> s
             f"use a checkpoint of that problem (or delete {meta_path.name} if it is stale)"
         )
     differ = sorted(k for k in set(made) | set(have) if made.get(k) != have.get(k))
-    # A kernel file's embedded numbers (operator.values) are compared only where both sides have
-    # them: a measurement simulated from the file itself says so by its path.
-    if made.get("values") is None or have.get("values") is None:
+    # A kernel file's numbers (operator.values) say which kernel it was where both sides have them
+    # (simulate and train embed them): the file's path then says only where it was read from. A
+    # measurement simulated before kernels were embedded says which kernel by its path alone.
+    if made.get("values") is not None and have.get("values") is not None:
+        same = _same_kernel(made["values"], have["values"])
+        differ = [k for k in differ if k != "path" and (k != "values" or not same)]
+    else:
         differ = [k for k in differ if k != "values"]
     if "kernel" in differ:  # another blur kernel kind: its parameters (length, sigma, ...) say nothing more
         differ = ["kernel"]
@@ -191,6 +223,15 @@ def check_provenance(path: str | Path, cfg: ProblemConfig, checkpoint: str) -> s
                 "expect lower quality and slower convergence"
             )
     return None
+
+
+def _same_kernel(a: Any, b: Any) -> bool:
+    """Two kernels' numbers (lists of rows) equal to float rounding: the same file normalised twice."""
+    try:
+        x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    except (TypeError, ValueError):  # a hand-edited sidecar: not our numbers, so not the same kernel
+        return False
+    return x.shape == y.shape and bool(np.allclose(x, y, rtol=1e-6, atol=1e-9))
 
 
 def _brief(value: Any) -> str:
@@ -218,11 +259,11 @@ def check_output_path(path: str | Path, option: str = "--output") -> Path:
     return p
 
 
-def write_array(x: Tensor, path: str | Path) -> None:
+def write_array(x: Tensor, path: str | Path, png_slack: float = UNIT_RANGE_SLACK) -> None:
     """Save a (C, ...) tensor atomically: ``.npy`` and ``.tif`` raw float32, ``.png`` 8-bit.
 
-    An 8-bit PNG holds [0, 1]: values beyond it by more than ``UNIT_RANGE_SLACK`` (a CT sinogram,
-    say) are refused rather than clipped, values within it (the noise of a blurred image) clipped.
+    An 8-bit PNG holds [0, 1]: values beyond it by more than ``png_slack`` (a CT sinogram, often)
+    are refused rather than clipped, values within it (the noise of a blurred image) clipped.
     """
     p = Path(path)
     if not p.parent.is_dir():
@@ -234,7 +275,7 @@ def write_array(x: Tensor, path: str | Path) -> None:
         raise UserError(f"{str(p)!r}: unsupported output type; use .npy, .png or .tif")
     if suffix == ".png" and x.numel():
         low, high = float(x.min()), float(x.max())
-        if low < -UNIT_RANGE_SLACK or high > 1 + UNIT_RANGE_SLACK:
+        if low < -png_slack or high > 1 + png_slack:
             raise UserError(
                 f"{str(p)!r}: values span [{low:.3g}, {high:.3g}], beyond the [0, 1] an 8-bit PNG holds; "
                 "write .npy or .tif (float32) instead"

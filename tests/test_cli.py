@@ -208,6 +208,26 @@ def test_train_warns_once_about_unconverged_steps_and_totals_them(tmp_path):
     assert "4 of the 4 training steps of this run (100%) hit max_iter" in " ".join(more.output.split())
 
 
+def test_an_interrupted_final_evaluation_leaves_the_training_figure(tmp_path, monkeypatch):
+    import jfb_inverse.evaluation
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(jfb_inverse.evaluation, "evaluate", interrupted)
+    config = tmp_path / "run.toml"
+    config.write_text("[data]\npatch_size = 32\neval_size = 32\n[model]\nwidth = 8\ndepth = 3\n"
+                      "[solver]\ntol = 1e-9\nmax_iter = 1\n[training]\nbatch_size = 2\nlog_every = 1\n")  # fmt: skip
+    result = runner.invoke(app, ["train", "--problem", "deblur", "--config", str(config), "--steps", "2",
+                                 "--out", str(tmp_path / "run"), "--device", "cpu"])  # fmt: skip
+    assert result.exit_code == 130, result.output
+    assert "1 step before step 1 hit max_iter (1)" in " ".join(result.output.split())
+    # The run is whole without its evaluation (which `evaluate` redoes): weights and curves.
+    assert (tmp_path / "run" / "model.pt").is_file()
+    assert (tmp_path / "run" / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]  # no temporary left
+
+
 def test_init_from_is_stored_as_an_absolute_path(trained, tmp_path, monkeypatch):
     # Typed relative to the working folder; stored absolute, so problem.toml works from anywhere.
     monkeypatch.chdir(trained.parent)

@@ -324,6 +324,23 @@ def test_measurements_beyond_the_unit_range_go_to_tif_unclipped_never_to_png(tmp
     assert float((read_measurement(tmp_path / "ok.png", channels=1) - y.clamp(0, 1)).abs().max()) <= 0.5 / 255 + 1e-6
 
 
+def test_simulate_clips_a_png_measurements_noise_and_refuses_what_noise_does_not_explain(tmp_path):
+    # A black image blurred, with noise sigma 0.02: about half its values are negative, the lowest
+    # near -4 sigma, past the 0.05 a clean image may stray; a PNG takes them clipped to 0.
+    np.save(tmp_path / "black.npy", np.zeros((1, 48, 48), np.float32))
+    args = ["simulate", "--problem", "deblur", "--noise-sigma", "0.02", "--input", str(tmp_path / "black.npy")]
+    assert (result := invoke(*args, "--output", str(tmp_path / "y.npy"))).exit_code == 0, result.output
+    assert float(np.load(tmp_path / "y.npy").min()) < -0.06
+    assert (result := invoke(*args, "--output", str(tmp_path / "y.png"))).exit_code == 0, result.output
+    # Values further beyond [0, 1] than the noise explains (a CT sinogram of a white square peaks
+    # near 1.75): refused, nothing written.
+    np.save(tmp_path / "white.npy", np.ones((1, 48, 48), np.float32))
+    ct = ["simulate", "--problem", "ct", "--input", str(tmp_path / "white.npy")]
+    result = invoke(*ct, "--output", str(tmp_path / "b.png"))
+    assert result.exit_code == 2 and "beyond the [0, 1] an 8-bit PNG holds" in " ".join(result.output.split())
+    assert not (tmp_path / "b.png").exists() and not (tmp_path / "b.png.json").exists()
+
+
 def test_a_write_that_fails_names_the_users_file_not_the_temporary_one(tmp_path):
     from jfb_inverse.atomic import atomic_path
 

@@ -130,7 +130,8 @@ def test_construction_failure_is_an_operator_error():
     from jfb_inverse.problems import build_physics
     from jfb_inverse.problems.config import CustomOperator
 
-    with pytest.raises(OperatorError, match=r'constructed with arguments \{"gain": 2\} \(ValueError: gain 2'):
+    constructed = r'constructed for 8x8 images with arguments \{"gain": 2\} \(ValueError: gain 2'
+    with pytest.raises(OperatorError, match=constructed):
         build_physics(CustomOperator(target=target("Exploding"), args={"gain": 2}), (1, 8, 8))
     with pytest.raises(OperatorError, match="unexpected keyword argument 'size'"):
         build_physics(CustomOperator(target=target("RowSubsample"), args={"size": 2}), (1, 8, 8))

@@ -85,3 +85,44 @@ def test_measurement_sidecars_compare_kernels_briefly(tmp_path) -> None:
     other = definition(path=path, values=np.ones((3, 3)).tolist())
     message = check_provenance(sidecar(other), ckpt, "ckpt")
     assert message is not None and "values <3x3 kernel> vs <5x7 kernel>" in message and len(message) < 200
+
+
+def test_simulate_records_the_kernel_so_reconstruct_compares_kernels_not_file_names(tmp_path, monkeypatch) -> None:
+    import json
+
+    path, kernel = _kernel_file(tmp_path)
+    cfg = resolve_config("deblur", overrides={**TINY, "operator": {"kernel": "file", "path": path}})
+    train(cfg, tmp_path / "run")
+    ckpt = str(tmp_path / "run" / "model.pt")
+    np.save(tmp_path / "clean.npy", np.random.default_rng(0).random((1, 32, 32)).astype(np.float32))
+    runner = CliRunner()
+
+    def simulate_with(kernel_path: str, folder: str) -> str:
+        """simulate with a --config naming the kernel file relative to the working folder."""
+        work = tmp_path / folder
+        work.mkdir()
+        (work / "run.toml").write_text(f'problem = "deblur"\n[operator]\nkernel = "file"\npath = "{kernel_path}"\n')
+        monkeypatch.chdir(work)
+        args = ["simulate", "--config", "run.toml", "--input", str(tmp_path / "clean.npy"), "--output", "y.npy"]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        return str(work / "y.npy")
+
+    def reconstruct_output(y: str) -> str:
+        args = ["reconstruct", "--checkpoint", ckpt, "--input", y, "--output", str(tmp_path / "x.npy")]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        return " ".join(result.output.split())
+
+    # The same numbers under another (relative) name: the same kernel, no warning.
+    np.save(tmp_path / "copy.npy", kernel)
+    same = simulate_with("../copy.npy", "a")
+    operator = json.loads((tmp_path / "a" / "y.npy.json").read_text())["operator"]
+    assert operator["path"] == str(tmp_path / "copy.npy") and np.allclose(operator["values"], kernel / kernel.sum())
+    assert "other operator parameters" not in reconstruct_output(same)
+    # Other numbers under the checkpoint's own file name: another kernel, said.
+    np.save(path, np.ones((3, 3)))
+    other = simulate_with(path, "b")
+    assert "other operator parameters than the checkpoint's (values <3x3 kernel> vs <5x7 kernel>)" in (
+        reconstruct_output(other)
+    )

@@ -417,6 +417,10 @@ def test_output_under_a_file_or_onto_a_folder(tmp_path):
         expect_refusal(tmp_path, reconstruct_args(tmp_path, y, output=output), "afile", "is a file, not a folder")
     expect_refusal(tmp_path, reconstruct_args(tmp_path, y, output="adir"), "is a folder; give a file name")
     expect_refusal(tmp_path, reconstruct_args(tmp_path, y, output="x.bmp"), "unsupported output type '.bmp'")
+    # A folder to be (outdir/) for one input file: said as such, with a file name to give instead.
+    expect_refusal(
+        tmp_path, reconstruct_args(tmp_path, y, output="outdir/"), "has no file type and --input is one file", "y.png"
+    )
     train = ["train", "--problem", "deblur", "--device", "cpu", "--steps", "1", "--out"]
     expect_refusal(tmp_path, [*train, tmp_path / "afile"], "is a file; give a folder")
     expect_refusal(tmp_path, [*train, tmp_path / "afile" / "run"], "which is a file, not a folder")
@@ -844,3 +848,25 @@ def test_sigkill_then_resume_matches_an_uninterrupted_process(tmp_path):
         if reference.poll() is None:
             reference.kill()
             reference.communicate()
+
+
+def test_a_measurement_in_0_255_is_refused_not_reconstructed_white(tmp_path):
+    """Pixel values 0-255 saved as floats: far beyond anything the operator makes from an image in
+    [0, 1], so refused in one line (no range check would otherwise catch a float measurement)."""
+    clean = rand_image(tmp_path / "clean.npy", shape=(1, 40, 40))
+    y = tmp_path / "y.npy"
+    assert cli("simulate", "--problem", "deblur", "--input", clean, "--output", y).exit_code == 0
+    np.save(tmp_path / "y255.npy", np.load(y) * 255)
+    y255 = reconstruct_args(tmp_path, tmp_path / "y255.npy")
+    expect_refusal(tmp_path, y255, "larger than the 'deblur' operator", "255")
+    # The measurement itself, and a darker or brighter one, pass (an image of ones is the limit's scale).
+    for scale in (1.0, 0.1, 2.0):
+        np.save(tmp_path / "ys.npy", np.load(y) * scale)
+        assert cli(*reconstruct_args(tmp_path, tmp_path / "ys.npy")).exit_code == 0
+    # CT (noise relative to the sinogram's maximum): its own measurement passes, x255 does not.
+    ct_clean = rand_image(tmp_path / "ct_clean.npy", shape=(1, 32, 32))
+    sino = tmp_path / "s.npy"
+    assert cli("simulate", "--problem", "ct", "--input", ct_clean, "--output", sino).exit_code == 0
+    assert cli(*reconstruct_args(tmp_path, sino, checkpoint="builtin:ct", output="ct.npy")).exit_code == 0
+    np.save(tmp_path / "s255.npy", np.load(sino) * 255)
+    expect_refusal(tmp_path, reconstruct_args(tmp_path, tmp_path / "s255.npy", checkpoint="builtin:ct"), "larger than")

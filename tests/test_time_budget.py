@@ -100,7 +100,8 @@ def test_a_run_with_a_budget_ends_with_its_schedule(tmp_path, monkeypatch):
     payload = load_checkpoint(tmp_path / "run" / "model.pt")[0]
     assert payload["step"] == 30 and payload["step_plan"]["planned"] == 30
     # Used up: a resume is refused in one line before anything is written.
-    with pytest.raises(loop.UserError, match=r"has used its 0\.5-minute budget"):
+    used_up = r"has trained 0\.5 minutes \(step 30\), which leaves no step in a 0\.5-minute budget"
+    with pytest.raises(loop.UserError, match=used_up):
         train(cfg, tmp_path / "run", resume=True, on_step=clock.tick)
     # A larger budget continues it: 30 more seconds, 30 more steps, the schedule ending again.
     longer = resolve_config("deblur", overrides={**TINY, "training": {**budget, "minutes": 1.0}})
@@ -143,7 +144,7 @@ def test_train_minutes_from_the_cli(tmp_path):
     assert cfg.training.minutes == 0.03 and cfg.training.steps == 1_000_000
     assert payload["step"] == records[-1]["step"] and payload["batch_pool"] is None  # finished, not resumable
     again = CliRunner().invoke(app, ["train", "--resume", "--out", str(run)])
-    assert again.exit_code == 2 and "has used its 0.03-minute budget" in " ".join(again.output.split())
+    assert again.exit_code == 2 and "leaves no step in a 0.03-minute budget" in " ".join(again.output.split())
     # A run planned by its budget alone keeps it when --resume gives --steps: they are only a cap
     # (the budget's last seconds, if any are left, may train a step or two more).
     cap = payload["step"] + 50
@@ -151,7 +152,7 @@ def test_train_minutes_from_the_cli(tmp_path):
     if capped.exit_code == 0:
         assert load_checkpoint(run / "model.pt")[1].training.minutes == 0.03
     else:
-        assert capped.exit_code == 2 and "has used its 0.03-minute budget" in " ".join(capped.output.split())
+        assert capped.exit_code == 2 and "leaves no step in a 0.03-minute budget" in " ".join(capped.output.split())
     assert _records(run)[-1]["step"] < cap  # lifted, the budget would have let it train to the cap
 
 
@@ -297,8 +298,10 @@ def test_deblurs_budget_fits_its_steps_to_a_slow_machine_from_the_cli(tmp_path, 
     assert (cfg.training.steps, cfg.training.minutes) == (4300, 9.0)
     again = CliRunner().invoke(app, ["train", "--resume", "--out", str(run)])
     assert again.exit_code == 2
-    assert "used its 9-minute budget" in (message := " ".join(again.output.split()))
-    assert "give a larger --minutes, or --steps above it to train exactly that many" in message
+    message = " ".join(again.output.split())
+    assert "which leaves no step in a 9-minute budget" in message
+    used = message.split("has trained ")[1].split()[0]
+    assert f"give --minutes above {used}, or --steps above {done} to train exactly that many" in message
 
     # --steps on --resume asks for exactly those steps too: the guard gives way.
     resumed = CliRunner().invoke(app, ["train", "--resume", "--out", str(run), "--steps", str(done + 3)])

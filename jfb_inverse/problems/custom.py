@@ -206,8 +206,9 @@ def construct_operator(op: CustomOperator, img_size: tuple[int, int, int], devic
         instance = factory(**kwargs)
     except Exception as exc:
         raise OperatorError(
-            f"operator {op.target!r} could not be constructed with arguments {json.dumps(op.args)} "
-            f"({_first_line(exc)}); check --operator-args (operator.args)"
+            f"operator {op.target!r} could not be constructed for {img_size[-2]}x{img_size[-1]} images with "
+            f"arguments {json.dumps(op.args)} ({_first_line(exc)}); check that the image size suits the "
+            "operator, and its arguments (--operator-args, operator.args)"
         ) from None
     if isinstance(instance, torch.nn.Module):
         instance = instance.to(device)

@@ -299,10 +299,11 @@ def train(
         plan.load_state_dict(payload.get("step_plan") or StepPlan(cap=stored.training.steps).state_dict())
         plan.rebudget(budget, t.steps, first_step, elapsed_before)
         if budget is not None and first_step >= plan.planned:  # rebudget left no step to plan
-            more = "" if t.steps >= BUDGET_STEP_CAP else ", or --steps above it to train exactly that many"
+            more = "" if t.steps >= BUDGET_STEP_CAP else f", or --steps above {first_step} to train exactly that many"
+            used = elapsed_before / 60
             raise UserError(
-                f"the run in {str(out)!r} has used its {t.minutes:g}-minute budget (step {first_step}); "
-                f"give a larger --minutes{more} to train it further"
+                f"the run in {str(out)!r} has trained {used:.2g} minutes (step {first_step}), which leaves no step "
+                f"in a {t.minutes:g}-minute budget; give --minutes above {used:.2g}{more} to train it further"
             )
         # The learning rate of the next step under this run's schedule: a resume with more --steps
         # stretches the schedule, and the optimiser's stored lr is the old schedule's.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from jfb_inverse.atomic import atomic_path
 from jfb_inverse.evaluation import Evaluation
 
 
@@ -40,5 +41,8 @@ def training_figure(history: list[dict[str, Any]], evaluation: Evaluation | None
             ax.set_title(title, fontsize=8)
             ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:  # an interrupted redraw keeps the previous figure whole
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
