@@ -34,7 +34,12 @@ def test_deblur_reference_defaults():
         ({"training": {"stepz": 10}}, "training.stepz: Extra inputs are not permitted"),
         ({"training": {"steps": -5}}, "training.steps: Input should be greater than 0"),
         ({"noise": {"sigma": -0.1}}, "noise.sigma: Input should be greater than or equal to 0"),
-        ({"operator": {"sigma": "wide"}}, "operator.blur.sigma"),
+        ({"operator": {"sigma": "wide"}}, "operator.sigma: Input should be a valid number"),
+        # A misspelt key: the nearest known one of its section (of the operator's kind) is offered.
+        ({"training": {"step": 10}}, "training.step: Extra inputs are not permitted; did you mean 'steps'?"),
+        ({"operator": {"lenght": 9}}, "operator.lenght: Extra inputs are not permitted; did you mean 'length'?"),
+        ({"operator": {"kind": "ct", "angels": 9}}, "did you mean 'angles'?"),
+        ({"trainng": {}}, "trainng: Extra inputs are not permitted; did you mean 'training'?"),
         (
             {"operator": {"kernel": "file"}},
             "kernel 'file' needs operator.path (a .npy or .png kernel) or operator.values",

@@ -8,15 +8,17 @@ validated as a whole (:class:`~jfb_inverse.problems.config.ProblemConfig`).
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 import tomllib
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from jfb_inverse.errors import ConfigError, UserError
 from jfb_inverse.problems.config import BUDGET_STEP_CAP, ModelConfig, ProblemConfig
@@ -134,18 +136,60 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return out
 
 
-def format_validation_error(exc: ValidationError) -> str:
-    """One line per problem: ``section.field: message (got value)``."""
+def format_validation_error(exc: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """One line per problem: ``section.field: message (got value)``; an unknown key of ``model``
+    (a definition's, by default) comes with the nearest known one ("did you mean ...")."""
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-after"))
+        path = [p for p in err["loc"] if not str(p).startswith("function-after")]
+        keys, fields = _known_keys(model or ProblemConfig, path)
+        loc = ".".join(str(p) for p in keys)  # without a union's tag: operator.length, not operator.blur.length
         got = err.get("input")
         shown = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {got!r})"
         msg = err["msg"]
         if err["type"] == "value_error":  # our own validators' messages name their fields already
             msg = msg.removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden" and fields and keys:
+            near = difflib.get_close_matches(str(keys[-1]), fields, n=1, cutoff=0.6)
+            if near:
+                msg += f"; did you mean {near[0]!r}?"
         parts.append(f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}")
     return "; ".join(parts)
+
+
+def _known_keys(model: type[BaseModel], path: list[Any]) -> tuple[list[Any], list[str]]:
+    """``path`` without the tags pydantic puts in it for a tagged union's member, and the field
+    names of the model its last key belongs to (empty where that cannot be told)."""
+    keys: list[Any] = []
+    current: Any = model
+    for i, part in enumerate(path):
+        members = _models_in(current)
+        tagged = {_tag(m): m for m in members if _tag(m) is not None}
+        if len(members) > 1 and part in tagged:  # the union member pydantic validated against
+            current = tagged[part]
+            continue
+        keys.append(part)
+        fields = members[0].model_fields if len(members) == 1 else {}
+        if i == len(path) - 1:
+            return keys, sorted(fields)
+        current = fields[part].annotation if part in fields else None
+    return keys, []
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation names (one, the members of a union, or none)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _models_in(args[0])
+    return [m for a in args for m in _models_in(a)]
+
+
+def _tag(model: type[BaseModel]) -> str | None:
+    """A tagged union member's ``kind``."""
+    field = model.model_fields.get("kind")
+    return field.default if field is not None and isinstance(field.default, str) else None
 
 
 def resolve_config(
