@@ -297,6 +297,7 @@ def test_a_train_error_before_the_progress_bar_is_exactly_one_line(tmp_path, cap
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith("error: kernel file") and captured.err.count("\n") == 1, repr(captured.err)
+    assert "(looked for '" in captured.err  # where a relative name was looked for
 
 
 def test_a_colour_measurement_for_a_grey_model_is_converted_and_said(tmp_path):
