@@ -276,13 +276,16 @@ def train(
             else f"solver {cfg.solver.name} (tol {cfg.solver.tol:g}, max {cfg.solver.max_iter})"
         )
         if not t.minutes:
-            length = f"{t.steps} steps"
+            length = _steps(t.steps)
         elif t.steps >= BUDGET_STEP_CAP:
             length = f"about {t.minutes:g} minutes (steps fitted to this machine's speed, at most {t.steps})"
         else:  # a cap that a fast machine reaches within the budget: deblur's default
             length = f"{t.steps} steps, or as many as fit {t.minutes:g} minutes on this machine if fewer"
+        start = f", resuming at step {first_step}" if resume else ""
+        if t.init_from and not resume:
+            start = f", from the weights of {escape(t.init_from)}"
         console.print(
-            f"training [bold]{cfg.problem}[/] on {dev}: {length}, batch {t.batch_size}{reuse}, "
+            f"training [bold]{cfg.problem}[/] on {dev}: {length}{start}, batch {t.batch_size}{reuse}, "
             f"gradient {t.gradient}, {solver}, {_optimizer_text(t.optimizer, t.lr, t.muon_lr)}"
         )
         progress.start()

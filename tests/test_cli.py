@@ -206,6 +206,7 @@ def test_train_warns_once_about_unconverged_steps_and_totals_them(tmp_path):
     more = invoke("train", "--resume", "--out", str(tmp_path / "run"), "--steps", "10")
     assert more.exit_code == 0, more.output
     assert "4 of the 4 training steps of this run (100%) hit max_iter" in " ".join(more.output.split())
+    assert "10 steps, resuming at step 6, batch 2" in " ".join(more.output.split())
 
 
 def test_an_interrupted_final_evaluation_leaves_the_training_figure(tmp_path, monkeypatch):
@@ -238,6 +239,7 @@ def test_init_from_is_stored_as_an_absolute_path(trained, tmp_path, monkeypatch)
     assert result.exit_code == 0, result.output
     saved = (tmp_path / "run" / "problem.toml").read_text()
     assert f'init_from = "{trained.resolve()}"' in saved
+    assert f"1 step, from the weights of {trained.resolve()}, batch 2" in " ".join(result.output.split())
 
 
 def test_resume_of_a_folder_without_a_run_and_an_output_folder_say_so(tmp_path):
