@@ -50,7 +50,8 @@ def simulate(
     from jfb_inverse.models.build import PhysicsCache
     from jfb_inverse.problems import config_from_file_or_problem
     from jfb_inverse.problems import simulate as simulate_measurements
-    from jfb_inverse.problems.custom import absolute_if_exists, ensure_trusted
+    from jfb_inverse.problems.custom import absolute_if_exists, absolute_target, ensure_trusted
+    from jfb_inverse.problems.noise import noise_std_bound
     from jfb_inverse.problems.operators import with_embedded_kernel
     from jfb_inverse.problems.registry import resolve_config
 
@@ -89,14 +90,18 @@ def simulate(
             cfg = cfg.model_copy(
                 update={"operator": cfg.operator.model_copy(update={"path": absolute_if_exists(cfg.operator.path)})}
             )
+        elif cfg.operator.kind == "custom":  # as train stores it: the same operator file, named the same
+            cfg = cfg.model_copy(
+                update={"operator": cfg.operator.model_copy(update={"target": absolute_target(cfg.operator.target)})}
+            )
     x = load_image(input, channels=cfg.data.channels, check_range=True, note=warn)
     physics = PhysicsCache(cfg, torch.device("cpu")).for_image(tuple(x.shape))
     gen = torch.Generator().manual_seed(seed)
     y = simulate_measurements(x[None], physics, cfg.noise, gen)[0]
-    # A PNG clips the noise of dark and bright pixels (up to 5 sigma of absolute noise) and refuses
-    # what goes further: values the image's range does not explain, as a CT sinogram's often do.
-    noise_slack = 0.0 if cfg.noise.relative else 5 * cfg.noise.sigma
-    write_array(y, output, png_slack=UNIT_RANGE_SLACK + noise_slack)
+    # A PNG clips the noise of dark and bright pixels (up to 5 of its standard deviations at the
+    # brightest value) and refuses what goes further: values the image's range does not explain,
+    # as a CT sinogram's often do.
+    write_array(y, output, png_slack=UNIT_RANGE_SLACK + 5 * noise_std_bound(cfg.noise, physics.A(x[None])))
     try:  # how it was made, so that `reconstruct` can refuse a checkpoint of another operator
         write_json(provenance(cfg, tuple(x.shape), seed), provenance_path(output))
     except BaseException:

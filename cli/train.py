@@ -281,7 +281,7 @@ def train(
             length = f"about {t.minutes:g} minutes (steps fitted to this machine's speed, at most {t.steps})"
         else:  # a cap that a fast machine reaches within the budget: deblur's default
             length = f"{t.steps} steps, or as many as fit {t.minutes:g} minutes on this machine if fewer"
-        start = f", resuming at step {first_step}" if resume else ""
+        start = f", resuming after step {first_step}" if resume else ""
         if t.init_from and not resume:
             start = f", from the weights of {escape(t.init_from)}"
         console.print(
@@ -312,7 +312,7 @@ def train(
     if not main_process:
         return
     distributed.shutdown_distributed()
-    console.print(f"trained {result.steps} steps in {result.seconds:.0f} s -> {escape(str(out / 'model.pt'))}")
+    console.print(f"trained {_steps(result.steps)} in {result.seconds:.0f} s -> {escape(str(out / 'model.pt'))}")
     if result.steps < (result.planned_steps or cfg.training.steps):  # --max-minutes ended it
         of = f" of {result.planned_steps}" if result.planned_steps else ""
         plan_note = " (the plan for --minutes so far)" if cfg.training.minutes and result.planned_steps else ""
@@ -334,7 +334,7 @@ def train(
             "solver.max_iter if that share is large"
         )
     if result.skipped_steps:
-        warn(f"{result.skipped_steps} steps had NaN/Inf loss or gradients and were skipped (learning rate halved)")
+        warn(f"{_steps(result.skipped_steps)} had NaN/Inf loss or gradients and were skipped (learning rate halved)")
     from jfb_inverse.models.build import build_model
 
     # The curves first: an interrupted evaluation (which `jfb-inverse evaluate` can redo) must not

@@ -125,32 +125,34 @@ def check_fits(y: Tensor, cfg: ProblemConfig, physics: PhysicsCache, source: str
             f"{source}: measurement shape {tuple(y.shape)} does not fit the {cfg.problem!r} operator "
             f"(it produces {expected} for images of {img_size}); use a measurement made for this checkpoint"
         )
-    _check_scale(y, cfg, phys, img_size, source, physics.device)
+    _check_scale(y, cfg, phys, img_size, source)
 
 
-def _check_scale(
-    y: Tensor, cfg: ProblemConfig, phys: Any, img_size: tuple[int, ...], source: str, device: torch.device
-) -> None:
+def _check_scale(y: Tensor, cfg: ProblemConfig, phys: Any, img_size: tuple[int, ...], source: str) -> None:
     """Refuse a measurement far larger than the operator makes from any image in [0, 1] (pixel values
     0-255 saved as floats, say), which would otherwise reconstruct as a white image without a word.
 
     ``||A x|| <= ||A|| sqrt(n)`` for every image ``x`` of ``n`` pixels in [0, 1]; Gaussian noise adds
     about ``sigma sqrt(m)`` for ``m`` measured values (``sigma`` times the largest ``|A x|``, at most
-    ``||A x||``, when relative), Poisson noise less than ``||A x||``. The limit allows 3x that."""
+    ``||A x||``, when relative), Poisson noise ``sqrt(sum(A x) / gain)``, at most
+    ``sqrt(sqrt(m) ||A x|| / gain)``. The limit allows 3x that. The operator norm is the one the
+    consistency step estimates (cached per physics, size and device: ``y``'s, as the model's)."""
     from jfb_inverse.consistency.norm import operator_norm_squared
 
     n, m = math.prod(img_size), y.numel()
-    clean = math.sqrt(operator_norm_squared(phys, img_size, device) * n)
+    clean = math.sqrt(operator_norm_squared(phys, img_size, y.device) * n)
     noise = cfg.noise.sigma * math.sqrt(m) * (clean if cfg.noise.relative else 1.0)
     if cfg.noise.kind == "poisson":
-        noise += clean
-    limit = 3.0 * (clean + noise)
+        noise += math.sqrt(math.sqrt(m) * clean / cfg.noise.gain)
+    scale = max(clean + noise, 1e-30)
     norm = float(torch.linalg.vector_norm(y.double()))
-    if norm > limit:
+    if norm > 3.0 * scale:
+        # Image-shaped measurements are often saved as pixels; others (sinograms, k-space, counts) not.
+        pixels = tuple(y.shape[-2:]) == tuple(img_size[-2:])
+        hint = "divide 0-255 pixel values by 255" if pixels else "as simulate makes them from images in [0, 1]"
         raise UserError(
-            f"{source}: the measurement is {norm / (clean + noise):.0f}x larger than the {cfg.problem!r} operator "
-            "makes from any image in [0, 1] with its noise; scale it to the images' [0, 1] range (divide 0-255 "
-            "pixel values by 255)"
+            f"{source}: the measurement is {norm / scale:.0f}x larger than the {cfg.problem!r} operator makes "
+            f"from any image in [0, 1] with its noise; scale it to that range ({hint})"
         )
 
 

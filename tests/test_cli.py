@@ -206,7 +206,7 @@ def test_train_warns_once_about_unconverged_steps_and_totals_them(tmp_path):
     more = invoke("train", "--resume", "--out", str(tmp_path / "run"), "--steps", "10")
     assert more.exit_code == 0, more.output
     assert "4 of the 4 training steps of this run (100%) hit max_iter" in " ".join(more.output.split())
-    assert "10 steps, resuming at step 6, batch 2" in " ".join(more.output.split())
+    assert "10 steps, resuming after step 6, batch 2" in " ".join(more.output.split())
 
 
 def test_an_interrupted_final_evaluation_leaves_the_training_figure(tmp_path, monkeypatch):

@@ -333,9 +333,15 @@ def test_simulate_clips_a_png_measurements_noise_and_refuses_what_noise_does_not
     assert (result := invoke(*args, "--output", str(tmp_path / "y.npy"))).exit_code == 0, result.output
     assert float(np.load(tmp_path / "y.npy").min()) < -0.06
     assert (result := invoke(*args, "--output", str(tmp_path / "y.png"))).exit_code == 0, result.output
+    # Poisson noise (gain 1000: std about 0.03 at 1) on a white image overshoots 1.1: clipped too.
+    np.save(tmp_path / "white.npy", np.ones((1, 48, 48), np.float32))
+    (tmp_path / "poisson.toml").write_text('problem = "deblur"\n[noise]\nkind = "poisson"\n')
+    poisson = ["simulate", "--config", str(tmp_path / "poisson.toml"), "--input", str(tmp_path / "white.npy")]
+    assert (result := invoke(*poisson, "--output", str(tmp_path / "p.npy"))).exit_code == 0, result.output
+    assert float(np.load(tmp_path / "p.npy").max()) > 1.08
+    assert (result := invoke(*poisson, "--output", str(tmp_path / "p.png"))).exit_code == 0, result.output
     # Values further beyond [0, 1] than the noise explains (a CT sinogram of a white square peaks
     # near 1.75): refused, nothing written.
-    np.save(tmp_path / "white.npy", np.ones((1, 48, 48), np.float32))
     ct = ["simulate", "--problem", "ct", "--input", str(tmp_path / "white.npy")]
     result = invoke(*ct, "--output", str(tmp_path / "b.png"))
     assert result.exit_code == 2 and "beyond the [0, 1] an 8-bit PNG holds" in " ".join(result.output.split())

@@ -381,3 +381,25 @@ def test_cli_resume_refuses_another_operator(striped_run, tmp_path):
     assert result.exit_code == 2
     assert "--operator" in result.output and "would be ignored" in result.output
     assert torch.load(run / "model.pt", weights_only=True)["step"] == 2  # untouched
+
+
+def test_cli_simulate_from_a_config_names_the_operator_as_train_does(striped_run, tmp_path, monkeypatch):
+    """A --config naming the operator file relative to the working folder: the sidecar holds the
+    absolute target, as the run does, so reconstruct takes the measurement as its own operator's."""
+    from jfb_inverse.datasets import load_builtin, save_image
+
+    save_image(load_builtin("camera", size=32), tmp_path / "clean.png")
+    (tmp_path / "cfg").mkdir()
+    config = tmp_path / "cfg" / "sim.toml"
+    monkeypatch.chdir(EXAMPLE.parent)
+    config.write_text('problem = "custom"\n[operator]\nkind = "custom"\ntarget = "custom_operator.py:StripedSensor"\n'
+                      '[operator.args]\nstride = 2\nlength = 3\n')  # fmt: skip
+    result = invoke("simulate", "--config", str(config), "--input", str(tmp_path / "clean.png"),
+                    "--output", str(tmp_path / "y.npy"), "--trust-operator")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    sidecar = json.loads((tmp_path / "y.npy.json").read_text())
+    assert sidecar["operator"]["target"] == f"{EXAMPLE.resolve()}:StripedSensor"
+    result = invoke("reconstruct", "--checkpoint", str(striped_run), "--input", str(tmp_path / "y.npy"),
+                    "--output", str(tmp_path / "x.npy"), "--device", "cpu", *_trust_flag())  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "other operator parameters" not in result.output

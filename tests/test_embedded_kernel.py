@@ -98,12 +98,13 @@ def test_simulate_records_the_kernel_so_reconstruct_compares_kernels_not_file_na
     runner = CliRunner()
 
     def simulate_with(kernel_path: str, folder: str) -> str:
-        """simulate with a --config naming the kernel file relative to the working folder."""
+        """simulate with a --config (in its own folder) naming the kernel file relative to the working folder."""
         work = tmp_path / folder
-        work.mkdir()
-        (work / "run.toml").write_text(f'problem = "deblur"\n[operator]\nkernel = "file"\npath = "{kernel_path}"\n')
+        (work / "cfg").mkdir(parents=True)
+        config = work / "cfg" / "run.toml"
+        config.write_text(f'problem = "deblur"\n[operator]\nkernel = "file"\npath = "{kernel_path}"\n')
         monkeypatch.chdir(work)
-        args = ["simulate", "--config", "run.toml", "--input", str(tmp_path / "clean.npy"), "--output", "y.npy"]
+        args = ["simulate", "--config", str(config), "--input", str(tmp_path / "clean.npy"), "--output", "y.npy"]
         result = runner.invoke(app, args)
         assert result.exit_code == 0, result.output
         return str(work / "y.npy")

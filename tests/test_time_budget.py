@@ -100,7 +100,7 @@ def test_a_run_with_a_budget_ends_with_its_schedule(tmp_path, monkeypatch):
     payload = load_checkpoint(tmp_path / "run" / "model.pt")[0]
     assert payload["step"] == 30 and payload["step_plan"]["planned"] == 30
     # Used up: a resume is refused in one line before anything is written.
-    used_up = r"has trained 0\.5 minutes \(step 30\), which leaves no step in a 0\.5-minute budget"
+    used_up = r"has trained 0\.50 minutes \(step 30\), which leaves no step in a 0\.5-minute budget"
     with pytest.raises(loop.UserError, match=used_up):
         train(cfg, tmp_path / "run", resume=True, on_step=clock.tick)
     # A larger budget continues it: 30 more seconds, 30 more steps, the schedule ending again.
@@ -300,8 +300,10 @@ def test_deblurs_budget_fits_its_steps_to_a_slow_machine_from_the_cli(tmp_path, 
     assert again.exit_code == 2
     message = " ".join(again.output.split())
     assert "which leaves no step in a 9-minute budget" in message
-    used = message.split("has trained ")[1].split()[0]
-    assert f"give --minutes above {used}, or --steps above {done} to train exactly that many" in message
+    used = float(message.split("has trained ")[1].split()[0])
+    above = float(message.split("give --minutes above ")[1].split(",")[0])
+    assert used <= above < used + 0.02  # rounded up, never below what the run used
+    assert f", or --steps above {done} to train exactly that many" in message
 
     # --steps on --resume asks for exactly those steps too: the guard gives way.
     resumed = CliRunner().invoke(app, ["train", "--resume", "--out", str(run), "--steps", str(done + 3)])

@@ -17,6 +17,17 @@ def noise_sigma(noise: NoiseConfig, clean: Tensor) -> Tensor:
     return torch.full(shape, noise.sigma, device=clean.device, dtype=clean.dtype)
 
 
+def noise_std_bound(noise: NoiseConfig, clean: Tensor) -> float:
+    """The largest standard deviation the noise has on the clean measurements ``clean`` (at their
+    brightest value): Gaussian ``sigma`` (times the largest ``|A x|`` when relative), plus
+    Poisson's ``sqrt(A x / gain)``."""
+    peak = float(clean.abs().max()) if clean.numel() else 0.0
+    std = noise.sigma * (peak if noise.relative else 1.0)
+    if noise.kind == "poisson":
+        std += (peak / noise.gain) ** 0.5
+    return std
+
+
 def simulate(x: Tensor, physics: LinearPhysics, noise: NoiseConfig, generator: torch.Generator | None = None) -> Tensor:
     """Measurements of the clean images ``x`` (B, C, H, W): ``A x`` plus noise drawn from ``generator``."""
     clean = physics.A(x)

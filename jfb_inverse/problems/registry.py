@@ -149,12 +149,37 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel] | None 
         msg = err["msg"]
         if err["type"] == "value_error":  # our own validators' messages name their fields already
             msg = msg.removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden" and fields and keys:
-            near = difflib.get_close_matches(str(keys[-1]), fields, n=1, cutoff=0.6)
-            if near:
-                msg += f"; did you mean {near[0]!r}?"
+        if err["type"] == "extra_forbidden" and keys:
+            msg += _misplaced_or_misspelt(str(keys[-1]), keys[:-1], fields, model or ProblemConfig)
         parts.append(f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}")
     return "; ".join(parts)
+
+
+def _misplaced_or_misspelt(key: str, section: list[Any], fields: list[str], model: type[BaseModel]) -> str:
+    """A hint for an unknown ``key``: the nearest field of its own section, and the section (or
+    operator kind) where the key itself is a field; "" when there is neither. Both are said where
+    both exist: ``patch_size`` in ``[training]`` is near ``batch_size`` there, and belongs in
+    ``[data]``."""
+    elsewhere = ""
+    if model is ProblemConfig and len(section) == 1:
+        for name, info in ProblemConfig.model_fields.items():
+            members = _models_in(info.annotation)
+            for member in members:
+                if name != section[0] and key in member.model_fields:
+                    elsewhere = f"belongs in [{name}]"
+                elif name == section[0] and len(members) > 1 and key in member.model_fields:
+                    elsewhere = f"is an option of operator kind {_tag(member)!r}"
+                if elsewhere:
+                    break
+            if elsewhere:
+                break
+    # Beside an exact match elsewhere, only a near-identical spelling (step / steps) is worth saying.
+    near = difflib.get_close_matches(key, fields, n=1, cutoff=0.85 if elsewhere else 0.6)
+    if near and elsewhere:
+        return f"; did you mean {near[0]!r}? ({key!r} itself {elsewhere})"
+    if near:
+        return f"; did you mean {near[0]!r}?"
+    return f"; {key!r} {elsewhere}" if elsewhere else ""
 
 
 def _known_keys(model: type[BaseModel], path: list[Any]) -> tuple[list[Any], list[str]]:

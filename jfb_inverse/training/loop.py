@@ -301,9 +301,10 @@ def train(
         if budget is not None and first_step >= plan.planned:  # rebudget left no step to plan
             more = "" if t.steps >= BUDGET_STEP_CAP else f", or --steps above {first_step} to train exactly that many"
             used = elapsed_before / 60
+            above = math.ceil(used * 100) / 100  # rounded up: --minutes at the shown value must be enough
             raise UserError(
-                f"the run in {str(out)!r} has trained {used:.2g} minutes (step {first_step}), which leaves no step "
-                f"in a {t.minutes:g}-minute budget; give --minutes above {used:.2g}{more} to train it further"
+                f"the run in {str(out)!r} has trained {used:.2f} minutes (step {first_step}), which leaves no step "
+                f"in a {t.minutes:g}-minute budget; give --minutes above {above:g}{more} to train it further"
             )
         # The learning rate of the next step under this run's schedule: a resume with more --steps
         # stretches the schedule, and the optimiser's stored lr is the old schedule's.
