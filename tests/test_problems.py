@@ -41,7 +41,7 @@ def test_deblur_reference_defaults():
         ({"operator": {"kind": "ct", "angels": 9}}, "did you mean 'angles'?"),
         ({"trainng": {}}, "trainng: Extra inputs are not permitted; did you mean 'training'?"),
         # A key in the wrong section or of another operator kind: said where it belongs.
-        ({"training": {"max_iter": 9}}, "training.max_iter: Extra inputs are not permitted; 'max_iter' belongs in [solver]"),
+        ({"training": {"max_iter": 9}}, "max_iter: Extra inputs are not permitted; 'max_iter' belongs in [solver]"),
         ({"training": {"patch_size": 9}}, "did you mean 'batch_size'? ('patch_size' itself belongs in [data])"),
         ({"operator": {"angles": 9}}, "did you mean 'angle'? ('angles' itself is an option of operator kind 'ct')"),
         (
