@@ -128,3 +128,23 @@ def check_config_file(path: Any) -> None:
 def stdout_is_terminal() -> bool:
     """Progress bars only on a terminal."""
     return sys.stdout.isatty()
+
+
+def absolute_paths(cfg: Any) -> Any:
+    """The definition with its file paths (training folder, kernel file, operator file, the checkpoint
+    it starts from) made absolute, so that what records it (a run's problem.toml and model.pt, a
+    measurement's sidecar) names the same files from any folder."""
+    from jfb_inverse.problems.custom import absolute_if_exists, absolute_target
+
+    update: dict[str, Any] = {}
+    if cfg.data.path:
+        update["data"] = cfg.data.model_copy(update={"path": absolute_if_exists(cfg.data.path)})
+    operator = cfg.operator
+    if getattr(operator, "path", None):
+        update["operator"] = operator.model_copy(update={"path": absolute_if_exists(operator.path)})
+    elif operator.kind == "custom":
+        update["operator"] = operator.model_copy(update={"target": absolute_target(operator.target)})
+    init_from = cfg.training.init_from
+    if init_from and not init_from.startswith("builtin:"):
+        update["training"] = cfg.training.model_copy(update={"init_from": absolute_if_exists(init_from)})
+    return cfg.model_copy(update=update) if update else cfg

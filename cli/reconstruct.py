@@ -13,6 +13,7 @@ from jfb_inverse.cli.common import (
     NoiseSeedOption,
     TolOption,
     TrustOperatorOption,
+    absolute_paths,
     check_config_file,
     console,
     debug_enabled,
@@ -50,7 +51,7 @@ def simulate(
     from jfb_inverse.models.build import PhysicsCache
     from jfb_inverse.problems import config_from_file_or_problem
     from jfb_inverse.problems import simulate as simulate_measurements
-    from jfb_inverse.problems.custom import absolute_if_exists, absolute_target, ensure_trusted
+    from jfb_inverse.problems.custom import ensure_trusted
     from jfb_inverse.problems.noise import noise_std_bound
     from jfb_inverse.problems.operators import with_embedded_kernel
     from jfb_inverse.problems.registry import resolve_config
@@ -83,17 +84,9 @@ def simulate(
             if config
             else resolve_config(problem or "", overrides=overrides)
         )
-        # A kernel file's numbers and absolute path go into the sidecar, as into a trained run's
-        # definition: reconstruct then compares kernels, not the names they were read by.
-        cfg = with_embedded_kernel(cfg)
-        if getattr(cfg.operator, "path", None):
-            cfg = cfg.model_copy(
-                update={"operator": cfg.operator.model_copy(update={"path": absolute_if_exists(cfg.operator.path)})}
-            )
-        elif cfg.operator.kind == "custom":  # as train stores it: the same operator file, named the same
-            cfg = cfg.model_copy(
-                update={"operator": cfg.operator.model_copy(update={"target": absolute_target(cfg.operator.target)})}
-            )
+        # The operator as a trained run records it (a kernel file's numbers, absolute file names):
+        # reconstruct then compares operators, not the names they were read by.
+        cfg = with_embedded_kernel(absolute_paths(cfg))
     x = load_image(input, channels=cfg.data.channels, check_range=True, note=warn)
     physics = PhysicsCache(cfg, torch.device("cpu")).for_image(tuple(x.shape))
     gen = torch.Generator().manual_seed(seed)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
-from jfb_inverse.cli.common import DeviceOption, check_config_file, console, user_errors, warn
+from jfb_inverse.cli.common import DeviceOption, absolute_paths, check_config_file, console, user_errors, warn
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -200,7 +200,7 @@ def train(
         if config is not None:
             check_config_file(config)
         problem = _custom_operator(problem, operator, operator_args, overrides)
-        cfg = _absolute_paths(config_from_file_or_problem(problem, config, overrides, preset))
+        cfg = absolute_paths(config_from_file_or_problem(problem, config, overrides, preset))
     _check_writable(out)
     wanted_device = resolve_device(device if device != "auto" else cfg.training.device)  # refuses cuda without one
     if launcher:
@@ -438,26 +438,6 @@ def _check_data_folder(data: Path) -> None:
     except (OSError, UserError) as exc:
         reason = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) else str(exc)
         raise UserError(f"--data: {reason}; give the folder that holds your training images") from None
-
-
-def _absolute_paths(cfg: Any) -> Any:
-    """The definition with its file paths (training folder, kernel file, operator file, the checkpoint
-    it starts from) made absolute,
-    so that the problem.toml and model.pt it is saved in work from any folder."""
-    from jfb_inverse.problems.custom import absolute_if_exists, absolute_target
-
-    update: dict[str, Any] = {}
-    if cfg.data.path:
-        update["data"] = cfg.data.model_copy(update={"path": absolute_if_exists(cfg.data.path)})
-    operator = cfg.operator
-    if getattr(operator, "path", None):
-        update["operator"] = operator.model_copy(update={"path": absolute_if_exists(operator.path)})
-    elif operator.kind == "custom":
-        update["operator"] = operator.model_copy(update={"target": absolute_target(operator.target)})
-    init_from = cfg.training.init_from
-    if init_from and not init_from.startswith("builtin:"):
-        update["training"] = cfg.training.model_copy(update={"init_from": absolute_if_exists(init_from)})
-    return cfg.model_copy(update=update) if update else cfg
 
 
 def _argv_without_nproc() -> list[str]:
