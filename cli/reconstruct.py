@@ -94,7 +94,7 @@ def simulate(
     # A PNG clips the noise of dark and bright pixels (up to 5 of its standard deviations at the
     # brightest value) and refuses what goes further: values the image's range does not explain,
     # as a CT sinogram's often do.
-    write_array(y, output, png_slack=UNIT_RANGE_SLACK + 5 * noise_std_bound(cfg.noise, physics.A(x[None])))
+    write_array(y, output, png_slack=UNIT_RANGE_SLACK + 5 * noise_std_bound(cfg.noise, y))
     try:  # how it was made, so that `reconstruct` can refuse a checkpoint of another operator
         write_json(provenance(cfg, tuple(x.shape), seed), provenance_path(output))
     except BaseException:

@@ -17,14 +17,14 @@ def noise_sigma(noise: NoiseConfig, clean: Tensor) -> Tensor:
     return torch.full(shape, noise.sigma, device=clean.device, dtype=clean.dtype)
 
 
-def noise_std_bound(noise: NoiseConfig, clean: Tensor) -> float:
-    """The largest standard deviation the noise has on the clean measurements ``clean`` (at their
-    brightest value): Gaussian ``sigma`` (times the largest ``|A x|`` when relative), plus
-    Poisson's ``sqrt(A x / gain)``."""
-    peak = float(clean.abs().max()) if clean.numel() else 0.0
-    std = noise.sigma * (peak if noise.relative else 1.0)
+def noise_std_bound(noise: NoiseConfig, y: Tensor) -> float:
+    """About the largest standard deviation of the noise on a measurement ``y`` (C, ...): at its
+    brightest value, the Gaussian part (:func:`noise_sigma`) plus Poisson's ``sqrt(A x / gain)``."""
+    if not y.numel():
+        return 0.0
+    std = float(noise_sigma(noise, y[None]).max())
     if noise.kind == "poisson":
-        std += (peak / noise.gain) ** 0.5
+        std += (float(y.abs().max()) / noise.gain) ** 0.5
     return std
 
 

@@ -136,13 +136,13 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return out
 
 
-def format_validation_error(exc: ValidationError, model: type[BaseModel] | None = None) -> str:
-    """One line per problem: ``section.field: message (got value)``; an unknown key of ``model``
-    (a definition's, by default) comes with the nearest known one ("did you mean ...")."""
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem of a definition: ``section.field: message (got value)``; an unknown key
+    comes with where it belongs or the nearest known one ("did you mean ...")."""
     parts = []
     for err in exc.errors():
         path = [p for p in err["loc"] if not str(p).startswith("function-after")]
-        keys, fields = _known_keys(model or ProblemConfig, path)
+        keys, fields = _known_keys(ProblemConfig, path)
         loc = ".".join(str(p) for p in keys)  # without a union's tag: operator.length, not operator.blur.length
         got = err.get("input")
         shown = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {got!r})"
@@ -150,29 +150,17 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel] | None 
         if err["type"] == "value_error":  # our own validators' messages name their fields already
             msg = msg.removeprefix("Value error, ")
         if err["type"] == "extra_forbidden" and keys:
-            msg += _misplaced_or_misspelt(str(keys[-1]), keys[:-1], fields, model or ProblemConfig)
+            msg += _misplaced_or_misspelt(str(keys[-1]), keys[:-1], fields)
         parts.append(f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}")
     return "; ".join(parts)
 
 
-def _misplaced_or_misspelt(key: str, section: list[Any], fields: list[str], model: type[BaseModel]) -> str:
+def _misplaced_or_misspelt(key: str, section: list[Any], fields: list[str]) -> str:
     """A hint for an unknown ``key``: the nearest field of its own section, and the section (or
     operator kind) where the key itself is a field; "" when there is neither. Both are said where
     both exist: ``patch_size`` in ``[training]`` is near ``batch_size`` there, and belongs in
     ``[data]``."""
-    elsewhere = ""
-    if model is ProblemConfig and len(section) == 1:
-        for name, info in ProblemConfig.model_fields.items():
-            members = _models_in(info.annotation)
-            for member in members:
-                if name != section[0] and key in member.model_fields:
-                    elsewhere = f"belongs in [{name}]"
-                elif name == section[0] and len(members) > 1 and key in member.model_fields:
-                    elsewhere = f"is an option of operator kind {_tag(member)!r}"
-                if elsewhere:
-                    break
-            if elsewhere:
-                break
+    elsewhere = _home_of(key, str(section[0])) if len(section) == 1 else ""
     # Beside an exact match elsewhere, only a near-identical spelling (step / steps) is worth saying.
     near = difflib.get_close_matches(key, fields, n=1, cutoff=0.85 if elsewhere else 0.6)
     if near and elsewhere:
@@ -180,6 +168,17 @@ def _misplaced_or_misspelt(key: str, section: list[Any], fields: list[str], mode
     if near:
         return f"; did you mean {near[0]!r}?"
     return f"; {key!r} {elsewhere}" if elsewhere else ""
+
+
+def _home_of(key: str, section: str) -> str:
+    """Where ``key`` is a field, if not in ``section``: another section, or (in ``operator``)
+    another operator kind; "" when nowhere."""
+    for name, info in ProblemConfig.model_fields.items():
+        members = _models_in(info.annotation)
+        for member in members:
+            if key in member.model_fields and (name != section or len(members) > 1):
+                return f"belongs in [{name}]" if name != section else f"is an option of operator kind {_tag(member)!r}"
+    return ""
 
 
 def _known_keys(model: type[BaseModel], path: list[Any]) -> tuple[list[Any], list[str]]:
