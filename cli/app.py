@@ -130,7 +130,8 @@ def run_app(args: list[str] | None = None) -> int:
     try:
         code = app(args=args, standalone_mode=False)
     except click_exceptions.UsageError as exc:
-        message = exc.format_message()
+        # Typer converts Literal options with pydantic, whose messages start "Value error, ".
+        message = exc.format_message().replace(": Value error, ", ": ")
         if not message:  # no arguments at all: the help was printed
             return 2
         if isinstance(exc, click_exceptions.NoSuchOption) and exc.option_name == "--debug":

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
-from jfb_inverse.cli.common import DeviceOption, absolute_paths, check_config_file, console, user_errors, warn
+from jfb_inverse.cli.common import (
+    DeviceOption,
+    absolute_paths,
+    check_config_file,
+    console,
+    err_console,
+    user_errors,
+    warn,
+)
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -194,7 +204,8 @@ def train(
         if cfg.training.steps <= first_step:
             raise UserError(
                 f"the run in --out is at step {first_step} of {planned}; "
-                f"give --steps above {first_step} to train it further"
+                f"give --steps above {first_step} to train it further, or score it with "
+                f"`jfb-inverse evaluate --checkpoint {str(out)!r}`"
             )
     else:
         if config is not None:
@@ -343,16 +354,47 @@ def train(
     payload, _ = load_checkpoint(out / "model.pt", map_location=dev)
     model, physics = build_model(cfg, dev)
     model.load_state_dict(payload["state_dict"])
+    stop = _StopSignal()
     try:
-        ev = evaluate(model, physics, cfg, evaluation_images(cfg.data), seed=0)
+        with stop:
+            ev = evaluate(model, physics, cfg, evaluation_images(cfg.data), seed=0)
     except UserError as exc:
         warn(f"held-out evaluation skipped: {exc}")
         ev = None
+    except KeyboardInterrupt:
+        # The model is saved: say so, and how to score it, rather than die with a bare "Terminated".
+        err_console.print(
+            f"interrupted during the held-out evaluation; the trained model is saved in "
+            f"{escape(str(out / 'model.pt'))}; score it with: jfb-inverse evaluate --checkpoint {escape(str(out))}"
+        )
+        raise typer.Exit(code=128 + stop.signum) from None
     training_figure(result.history, ev, out / "training.png")
     if ev is not None:
         _print_mean(ev.report)
         if not all(ev.converged):
             warn("the forward solve did not reach its tolerance on some held-out images")
+
+
+class _StopSignal:
+    """Within the block SIGTERM interrupts as Ctrl-C does (KeyboardInterrupt); ``signum`` says which
+    of the two stopped it (SIGINT when neither did)."""
+
+    def __init__(self) -> None:
+        self.signum = int(signal.SIGINT)
+        self._previous: Any = None
+
+    def _handler(self, signum: int, _frame: Any) -> None:
+        self.signum = signum
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> _StopSignal:
+        if threading.current_thread() is threading.main_thread():  # signal handlers live there only
+            self._previous = signal.signal(signal.SIGTERM, self._handler)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def _custom_operator(

@@ -162,6 +162,8 @@ def test_a_run_stores_absolute_paths_and_is_never_overwritten_silently(tmp_path,
         (["reconstruct", "--checkpoint", "builtin:deblur"], "Missing option '--input'"),
         (["train", "--debug"], "--debug goes before the command"),
         (["nope"], "No such command 'nope'"),
+        # A Literal option's message without pydantic's "Value error, " prefix.
+        (["evaluate", "--equivariance", "foo"], "'--equivariance': 'foo' is not one of 'none', 'rotations'"),
     ],
 )
 def test_usage_errors_are_one_line_exit_2(argv, message, capsys):
@@ -288,6 +290,8 @@ def test_resume_refuses_steps_it_has_already_done(tmp_path):
     before = (tmp_path / "run" / "problem.toml").read_text()
     one_line_error(invoke("train", "--resume", "--out", run, "--steps", "1"), "is at step 2 of 2; give --steps above 2")
     one_line_error(invoke("train", "--resume", "--out", run), "is at step 2 of 2")
+    # A finished run whose final evaluation was cut short is scored by evaluate, which the error names.
+    one_line_error(invoke("train", "--resume", "--out", run), f"jfb-inverse evaluate --checkpoint {str(run)!r}")
     assert (tmp_path / "run" / "problem.toml").read_text() == before
 
 
@@ -296,8 +300,9 @@ def test_a_train_error_before_the_progress_bar_is_exactly_one_line(tmp_path, cap
     assert run_app(["train", "--config", str(tmp_path / "bad.toml"), "--out", str(tmp_path / "run")]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err.startswith("error: kernel file") and captured.err.count("\n") == 1, repr(captured.err)
-    assert "(looked for '" in captured.err  # where a relative name was looked for
+    err = captured.err
+    assert err.startswith("error: operator.path 'nothere.npy'") and err.count("\n") == 1, repr(err)
+    assert "looked in the file's folder" in captured.err  # where a relative name was looked for
 
 
 def test_a_colour_measurement_for_a_grey_model_is_converted_and_said(tmp_path):
@@ -473,3 +478,25 @@ def test_evaluate_says_when_it_converts_a_colour_image(tmp_path):
     result = invoke("evaluate", "--checkpoint", "builtin:deblur", "--images", str(folder), "--max-iter", "2")
     assert result.exit_code == 0, result.output
     assert "rgb.png: colour image converted to grey" in " ".join(result.output.split())
+
+
+def test_sigterm_during_the_final_evaluation_says_where_the_model_is(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import jfb_inverse.evaluation
+
+    def terminated(*_args, **_kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("SIGTERM did not interrupt the evaluation")
+
+    monkeypatch.setattr(jfb_inverse.evaluation, "evaluate", terminated)
+    (tmp_path / "tiny.toml").write_text(TINY)
+    run = tmp_path / "run"
+    result = invoke("train", "--problem", "deblur", "--config", str(tmp_path / "tiny.toml"), "--steps", "2",
+                    "--out", str(run), "--device", "cpu")  # fmt: skip
+    text = " ".join(result.output.split())
+    assert result.exit_code == 128 + signal.SIGTERM, result.output
+    assert "interrupted during the held-out evaluation" in text and f"jfb-inverse evaluate --checkpoint {run}" in text
+    assert torch.load(run / "model.pt", weights_only=True)["step"] == 2 and (run / "training.png").is_file()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again

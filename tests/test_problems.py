@@ -229,3 +229,20 @@ def test_relative_paths_in_a_config_file_are_read_from_its_folder(tmp_path, monk
     (elsewhere / "other").mkdir()
     config.write_text('problem = "deblur"\n[data]\nsource = "folder"\npath = "other"\n')
     assert config_from_file_or_problem(None, config).data.path == "other"
+
+
+def test_an_operator_file_missing_from_both_folders_names_them(tmp_path, monkeypatch):
+    from jfb_inverse.problems import config_from_file_or_problem
+
+    project = tmp_path / "project"
+    project.mkdir()
+    config = project / "run.toml"
+    config.write_text('problem = "deblur"\n[operator]\nkernel = "file"\npath = "k.npy"\n')
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        config_from_file_or_problem(None, config)
+    message = str(info.value)
+    assert "operator.path 'k.npy'" in message and str(project.resolve()) in message and str(tmp_path) in message
+    # An operator the command line replaces (--operator: another kind) needs no file of the config.
+    custom = {"operator": {"kind": "custom", "target": "pkg.ops:Op"}}
+    assert config_from_file_or_problem(None, config, custom).operator.kind == "custom"

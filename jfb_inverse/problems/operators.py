@@ -93,7 +93,7 @@ def load_kernel(path: str | Path) -> torch.Tensor:
     """A blur kernel from a .npy or image file, normalised to sum 1, shape (1, 1, h, w)."""
     p = Path(path)
     if not p.is_file():
-        where = "" if p.is_absolute() else f" (looked for {str(p.resolve())!r}, and beside a --config file)"
+        where = "" if p.is_absolute() else f" (looked for {str(p.resolve())!r})"
         raise ConfigError(f"kernel file {str(p)!r} not found{where}; give a .npy or .png file with operator.path")
     try:
         if p.suffix.lower() == ".npy":

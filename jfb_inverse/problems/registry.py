@@ -345,14 +345,25 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
 _PATH_FIELDS = (("data", "path"), ("operator", "path"), ("operator", "target"), ("training", "init_from"))
 
 
-def _paths_from_the_file(values: dict[str, Any], config_path: Path) -> dict[str, Any]:
+#: The paths every command that reads the file needs: the operator's files (train and simulate).
+_NEEDED_PATHS = (("operator", "path"), ("operator", "target"))
+
+
+def _paths_from_the_file(
+    values: dict[str, Any], config_path: Path, overridden: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Relative file paths in a config file, read from the file's own folder where they exist
-    there (as a project's files refer to each other), else left as written (the working folder)."""
+    there (as a project's files refer to each other), else left as written (the working folder).
+    An operator file found in neither folder is an error naming both, unless ``overridden``
+    replaces it."""
     base = config_path.parent
     for section, key in _PATH_FIELDS:
         table = values.get(section)
         if not isinstance(table, dict) or not isinstance(table.get(key), str):
             continue
+        override = (overridden or {}).get(section) or {}
+        if key in override or "kind" in override:
+            continue  # the command line replaces it (or the whole section, as --operator does)
         value = table[key]
         path, sep, rest = value.partition(":") if key == "target" else (value, "", "")
         if key == "target" and not path.endswith(".py"):
@@ -361,6 +372,11 @@ def _paths_from_the_file(values: dict[str, Any], config_path: Path) -> dict[str,
             continue
         if (base / path).exists():
             table[key] = str((base / path).resolve()) + sep + rest
+        elif (section, key) in _NEEDED_PATHS and not Path(path).expanduser().exists():
+            raise ConfigError(
+                f"{section}.{key} {path!r} in {str(config_path)!r} not found: looked in the file's folder "
+                f"({str(base.resolve())!r}) and the working folder ({str(Path.cwd())!r}); give an existing path"
+            )
     return values
 
 
@@ -371,7 +387,9 @@ def config_from_file_or_problem(
     preset: str | None = None,
 ) -> ProblemConfig:
     """What ``train`` does: the problem comes from ``problem`` or the config file's ``problem`` key."""
-    file_values = _paths_from_the_file(load_config_file(config_path), Path(config_path)) if config_path else {}
+    file_values = (
+        _paths_from_the_file(load_config_file(config_path), Path(config_path), overrides) if config_path else {}
+    )
     name = problem or file_values.get("problem")
     if not name:
         raise ConfigError('no problem given; pass --problem NAME or set `problem = "NAME"` in the config file')
