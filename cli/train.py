@@ -241,7 +241,9 @@ def train(
     # Under --minutes the total is the fitted step count, known from the first fit on (records carry it);
     # under a problem's own budget it starts at the step count and a fit can lower it.
     capped = not cfg.training.minutes or cfg.training.steps < BUDGET_STEP_CAP
-    task = progress.add_task("train", total=cfg.training.steps if capped else None, info="")
+    # The bar's clock starts with the first step (on_start), not while the data are set up (a
+    # dead-leaves bank takes seconds): its elapsed time is the training time the summary reports.
+    task = progress.add_task("train", total=cfg.training.steps if capped else None, info="", start=False)
 
     def on_log(record: dict[str, Any]) -> None:
         if not main_process:  # one report per run: rank 0's records cover every rank's shard
@@ -299,6 +301,7 @@ def train(
             f"training [bold]{cfg.problem}[/] on {dev}: {length}{start}, batch {t.batch_size}{reuse}, "
             f"gradient {t.gradient}, {solver}, {_optimizer_text(t.optimizer, t.lr, t.muon_lr)}"
         )
+        progress.start_task(task)
         progress.start()
 
     try:
