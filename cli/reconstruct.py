@@ -248,15 +248,21 @@ def _reconstruct_one(
 ) -> None:
     import torch
 
-    from jfb_inverse.measurements import check_fits, check_provenance, read_measurement, write_array
+    from jfb_inverse.measurements import (
+        check_fits,
+        check_provenance,
+        provenance_image_shape,
+        read_measurement,
+        write_array,
+    )
 
     y = read_measurement(path, cfg.data.channels, note=warn).to(dev)
     mismatch = check_provenance(path, cfg, checkpoint)  # raises for another operator kind
-    check_fits(y, cfg, physics, str(path))
+    phys = check_fits(y, cfg, physics, str(path), provenance_image_shape(path))
     if mismatch:
         warn(mismatch)
     with torch.inference_mode():
-        x = model(y[None])[0]
+        x = model(y[None], phys)[0]
     write_array(x.clamp(0, 1) if out_path.suffix.lower() != ".npy" else x, out_path)
     stats = model.last_stats
     if stats is not None and not stats.all_converged:

@@ -94,8 +94,27 @@ def read_measurement(path: str | Path, channels: int, note: Callable[[str], None
     return y
 
 
-def check_fits(y: Tensor, cfg: ProblemConfig, physics: PhysicsCache, source: str) -> None:
-    """Raise a :class:`UserError` unless ``y`` (C, ...) has the shape the operator produces."""
+def check_fits(
+    y: Tensor, cfg: ProblemConfig, physics: PhysicsCache, source: str, image_shape: tuple[int, ...] | None = None
+) -> Any:
+    """Raise a :class:`UserError` unless ``y`` (C, ...) has the shape the operator produces; return
+    the physics that fits it.
+
+    The image shape comes from the operator (its ``image_shape`` or ``img_size``, else the
+    measurement's own shape); where that does not fit, ``image_shape`` (the one ``simulate``
+    recorded beside the measurement) is tried: an operator that shrinks its images, such as a
+    custom downsampling, needs it when it does not say how to invert its shape."""
+    if image_shape is not None:
+        try:
+            return _check_fits(y, cfg, physics, source)
+        except UserError:
+            return _check_fits(y, cfg, physics, source, tuple(int(s) for s in image_shape))
+    return _check_fits(y, cfg, physics, source)
+
+
+def _check_fits(
+    y: Tensor, cfg: ProblemConfig, physics: PhysicsCache, source: str, image_shape: tuple[int, ...] | None = None
+) -> Any:
     from jfb_inverse.problems.operators import image_shape_for
 
     def does_not_fit(exc: Exception) -> UserError:
@@ -106,7 +125,7 @@ def check_fits(y: Tensor, cfg: ProblemConfig, physics: PhysicsCache, source: str
         )
 
     try:
-        img_size = image_shape_for(cfg.operator, tuple(y.shape))
+        img_size = image_shape if image_shape is not None else image_shape_for(cfg.operator, tuple(y.shape))
     except Exception as exc:
         raise does_not_fit(exc) from None
     if img_size[0] != cfg.data.channels:
@@ -116,16 +135,23 @@ def check_fits(y: Tensor, cfg: ProblemConfig, physics: PhysicsCache, source: str
             f"reconstructs {kind} images; give a measurement with {cfg.data.channels} channel(s)"
         )
     try:
-        phys, img_size = physics.for_measurement(tuple(y.shape))
+        phys = physics.for_image(img_size)
         expected = tuple(phys.A(torch.zeros((1, *img_size), device=physics.device)).shape[1:])
     except Exception as exc:
         raise does_not_fit(exc) from None
     if expected != tuple(y.shape):
+        hint = (
+            ""
+            if cfg.operator.kind != "custom" or tuple(expected) == tuple(img_size)
+            else "; an operator whose measurements differ in shape from its images needs an image_shape method "
+            "(or operator.img_size) unless the measurement comes with simulate's .json file"
+        )
         raise UserError(
             f"{source}: measurement shape {tuple(y.shape)} does not fit the {cfg.problem!r} operator "
-            f"(it produces {expected} for images of {img_size}); use a measurement made for this checkpoint"
+            f"(it produces {expected} for images of {img_size}); use a measurement made for this checkpoint{hint}"
         )
     _check_scale(y, cfg, phys, img_size, source)
+    return phys
 
 
 def _check_scale(y: Tensor, cfg: ProblemConfig, phys: Any, img_size: tuple[int, ...], source: str) -> None:
@@ -172,6 +198,20 @@ def provenance(cfg: ProblemConfig, image_shape: tuple[int, ...], seed: int) -> d
         "image_shape": list(image_shape),
         "seed": seed,
     }
+
+
+def provenance_image_shape(path: str | Path) -> tuple[int, ...] | None:
+    """The image shape that ``simulate`` recorded beside the measurement, if any."""
+    try:
+        meta = json.loads(provenance_path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(meta, dict) or meta.get("format") != PROVENANCE_FORMAT:
+        return None
+    shape = meta.get("image_shape")
+    if not isinstance(shape, list) or len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape):
+        return None
+    return tuple(shape)
 
 
 def check_provenance(path: str | Path, cfg: ProblemConfig, checkpoint: str) -> str | None:

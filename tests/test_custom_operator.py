@@ -403,3 +403,40 @@ def test_cli_simulate_from_a_config_names_the_operator_as_train_does(striped_run
                     "--output", str(tmp_path / "x.npy"), "--device", "cpu", *_trust_flag())  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "other operator parameters" not in result.output
+
+
+def test_cli_reconstructs_a_smaller_measurement_by_the_image_shape_simulate_recorded(tmp_path):
+    """RowSubsample says nothing of its image shape: simulate's sidecar does, and reconstruct uses it."""
+    from jfb_inverse.datasets import load_builtin, save_image
+
+    (tmp_path / "tiny.toml").write_text(TINY_TOML)
+    trust = _trust_flag()
+    result = invoke("train", "--operator", target("RowSubsample"), "--config", str(tmp_path / "tiny.toml"),
+                    "--steps", "1", "--out", str(tmp_path / "run"), "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    save_image(load_builtin("camera", size=32)[:, :, :24], tmp_path / "clean.png")  # 32 x 24: not square
+    result = invoke("simulate", "--checkpoint", str(tmp_path / "run"), "--input", str(tmp_path / "clean.png"),
+                    "--output", str(tmp_path / "y.npy"), *trust)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "y.npy").shape == (1, 16, 24)
+    args = ("--checkpoint", str(tmp_path / "run"), "--device", "cpu", *trust)
+    result = invoke("reconstruct", *args, "--input", str(tmp_path / "y.npy"), "--output", str(tmp_path / "x.npy"))
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "x.npy").shape == (1, 32, 24)
+    # Without the sidecar nothing says the image had 32 rows: refused, naming what would say it.
+    np.save(tmp_path / "bare.npy", np.load(tmp_path / "y.npy"))
+    result = invoke("reconstruct", *args, "--input", str(tmp_path / "bare.npy"), "--output", str(tmp_path / "b.npy"))
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "needs an image_shape method (or operator.img_size)" in text, result.output
+    assert not (tmp_path / "b.npy").exists()
+
+
+def test_cli_simulate_of_problem_custom_without_an_operator_names_what_simulate_takes(tmp_path):
+    from jfb_inverse.datasets import load_builtin, save_image
+
+    save_image(load_builtin("camera", size=32), tmp_path / "clean.png")
+    result = invoke("simulate", "--problem", "custom", "--input", str(tmp_path / "clean.png"),
+                    "--output", str(tmp_path / "y.npy"))  # fmt: skip
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "set operator.target in a --config file" in text and "--checkpoint" in text
+    assert not (tmp_path / "y.npy").exists()

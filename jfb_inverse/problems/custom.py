@@ -62,8 +62,9 @@ def _first_line(exc: BaseException) -> str:
 def _split_target(target: str) -> tuple[str, str]:
     if target == PLACEHOLDER_TARGET:
         raise OperatorError(
-            "problem 'custom' needs your operator: pass --operator path/to/ops.py:ClassName "
-            "(and --operator-args JSON), or set operator.target in the config file"
+            "problem 'custom' needs your operator: pass --operator path/to/ops.py:ClassName to train "
+            "(and --operator-args JSON), set operator.target in a --config file, or simulate with the "
+            "--checkpoint of a run trained on it"
         )
     source, sep, name = target.rpartition(":")
     if not sep or not source or not name:
