@@ -67,6 +67,13 @@ class Exploding:
         raise ValueError(f"gain {gain} is not supported\nsecond line")
 
 
+class OneImageOnly(ShiftBlur):
+    """Passes the one-image dot-product test, but flattens a batch into one image (a beginner's bug)."""
+
+    def A(self, x: Tensor, **kwargs: Any) -> Tensor:
+        return super().A(x).reshape(1, *x.shape[1:])
+
+
 NOT_A_CLASS = 3
 
 
@@ -440,3 +447,20 @@ def test_cli_simulate_of_problem_custom_without_an_operator_names_what_simulate_
     text = " ".join(result.output.split())
     assert result.exit_code == 2 and "set operator.target in a --config file" in text and "--checkpoint" in text
     assert not (tmp_path / "y.npy").exists()
+
+
+@pytest.mark.parametrize(
+    ("operator", "config", "message"),
+    [
+        (lambda: target("OneImageOnly"), "", "fails on a batch, 2 image(s) of (1, 32, 32): RuntimeError"),
+        # StripedSensor needs an even height: the held-out size is found wrong before any step.
+        (lambda: f"{EXAMPLE}:StripedSensor", "eval_size = 33\n", "fails on the held-out images (data.eval_size)"),
+    ],
+)
+def test_cli_train_tries_the_operator_on_a_batch_and_the_held_out_size_first(tmp_path, operator, config, message):
+    (tmp_path / "tiny.toml").write_text(TINY_TOML.replace("eval_size = 32\n", config or "eval_size = 32\n"))
+    result = invoke("train", "--operator", operator(), "--config", str(tmp_path / "tiny.toml"), "--steps", "2",
+                    "--out", str(tmp_path / "run"), "--device", "cpu")  # fmt: skip
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and message in text and "error:" in text, result.output
+    assert not (tmp_path / "run").exists()
