@@ -464,3 +464,29 @@ def test_cli_train_tries_the_operator_on_a_batch_and_the_held_out_size_first(tmp
     text = " ".join(result.output.split())
     assert result.exit_code == 2 and message in text and "error:" in text, result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_whose_operator_file_moved_says_so_once(tmp_path):
+    import shutil
+
+    from jfb_inverse.datasets import load_builtin, save_image
+
+    (tmp_path / "ops").mkdir()
+    shutil.copy(EXAMPLE, tmp_path / "ops" / "striped.py")
+    (tmp_path / "tiny.toml").write_text(TINY_TOML)
+    result = invoke("train", "--operator", f"{tmp_path / 'ops' / 'striped.py'}:StripedSensor",
+                    "--config", str(tmp_path / "tiny.toml"), "--steps", "1", "--out", str(tmp_path / "run"),
+                    "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    save_image(load_builtin("camera", size=32), tmp_path / "clean.png")
+    (tmp_path / "ops").rename(tmp_path / "moved")
+    run = str(tmp_path / "run")
+    for args in (
+        ["simulate", "--checkpoint", run, "--input", str(tmp_path / "clean.png"), "--output", str(tmp_path / "y.npy")],
+        ["evaluate", "--checkpoint", run, "--json", str(tmp_path / "r.json")],
+    ):
+        result = invoke(*args, "--trust-operator")
+        text = " ".join(result.output.split())
+        assert result.exit_code == 2 and "operator file" in text and "is gone (moved or deleted)" in text, text
+        assert str(tmp_path / "ops" / "striped.py") in text and "camera" not in text
+    assert not (tmp_path / "y.npy").exists() and not (tmp_path / "r.json").exists()

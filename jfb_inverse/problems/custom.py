@@ -392,12 +392,24 @@ def ensure_trusted(cfg: ProblemConfig, trusted_targets: Iterable[str] | bool = (
     on this command line. Built-in operators always pass.
     """
     op = cfg.operator
-    if op.kind != "custom" or trusted_targets is True:
+    if op.kind != "custom":
         return
     # Compared as absolute paths: runs store the target absolute, users type it relative.
-    if trusted_targets is not False and absolute_target(op.target) in {absolute_target(t) for t in trusted_targets}:
-        return
-    raise OperatorError(
-        f"checkpoint uses custom operator {op.target}; rerun with --trust-operator (from Python: "
-        "trust_operator=True) to import it (this runs its code)"
-    )
+    if trusted_targets is True:
+        trusted = True
+    elif trusted_targets is False:
+        trusted = False
+    else:
+        trusted = absolute_target(op.target) in {absolute_target(t) for t in trusted_targets}
+    if not trusted:
+        raise OperatorError(
+            f"checkpoint uses custom operator {op.target}; rerun with --trust-operator (from Python: "
+            "trust_operator=True) to import it (this runs its code)"
+        )
+    source, sep, name = op.target.rpartition(":")
+    if sep and is_file_target(source) and Path(source).is_absolute() and not Path(source).is_file():
+        # Said here, once, rather than as the first measurement's or held-out image's failure.
+        raise OperatorError(
+            f"the checkpoint's operator file {source!r} is gone (moved or deleted); a run records its operator "
+            f"by absolute path and does not copy its code: put the file back there (with class {name!r})"
+        )
