@@ -235,10 +235,12 @@ def check_provenance(path: str | Path, cfg: ProblemConfig, checkpoint: str) -> s
     name = Path(path).name
     if made.get("kind") != have["kind"] or made.get("target") != have.get("target"):
         what = made.get("target") or made.get("kind")
+        same_kind = made.get("kind") == have["kind"]  # two custom operators: both runs are problem 'custom'
+        fix = "a checkpoint trained on that operator" if same_kind else "a checkpoint of that problem"
         raise UserError(
             f"{name} was simulated with the {what!r} operator of problem {meta.get('problem')!r}, but checkpoint "
             f"{checkpoint!r} reconstructs problem {cfg.problem!r} ({have.get('target') or have['kind']!r} operator); "
-            f"use a checkpoint of that problem (or delete {meta_path.name} if it is stale)"
+            f"use {fix} (or delete {meta_path.name} if it is stale)"
         )
     differ = sorted(k for k in set(made) | set(have) if made.get(k) != have.get(k))
     # A kernel file's numbers (operator.values) say which kernel it was where both sides have them

@@ -246,3 +246,24 @@ def test_an_operator_file_missing_from_both_folders_names_them(tmp_path, monkeyp
     # An operator the command line replaces (--operator: another kind) needs no file of the config.
     custom = {"operator": {"kind": "custom", "target": "pkg.ops:Op"}}
     assert config_from_file_or_problem(None, config, custom).operator.kind == "custom"
+
+
+def test_another_custom_operator_on_the_command_line_drops_the_files_arguments():
+    config = {"operator": {"kind": "custom", "target": "pkg.ops:Downsample", "args": {"factor": 2}}}
+    other = resolve_config("custom", config, {"operator": {"kind": "custom", "target": "pkg.ops:Mask"}})
+    assert other.operator.target == "pkg.ops:Mask" and other.operator.args == {}
+    same = resolve_config("custom", config, {"operator": {"kind": "custom", "target": "pkg.ops:Downsample"}})
+    assert same.operator.args == {"factor": 2}  # naming the same class again keeps them
+
+
+def test_a_measurement_of_another_custom_operator_asks_for_a_checkpoint_of_that_operator(tmp_path):
+    import json
+
+    from jfb_inverse.errors import UserError
+    from jfb_inverse.measurements import check_provenance, provenance, provenance_path
+
+    made = resolve_config("custom", {"operator": {"kind": "custom", "target": "pkg.ops:Downsample"}})
+    have = resolve_config("custom", {"operator": {"kind": "custom", "target": "pkg.ops:Mask"}})
+    provenance_path(tmp_path / "y.npy").write_text(json.dumps(provenance(made, (1, 32, 32), 0)))
+    with pytest.raises(UserError, match=r"'pkg\.ops:Downsample' operator .* use a checkpoint trained on that operator"):
+        check_provenance(tmp_path / "y.npy", have, "run")

@@ -253,8 +253,8 @@ def resolve_config(
         if "problem" in layer and layer["problem"] != prob.name:
             raise ConfigError(f"config is for problem {layer['problem']!r}, not {prob.name!r}; drop one of the two")
         section = layer.get("operator")
-        if isinstance(section, Mapping) and "kind" in section and section["kind"] != values["operator"].get("kind"):
-            values["operator"] = {}  # a different operator kind replaces the whole section
+        if isinstance(section, Mapping) and "kind" in section and _another_operator(section, values["operator"]):
+            values["operator"] = {}  # another operator kind or class replaces the whole section (its args too)
         values = deep_merge(values, layer)
     preset_layer = prob.presets[preset] if preset is not None else None
     budget = _budget_and_steps(prob.defaults, preset_layer, config, overrides)
@@ -378,6 +378,17 @@ def _paths_from_the_file(
                 f"({str(base.resolve())!r}) and the working folder ({str(Path.cwd())!r}); give an existing path"
             )
     return values
+
+
+def _another_operator(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
+    """Whether an operator section names another kind, or another custom class, than ``old``."""
+    if new["kind"] != old.get("kind"):
+        return True
+    if new["kind"] != "custom" or "target" not in new or not isinstance(old.get("target"), str):
+        return False
+    from jfb_inverse.problems.custom import absolute_target
+
+    return absolute_target(str(new["target"])) != absolute_target(old["target"])
 
 
 def config_from_file_or_problem(
