@@ -253,8 +253,13 @@ def resolve_config(
         if "problem" in layer and layer["problem"] != prob.name:
             raise ConfigError(f"config is for problem {layer['problem']!r}, not {prob.name!r}; drop one of the two")
         section = layer.get("operator")
-        if isinstance(section, Mapping) and "kind" in section and _another_operator(section, values["operator"]):
-            values["operator"] = {}  # another operator kind or class replaces the whole section (its args too)
+        if isinstance(section, Mapping) and "kind" in section:
+            if section["kind"] != values["operator"].get("kind"):
+                values["operator"] = {}  # a different operator kind replaces the whole section
+            elif _another_custom_class(section, values["operator"]):
+                # Another class does not take the previous one's constructor arguments; the rest
+                # of the section (img_size, say) still applies.
+                values["operator"] = {k: v for k, v in values["operator"].items() if k != "args"}
         values = deep_merge(values, layer)
     preset_layer = prob.presets[preset] if preset is not None else None
     budget = _budget_and_steps(prob.defaults, preset_layer, config, overrides)
@@ -380,10 +385,8 @@ def _paths_from_the_file(
     return values
 
 
-def _another_operator(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
-    """Whether an operator section names another kind, or another custom class, than ``old``."""
-    if new["kind"] != old.get("kind"):
-        return True
+def _another_custom_class(new: Mapping[str, Any], old: Mapping[str, Any]) -> bool:
+    """Whether custom operator section ``new`` names another class than ``old``."""
     if new["kind"] != "custom" or "target" not in new or not isinstance(old.get("target"), str):
         return False
     from jfb_inverse.problems.custom import absolute_target
