@@ -249,7 +249,8 @@ def test_an_operator_file_missing_from_both_folders_names_them(tmp_path, monkeyp
 
 
 def test_another_custom_operator_on_the_command_line_drops_the_files_arguments():
-    config = {"operator": {"kind": "custom", "target": "pkg.ops:Downsample", "args": {"factor": 2}, "img_size": [1, 8, 8]}}
+    downsample = {"kind": "custom", "target": "pkg.ops:Downsample", "args": {"factor": 2}, "img_size": [1, 8, 8]}
+    config = {"operator": downsample}
     other = resolve_config("custom", config, {"operator": {"kind": "custom", "target": "pkg.ops:Mask"}})
     assert other.operator.target == "pkg.ops:Mask" and other.operator.args == {}
     assert list(other.operator.img_size) == [1, 8, 8]  # the rest of the section still applies
