@@ -438,20 +438,23 @@ def _check_custom_operator(cfg: Any, dev: Any) -> None:
     )
     # The dot-product test sees one image at the patch size; training and the final evaluation use
     # batches, the consistency step and the held-out size too. Try them now, not after the steps.
-    _try_operator_in_the_model(cfg, dev, (max(2, cfg.training.batch_size), *img_size), "a batch")
+    from jfb_inverse.models.build import build_model
+
+    model, cache = build_model(cfg, dev)
+    _try_operator_in_the_model(model, cache, (max(2, cfg.training.batch_size), *img_size), "a batch")
     eval_size = (1, cfg.data.channels, cfg.data.eval_size, cfg.data.eval_size)
-    _try_operator_in_the_model(cfg, dev, eval_size, "the held-out images (data.eval_size)")
+    _try_operator_in_the_model(model, cache, eval_size, "the held-out images (data.eval_size)")
 
 
-def _try_operator_in_the_model(cfg: Any, dev: Any, shape: tuple[int, ...], what: str) -> None:
+def _try_operator_in_the_model(model: Any, cache: Any, shape: tuple[int, ...], what: str) -> None:
     """One measurement and one application of ``T`` (start, consistency step, regulariser) for a
     batch of ``shape``; any failure is a one-line :class:`OperatorError`."""
     import torch
 
     from jfb_inverse.errors import OperatorError
-    from jfb_inverse.models.build import build_model
+    from jfb_inverse.problems.custom import first_line
 
-    model, cache = build_model(cfg, dev)
+    dev, target = cache.device, cache.cfg.operator.target
     try:
         with torch.no_grad():
             physics = cache.for_image(shape[1:])
@@ -459,10 +462,10 @@ def _try_operator_in_the_model(cfg: Any, dev: Any, shape: tuple[int, ...], what:
             fn, start = model.fixed_point_map(y, physics)
             fn(start)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        reason = first if isinstance(exc, OperatorError) else f"{type(exc).__name__}: {first}"
+        # An OperatorError (construction at this size) names itself; anything else by its type.
+        reason = str(exc).strip().splitlines()[0] if isinstance(exc, OperatorError) else first_line(exc)
         raise OperatorError(
-            f"operator {cfg.operator.target!r} fails on {what}, {shape[0]} image(s) of {tuple(shape[1:])}: {reason}; "
+            f"operator {target!r} fails on {what}, {shape[0]} image(s) of {tuple(shape[1:])}: {reason}; "
             "the operator must work on batches (B, C, H, W) at every image size the run uses "
             "(data.patch_size, data.eval_size)"
         ) from None

@@ -54,7 +54,8 @@ ADJOINT_TOL = 1e-3
 _MODULE_PREFIX = "jfb_inverse_user_operator_"
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """``Type: the message's first line``, for one-line errors."""
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
@@ -116,7 +117,7 @@ def _import_file(path: Path, target: str) -> Any:
         if isinstance(exc, KeyboardInterrupt):
             raise
         raise OperatorError(
-            f"operator file {str(path)!r} failed to import ({_first_line(exc)}); fix it (`python {path}` shows why)"
+            f"operator file {str(path)!r} failed to import ({first_line(exc)}); fix it (`python {path}` shows why)"
         ) from None
     finally:
         with contextlib.suppress(ValueError):  # the module may have edited sys.path itself
@@ -133,9 +134,9 @@ def _import_module(source: str, target: str) -> Any:
                 f"operator module {source!r} not found (from {target!r}); install it, check the spelling, "
                 "or give a file: path/to/ops.py:ClassName"
             ) from None
-        raise OperatorError(f"operator module {source!r} failed to import ({_first_line(exc)})") from None
+        raise OperatorError(f"operator module {source!r} failed to import ({first_line(exc)})") from None
     except Exception as exc:
-        raise OperatorError(f"operator module {source!r} failed to import ({_first_line(exc)})") from None
+        raise OperatorError(f"operator module {source!r} failed to import ({first_line(exc)})") from None
 
 
 def load_operator_class(target: str) -> Callable[..., Any]:
@@ -208,7 +209,7 @@ def construct_operator(op: CustomOperator, img_size: tuple[int, int, int], devic
     except Exception as exc:
         raise OperatorError(
             f"operator {op.target!r} could not be constructed for {img_size[-2]}x{img_size[-1]} images with "
-            f"arguments {json.dumps(op.args)} ({_first_line(exc)}); check that the image size suits the "
+            f"arguments {json.dumps(op.args)} ({first_line(exc)}); check that the image size suits the "
             "operator, and its arguments (--operator-args, operator.args)"
         ) from None
     if isinstance(instance, torch.nn.Module):
@@ -235,7 +236,7 @@ def _apply(fn: Callable[[Tensor], Tensor], arg: Tensor, what: str, name: str) ->
         out = fn(arg)
     except Exception as exc:
         raise OperatorError(
-            f"operator {name!r}: {what} failed on an input of shape {tuple(arg.shape)} ({_first_line(exc)})"
+            f"operator {name!r}: {what} failed on an input of shape {tuple(arg.shape)} ({first_line(exc)})"
         ) from None
     if not isinstance(out, Tensor):
         raise OperatorError(f"operator {name!r}: {what} returned a {type(out).__name__}; it must return a torch.Tensor")
@@ -310,7 +311,7 @@ def custom_image_shape(op: CustomOperator, shape: tuple[int, ...]) -> tuple[int,
             result = tuple(int(s) for s in hook(tuple(shape), **_accepted_keywords(hook, op.args)))
         except Exception as exc:
             raise OperatorError(
-                f"operator {op.target!r}: image_shape{tuple(shape)} failed ({_first_line(exc)})"
+                f"operator {op.target!r}: image_shape{tuple(shape)} failed ({first_line(exc)})"
             ) from None
         if len(result) != 3:
             raise OperatorError(f"operator {op.target!r}: image_shape returned {result}; it must return (C, H, W)")
