@@ -490,3 +490,22 @@ def test_a_checkpoint_whose_operator_file_moved_says_so_once(tmp_path):
         assert result.exit_code == 2 and "operator file" in text and "is gone (moved or deleted)" in text, text
         assert str(tmp_path / "ops" / "striped.py") in text and "camera" not in text
     assert not (tmp_path / "y.npy").exists() and not (tmp_path / "r.json").exists()
+
+
+def make_a_number(**_kwargs: Any) -> int:
+    """A factory that returns no operator."""
+    return 3
+
+
+def test_cli_operator_mistakes_name_what_went_wrong(tmp_path):
+    (tmp_path / "tiny.toml").write_text(TINY_TOML)
+    (tmp_path / "deblur.toml").write_text('problem = "deblur"\n' + TINY_TOML)
+    out = ("--steps", "1", "--out", str(tmp_path / "run"), "--device", "cpu")
+    result = invoke("train", "--operator", target("make_a_number"), "--config", str(tmp_path / "tiny.toml"), *out)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "returned an int, which is neither a deepinv LinearPhysics" in text, text
+    # No --problem was given: the message says that --operator asked for 'custom'.
+    result = invoke("train", "--operator", target("ShiftBlur"), "--config", str(tmp_path / "deblur.toml"), *out)
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "(--operator trains problem 'custom')" in text, text
+    assert not (tmp_path / "run").exists()

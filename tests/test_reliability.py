@@ -335,7 +335,7 @@ def test_checkpoint_without_training_state_cannot_be_resumed(tmp_path):
         ("[training\nsteps = 1\n", ["not valid TOML"]),
         ("training = 5\n", ["training must be a table of settings", "got int 5"]),
         ("operator = 5\n", ["operator must be a table of settings"]),
-        ('problem = "ct"\n', ["config is for problem 'ct', not 'deblur'"]),
+        ('problem = "ct"\n', ["config is for problem 'ct', but the command asks for 'deblur'"]),
         ('"training" = {"a\\nb" = 1}\n', ["training.a\\nb: Extra inputs are not permitted"]),
     ],
 )

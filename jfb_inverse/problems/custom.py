@@ -217,6 +217,12 @@ def construct_operator(op: CustomOperator, img_size: tuple[int, int, int], devic
     return instance
 
 
+def _a_value_of(instance: Any) -> str:
+    """``an int``, ``a Foo``: what a target returned, for an error message."""
+    kind = type(instance).__name__
+    return f"{'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind}"
+
+
 def as_linear_physics(instance: Any, img_size: tuple[int, int, int], name: str) -> LinearPhysics:
     """``instance`` as a deepinv ``LinearPhysics`` (wrapped when it only has ``A`` and ``A_adjoint``)."""
     if isinstance(instance, LinearPhysics):
@@ -226,7 +232,7 @@ def as_linear_physics(instance: Any, img_size: tuple[int, int, int], name: str) 
     if callable(getattr(instance, "A", None)) and callable(getattr(instance, "A_adjoint", None)):
         return OperatorAdapter(instance, img_size)
     raise OperatorError(
-        f"operator {name!r} built a {type(instance).__name__}, which is neither a deepinv LinearPhysics nor has "
+        f"operator {name!r} returned {_a_value_of(instance)}, which is neither a deepinv LinearPhysics nor has "
         "A(x) and A_adjoint(y) methods; subclass deepinv.physics.LinearPhysics or add both methods"
     )
 

@@ -251,7 +251,12 @@ def resolve_config(
     for layer in (config or {}, overrides or {}):
         layer = dict(layer)
         if "problem" in layer and layer["problem"] != prob.name:
-            raise ConfigError(f"config is for problem {layer['problem']!r}, not {prob.name!r}; drop one of the two")
+            # --operator asks for the problem 'custom' without a --problem: say where it came from.
+            why = " (--operator trains problem 'custom')" if prob.name == "custom" else ""
+            raise ConfigError(
+                f"config is for problem {layer['problem']!r}, but the command asks for {prob.name!r}{why}; "
+                "drop one of the two"
+            )
         section = layer.get("operator")
         if isinstance(section, Mapping) and "kind" in section:
             if section["kind"] != values["operator"].get("kind"):
