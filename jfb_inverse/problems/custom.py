@@ -210,7 +210,7 @@ def construct_operator(op: CustomOperator, img_size: tuple[int, int, int], devic
         raise OperatorError(
             f"operator {op.target!r} could not be constructed for {img_size[-2]}x{img_size[-1]} images with "
             f"arguments {json.dumps(op.args)} ({first_line(exc)}); check that the image size suits the "
-            "operator, and its arguments (--operator-args, operator.args)"
+            "operator, and its arguments (operator.args; --operator-args when training)"
         ) from None
     if isinstance(instance, torch.nn.Module):
         instance = instance.to(device)
