@@ -424,11 +424,13 @@ def _check_custom_operator(cfg: Any, dev: Any) -> None:
     """Import, construct and dot-product test the user's operator now, before any data is loaded."""
     import torch
 
-    from jfb_inverse.problems import build_physics
+    from jfb_inverse.models.build import build_model
     from jfb_inverse.problems.custom import ADJOINT_TOL, check_adjoint
 
     img_size = (cfg.data.channels, cfg.data.patch_size, cfg.data.patch_size)
-    physics = build_physics(cfg.operator, img_size, dev)  # raises on a failed import or adjointness test
+    # The model's physics cache builds the operator once for the check below and the try-out after it.
+    model, cache = build_model(cfg, dev)
+    physics = cache.for_image(img_size)  # raises on a failed import or adjointness test
     mismatch = check_adjoint(physics, img_size, dev, name=cfg.operator.target)
     with torch.no_grad():
         y_shape = tuple(physics.A(torch.zeros((1, *img_size), device=dev)).shape[1:])
@@ -438,9 +440,6 @@ def _check_custom_operator(cfg: Any, dev: Any) -> None:
     )
     # The dot-product test sees one image at the patch size; training and the final evaluation use
     # batches, the consistency step and the held-out size too. Try them now, not after the steps.
-    from jfb_inverse.models.build import build_model
-
-    model, cache = build_model(cfg, dev)
     _try_operator_in_the_model(model, cache, (max(2, cfg.training.batch_size), *img_size), "a batch")
     eval_size = (1, cfg.data.channels, cfg.data.eval_size, cfg.data.eval_size)
     _try_operator_in_the_model(model, cache, eval_size, "the held-out images (data.eval_size)")

@@ -104,12 +104,12 @@ def check_fits(
     measurement's own shape); where that does not fit, ``image_shape`` (the one ``simulate``
     recorded beside the measurement) is tried: an operator that shrinks its images, such as a
     custom downsampling, needs it when it does not say how to invert its shape."""
-    if image_shape is not None:
-        try:
-            return _check_fits(y, cfg, physics, source)
-        except UserError:
-            return _check_fits(y, cfg, physics, source, tuple(int(s) for s in image_shape))
-    return _check_fits(y, cfg, physics, source)
+    try:
+        return _check_fits(y, cfg, physics, source)
+    except UserError:
+        if image_shape is None:
+            raise
+        return _check_fits(y, cfg, physics, source, image_shape)
 
 
 def _check_fits(
@@ -142,7 +142,7 @@ def _check_fits(
     if expected != tuple(y.shape):
         hint = (
             ""
-            if cfg.operator.kind != "custom" or tuple(expected) == tuple(img_size)
+            if cfg.operator.kind != "custom" or expected == tuple(img_size)
             else "; an operator whose measurements differ in shape from its images needs an image_shape method "
             "(or operator.img_size) unless the measurement comes with simulate's .json file"
         )
@@ -200,15 +200,26 @@ def provenance(cfg: ProblemConfig, image_shape: tuple[int, ...], seed: int) -> d
     }
 
 
+def _read_provenance(path: str | Path) -> dict[str, Any] | None:
+    """``simulate``'s record beside the measurement at ``path``; ``None`` where there is none or it
+    is not ours. A file that is there but unreadable raises ``ValueError``."""
+    meta_path = provenance_path(path)
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(str(exc)) from None
+    return meta if isinstance(meta, dict) and meta.get("format") == PROVENANCE_FORMAT else None
+
+
 def provenance_image_shape(path: str | Path) -> tuple[int, ...] | None:
     """The image shape that ``simulate`` recorded beside the measurement, if any."""
     try:
-        meta = json.loads(provenance_path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
-    if not isinstance(meta, dict) or meta.get("format") != PROVENANCE_FORMAT:
-        return None
-    shape = meta.get("image_shape")
+        meta = _read_provenance(path)
+    except ValueError:
+        return None  # check_provenance says so
+    shape = (meta or {}).get("image_shape")
     if not isinstance(shape, list) or len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape):
         return None
     return tuple(shape)
@@ -221,14 +232,11 @@ def check_provenance(path: str | Path, cfg: ProblemConfig, checkpoint: str) -> s
     other parameters returns a warning text; no file, or a file that is not ours, returns ``None``.
     """
     meta_path = provenance_path(path)
-    if not meta_path.is_file():
-        return None
     try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        meta = _read_provenance(path)
+    except ValueError:
         return f"{meta_path.name} is not readable JSON; the measurement's operator was not checked"
-    ours = isinstance(meta, dict) and meta.get("format") == PROVENANCE_FORMAT
-    if not ours or not isinstance(meta.get("operator"), dict):
+    if meta is None or not isinstance(meta.get("operator"), dict):
         return None
     made = meta["operator"]
     have = cfg.operator.model_dump(mode="json")
