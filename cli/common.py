@@ -25,6 +25,14 @@ DeviceOption = Annotated[Device, typer.Option(help="auto picks CUDA when present
 TrustOperatorOption = Annotated[
     bool, typer.Option("--trust-operator", help="Import the checkpoint's custom operator (runs its code).")
 ]
+MovedOperatorOption = Annotated[
+    str | None,
+    typer.Option(
+        "--operator",
+        help="Where the checkpoint's custom operator is now (path/to/ops.py:ClassName, the same class), "
+        "when its file moved since training; trusts it.",
+    ),
+]
 TolOption = Annotated[
     float | None, typer.Option(help="Override the fixed-point tolerance of the checkpoint (> 0, e.g. 1e-4).")
 ]

@@ -10,6 +10,7 @@ from jfb_inverse.cli.common import (
     DeviceOption,
     EquivarianceOption,
     MaxIterOption,
+    MovedOperatorOption,
     NoiseSeedOption,
     TolOption,
     TrustOperatorOption,
@@ -36,6 +37,7 @@ def evaluate(
     seed: NoiseSeedOption = 0,
     device: DeviceOption = "auto",
     trust_operator: TrustOperatorOption = False,
+    operator: MovedOperatorOption = None,
     tol: TolOption = None,
     max_iter: MaxIterOption = None,
     equivariance: EquivarianceOption = None,
@@ -69,7 +71,7 @@ def evaluate(
             if target is not None and target.resolve() in inputs:
                 raise UserError(f"{option} {str(target)!r} is one of the --images inputs; write it to another file")
     dev = resolve_device(device)
-    model, cfg, physics = load_model(checkpoint, dev, trust_operator)
+    model, cfg, physics = load_model(checkpoint, dev, trust_operator, operator)
     override_evaluation(model, tol, max_iter, equivariance)
     clean = load_folder(images, channels=cfg.data.channels, note=warn) if images else evaluation_images(cfg.data)
     ev = run_evaluation(model, physics, cfg, clean, seed=seed)

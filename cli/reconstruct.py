@@ -10,6 +10,7 @@ from jfb_inverse.cli.common import (
     DeviceOption,
     EquivarianceOption,
     MaxIterOption,
+    MovedOperatorOption,
     NoiseSeedOption,
     TolOption,
     TrustOperatorOption,
@@ -40,6 +41,7 @@ def simulate(
     seed: NoiseSeedOption = 0,
     noise_sigma: Annotated[float | None, typer.Option(min=0, help="Override the noise level.")] = None,
     trust_operator: TrustOperatorOption = False,
+    operator: MovedOperatorOption = None,
 ) -> None:
     """Simulate measurements of a clean image with a problem's operator and noise."""
     import torch
@@ -51,7 +53,7 @@ def simulate(
     from jfb_inverse.models.build import PhysicsCache
     from jfb_inverse.problems import config_from_file_or_problem
     from jfb_inverse.problems import simulate as simulate_measurements
-    from jfb_inverse.problems.custom import ensure_trusted
+    from jfb_inverse.problems.custom import ensure_trusted, relocate_operator
     from jfb_inverse.problems.noise import noise_std_bound
     from jfb_inverse.problems.operators import with_embedded_kernel
     from jfb_inverse.problems.registry import resolve_config
@@ -67,13 +69,20 @@ def simulate(
     if not input.is_file():
         raise UserError(f"input {str(input)!r} not found; give a clean image (PNG/JPEG/TIFF/npy)")
     _refuse_overwriting_input(input, output)
+    if operator is not None and checkpoint is None:
+        raise UserError(
+            "--operator points a --checkpoint at its operator's moved file; to simulate with a custom operator "
+            'without a checkpoint, give --config FILE with an [operator] table (kind = "custom", target = ...)'
+        )
     _one_definition_source(problem, config, checkpoint)
     overrides = {"noise": {"sigma": noise_sigma}} if noise_sigma is not None else {}
     if checkpoint is not None:
         from jfb_inverse.training.checkpoint import load_checkpoint
 
         _, cfg = load_checkpoint(checkpoint)
-        ensure_trusted(cfg, trust_operator)
+        if operator is not None:
+            cfg = relocate_operator(cfg, operator)
+        ensure_trusted(cfg, trust_operator or ([operator] if operator else []))
         if overrides:
             cfg = cfg.model_copy(update={"noise": cfg.noise.model_copy(update=overrides["noise"])})
     else:
@@ -116,6 +125,7 @@ def reconstruct(
         OutputFormat | None, typer.Option(help="Output type in folder mode (default png); a file's name sets its own.")
     ] = None,
     trust_operator: TrustOperatorOption = False,
+    operator: MovedOperatorOption = None,
     tol: TolOption = None,
     max_iter: MaxIterOption = None,
     equivariance: EquivarianceOption = None,
@@ -127,7 +137,7 @@ def reconstruct(
     """
     from jfb_inverse.errors import UserError
     from jfb_inverse.measurements import IMAGE_SUFFIXES, check_output_path
-    from jfb_inverse.training.checkpoint import load_model
+    from jfb_inverse.training.checkpoint import load_checkpoint, load_model
     from jfb_inverse.training.device import resolve_device
 
     # Cheap checks first: a wrong path fails in milliseconds, before the model is loaded.
@@ -163,7 +173,9 @@ def reconstruct(
         check_output_path(output)
         _refuse_overwriting_input(input, output)
     dev = resolve_device(device)
-    model, cfg, physics = load_model(checkpoint, dev, trust_operator)
+    model, cfg, physics = load_model(checkpoint, dev, trust_operator, operator)
+    # Measurements simulated before the operator's file moved name its old place: the same operator.
+    moved_from = load_checkpoint(checkpoint)[1].operator.target if operator is not None else None
     override_evaluation(model, tol, max_iter, equivariance)
     if input.is_dir():
         created = not output.exists()
@@ -176,7 +188,7 @@ def reconstruct(
             try:
                 if target.resolve().parent != root:  # never write outside --output (e.g. through a link)
                     raise UserError(f"output {str(target)!r} would be outside {str(output)!r}")
-                _reconstruct_one(model, cfg, physics, path, target, dev, checkpoint=checkpoint)
+                _reconstruct_one(model, cfg, physics, path, target, dev, checkpoint=checkpoint, moved_from=moved_from)
             except Exception as exc:
                 if debug_enabled():
                     raise
@@ -192,7 +204,9 @@ def reconstruct(
         if failures:
             raise typer.Exit(code=1)
         return
-    _reconstruct_one(model, cfg, physics, input, output, dev, verbose=True, checkpoint=checkpoint)
+    _reconstruct_one(
+        model, cfg, physics, input, output, dev, verbose=True, checkpoint=checkpoint, moved_from=moved_from
+    )
 
 
 def _one_definition_source(problem: str | None, config: Path | None, checkpoint: str | None) -> None:
@@ -244,7 +258,15 @@ def _check_folder_targets(files: list[Path], output: Path, format: str) -> None:
 
 
 def _reconstruct_one(
-    model, cfg, physics, path: Path, out_path: Path, dev, verbose: bool = False, checkpoint: str = "the checkpoint"
+    model,
+    cfg,
+    physics,
+    path: Path,
+    out_path: Path,
+    dev,
+    verbose: bool = False,
+    checkpoint: str = "the checkpoint",
+    moved_from: str | None = None,
 ) -> None:
     import torch
 
@@ -257,7 +279,7 @@ def _reconstruct_one(
     )
 
     y = read_measurement(path, cfg.data.channels, note=warn).to(dev)
-    mismatch = check_provenance(path, cfg, checkpoint)  # raises for another operator kind
+    mismatch = check_provenance(path, cfg, checkpoint, moved_from)  # raises for another operator kind
     phys = check_fits(y, cfg, physics, str(path), provenance_image_shape(path))
     if mismatch:
         warn(mismatch)

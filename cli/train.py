@@ -185,7 +185,7 @@ def train(
                 f"{str(out / 'model.pt')!r} holds weights but no training state ({', '.join(missing)} missing), "
                 "so it cannot be resumed; start a new run with another --out"
             )
-        _check_resumed_operator(cfg, operator)
+        cfg = _resumed_operator(cfg, operator)
         ensure_trusted(cfg, trust_operator or ([operator] if operator else []))
         # The time budget belongs to one invocation, not to the definition: --max-minutes again if wanted.
         run_control: dict[str, Any] = {"max_minutes": max_minutes}
@@ -470,19 +470,23 @@ def _try_operator_in_the_model(model: Any, cache: Any, shape: tuple[int, ...], w
         ) from None
 
 
-def _check_resumed_operator(cfg: Any, operator: str | None) -> None:
-    """--operator on --resume may only name the run's own operator again (a way to trust it)."""
+def _resumed_operator(cfg: Any, operator: str | None) -> Any:
+    """The resumed run's definition: --operator on --resume may name the run's own operator again (a
+    way to trust it) or, when the recorded file is gone, where that file is now (the same class)."""
     from jfb_inverse.errors import UserError
-    from jfb_inverse.problems.custom import absolute_target
+    from jfb_inverse.problems.custom import absolute_target, recorded_file_is_gone, relocate_operator
 
     if operator is None:
-        return
+        return cfg
     own = cfg.operator.target if cfg.operator.kind == "custom" else None
-    if own is None or absolute_target(operator) != absolute_target(own):
-        raise UserError(
-            f"--resume continues the run in --out with its own operator ({own or cfg.operator.kind}), so "
-            f"--operator {operator} would be ignored; drop it (--trust-operator trusts the run's operator)"
-        )
+    if own is not None and absolute_target(operator) == absolute_target(own):
+        return cfg
+    if own is not None and recorded_file_is_gone(own):
+        return relocate_operator(cfg, operator)
+    raise UserError(
+        f"--resume continues the run in --out with its own operator ({own or cfg.operator.kind}), so "
+        f"--operator {operator} would be ignored; drop it (--trust-operator trusts the run's operator)"
+    )
 
 
 def _refuse_definition_options_on_resume(option_names: list[str]) -> None:

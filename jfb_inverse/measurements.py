@@ -225,11 +225,15 @@ def provenance_image_shape(path: str | Path) -> tuple[int, ...] | None:
     return tuple(shape)
 
 
-def check_provenance(path: str | Path, cfg: ProblemConfig, checkpoint: str) -> str | None:
+def check_provenance(
+    path: str | Path, cfg: ProblemConfig, checkpoint: str, moved_from: str | None = None
+) -> str | None:
     """Compare the measurement's provenance file (if any) with the checkpoint's operator.
 
     Another operator kind (or another custom operator) is a :class:`UserError`; the same kind with
     other parameters returns a warning text; no file, or a file that is not ours, returns ``None``.
+    ``moved_from``: the custom operator's target as the checkpoint recorded it, when ``cfg`` reads
+    the operator from another place (``--operator``): a measurement made with it is of this operator.
     """
     meta_path = provenance_path(path)
     try:
@@ -240,6 +244,8 @@ def check_provenance(path: str | Path, cfg: ProblemConfig, checkpoint: str) -> s
         return None
     made = meta["operator"]
     have = cfg.operator.model_dump(mode="json")
+    if moved_from is not None and made.get("target") == moved_from:
+        made = {**made, "target": have.get("target")}
     name = Path(path).name
     if made.get("kind") != have["kind"] or made.get("target") != have.get("target"):
         what = made.get("target") or made.get("kind")

@@ -489,7 +489,70 @@ def test_a_checkpoint_whose_operator_file_moved_says_so_once(tmp_path):
         text = " ".join(result.output.split())
         assert result.exit_code == 2 and "operator file" in text and "is gone (moved or deleted)" in text, text
         assert str(tmp_path / "ops" / "striped.py") in text and "camera" not in text
+        assert "--operator NEW/PATH.py:StripedSensor" in text  # and how to say where it is now
     assert not (tmp_path / "y.npy").exists() and not (tmp_path / "r.json").exists()
+
+
+def test_a_checkpoint_follows_its_moved_operator_file_named_by_operator(tmp_path):
+    import json
+    import shutil
+
+    from jfb_inverse.datasets import load_builtin, save_image
+
+    (tmp_path / "ops").mkdir()
+    shutil.copy(EXAMPLE, tmp_path / "ops" / "striped.py")
+    (tmp_path / "tiny.toml").write_text(TINY_TOML)
+    run = str(tmp_path / "run")
+    result = invoke("train", "--operator", f"{tmp_path / 'ops' / 'striped.py'}:StripedSensor",
+                    "--config", str(tmp_path / "tiny.toml"), "--steps", "1", "--out", run,
+                    "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    save_image(load_builtin("camera", size=32), tmp_path / "clean.png")
+    clean, before, after = str(tmp_path / "clean.png"), str(tmp_path / "before.npy"), str(tmp_path / "after.npy")
+    y_old = str(tmp_path / "y_old.npy")  # simulated before the move: its .json names the old file
+    for args in (["simulate", "--checkpoint", run, "--input", clean, "--output", y_old],
+                 ["reconstruct", "--checkpoint", run, "--input", y_old, "--output", before,
+                  "--device", "cpu"]):  # fmt: skip
+        assert invoke(*args, "--trust-operator").exit_code == 0
+    (tmp_path / "ops").rename(tmp_path / "moved")
+    moved = f"{tmp_path / 'moved' / 'striped.py'}:StripedSensor"
+
+    # Naming the new place is enough (it trusts it): the old measurement is of the same operator.
+    result = invoke("reconstruct", "--checkpoint", run, "--input", y_old, "--output", after, "--device", "cpu",
+                    "--operator", moved)  # fmt: skip
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+    np.testing.assert_array_equal(np.load(after), np.load(before))
+    y_new = str(tmp_path / "y_new.npy")
+    result = invoke("simulate", "--checkpoint", run, "--input", clean, "--output", y_new, "--operator", moved)
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(np.load(y_new), np.load(y_old))  # same operator, same noise seed
+    assert json.loads((tmp_path / "y_new.npy.json").read_text())["operator"]["target"] == moved
+    result = invoke("evaluate", "--checkpoint", run, "--json", str(tmp_path / "r.json"), "--device", "cpu",
+                    "--operator", moved)  # fmt: skip
+    assert result.exit_code == 0 and "model" in json.loads((tmp_path / "r.json").read_text())["mean"]["psnr"]
+    from jfb_inverse.training.checkpoint import load_model
+
+    assert load_model(run, operator=moved)[1].operator.target == moved  # the same from Python
+    # --resume continues the run from the new place, and records it.
+    result = invoke("train", "--resume", "--out", run, "--steps", "2", "--operator", moved)
+    assert result.exit_code == 0, result.output
+    payload = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert payload["step"] == 2 and json.loads(payload["config"])["operator"]["target"] == moved
+    assert moved in (tmp_path / "run" / "problem.toml").read_text()
+
+    # Another class, a missing file, a checkpoint of a built-in operator, or no checkpoint: refused.
+    for args, message in (
+        (["--checkpoint", run, "--operator", f"{moved[:-len('StripedSensor')]}ShiftedSensor"],
+         "was trained on class 'StripedSensor', but --operator"),
+        (["--checkpoint", run, "--operator", f"{tmp_path / 'nowhere.py'}:StripedSensor"], "not found"),
+        (["--checkpoint", "builtin:deblur", "--operator", moved], "uses the built-in 'blur' operator; drop --operator"),
+    ):  # fmt: skip
+        result = invoke("reconstruct", *args, "--input", y_old, "--output", str(tmp_path / "x.npy"))
+        assert result.exit_code == 2 and message in " ".join(result.output.split()), result.output
+    result = invoke("simulate", "--problem", "custom", "--operator", moved, "--input", clean,
+                    "--output", str(tmp_path / "y.npy"))  # fmt: skip
+    assert result.exit_code == 2 and "--operator points a --checkpoint" in " ".join(result.output.split())
+    assert not (tmp_path / "x.npy").exists() and not (tmp_path / "y.npy").exists()
 
 
 def make_a_number(**_kwargs: Any) -> int:

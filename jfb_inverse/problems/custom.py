@@ -413,10 +413,43 @@ def ensure_trusted(cfg: ProblemConfig, trusted_targets: Iterable[str] | bool = (
             f"checkpoint uses custom operator {op.target}; rerun with --trust-operator (from Python: "
             "trust_operator=True) to import it (this runs its code)"
         )
-    source, sep, name = op.target.rpartition(":")
-    if sep and is_file_target(source) and Path(source).is_absolute() and not Path(source).is_file():
+    if recorded_file_is_gone(op.target):
         # Said here, once, rather than as the first measurement's or held-out image's failure.
+        source, _, name = op.target.rpartition(":")
         raise OperatorError(
             f"the checkpoint's operator file {source!r} is gone (moved or deleted); a run records its operator "
-            f"by absolute path and does not copy its code: put the file back there (with class {name!r})"
+            f"by absolute path and does not copy its code: put the file back there, or name where it is now "
+            f"with --operator NEW/PATH.py:{name}"
         )
+
+
+def recorded_file_is_gone(target: str) -> bool:
+    """Whether ``target`` names a file by absolute path (as runs record it) that no longer exists."""
+    source, sep, _ = target.rpartition(":")
+    return bool(sep) and is_file_target(source) and Path(source).is_absolute() and not Path(source).is_file()
+
+
+def relocate_operator(cfg: ProblemConfig, target: str) -> ProblemConfig:
+    """The definition with its custom operator read from ``target`` instead (``--operator`` with a
+    checkpoint: the operator's file moved, or the run came from another machine).
+
+    Only where the code is looked up changes: the class name must be the recorded one, and the
+    recorded ``args`` and ``img_size`` stay. Whether ``target`` defines the same operator cannot be
+    checked (a run does not copy its operator's code); the dot-product test still runs at build time.
+    """
+    op = cfg.operator
+    if op.kind != "custom":
+        raise UserError(
+            f"--operator points a checkpoint at its custom operator's file, but this checkpoint uses the built-in "
+            f"{op.kind!r} operator; drop --operator"
+        )
+    recorded = _split_target(op.target)[1]
+    source, name = _split_target(target)
+    if name != recorded:
+        raise OperatorError(
+            f"the checkpoint was trained on class {recorded!r}, but --operator {target} names class {name!r}; "
+            f"give the file that defines {recorded!r} (--operator PATH.py:{recorded})"
+        )
+    if is_file_target(source) and not Path(source).expanduser().is_file():
+        raise OperatorError(f"--operator file {source!r} not found; give the .py file that now defines {recorded!r}")
+    return cfg.model_copy(update={"operator": op.model_copy(update={"target": absolute_target(target)})})

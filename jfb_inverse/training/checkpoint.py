@@ -112,18 +112,25 @@ def load_checkpoint(name: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def load_model(
-    name: str | Path, device: torch.device | str = "cpu", trust_operator: Iterable[str] | bool = False
+    name: str | Path,
+    device: torch.device | str = "cpu",
+    trust_operator: Iterable[str] | bool = False,
+    operator: str | None = None,
 ) -> tuple[Any, ProblemConfig, Any]:
     """A trained ``ImplicitReconstructor`` in eval mode, its definition and its physics cache.
 
     A checkpoint of a custom operator is refused unless ``trust_operator`` (``True``, or the
     operator targets the caller trusts; see :func:`jfb_inverse.problems.custom.ensure_trusted`):
-    building its physics imports and runs the operator's code.
+    building its physics imports and runs the operator's code. ``operator`` (``path/to/ops.py:Class``)
+    reads that operator from where its file is now, when it moved since training; naming it trusts it.
     """
     from jfb_inverse.models.build import build_model
-    from jfb_inverse.problems.custom import ensure_trusted
+    from jfb_inverse.problems.custom import ensure_trusted, relocate_operator
 
     payload, cfg = load_checkpoint(name, map_location=device)
+    if operator is not None:
+        cfg = relocate_operator(cfg, operator)
+        trust_operator = True if trust_operator is True else [*(trust_operator or ()), operator]
     ensure_trusted(cfg, trust_operator)
     model, physics = build_model(cfg, device)
     try:

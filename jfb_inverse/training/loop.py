@@ -192,6 +192,19 @@ def lipschitz_at_fixed_point(model: torch.nn.Module, y: torch.Tensor, physics: A
 RESUMABLE_CHANGES = ("steps", "max_minutes", "minutes", "device")
 
 
+def _operator_moved(cfg: ProblemConfig, stored: ProblemConfig) -> bool:
+    """Whether ``cfg`` reads the stored run's custom operator class from another file because the
+    recorded one is gone (``--resume --operator NEW/PATH.py:Class``)."""
+    from jfb_inverse.problems.custom import recorded_file_is_gone
+
+    a, b = cfg.operator, stored.operator
+    return (
+        a.kind == b.kind == "custom"
+        and a.target.rpartition(":")[2] == b.target.rpartition(":")[2]
+        and recorded_file_is_gone(b.target)
+    )
+
+
 def _check_same_definition(cfg: ProblemConfig, stored: ProblemConfig) -> None:
     """A resume continues the stored run: any other change to its definition is refused, named."""
 
@@ -201,11 +214,10 @@ def _check_same_definition(cfg: ProblemConfig, stored: ProblemConfig) -> None:
         return {prefix[:-1]: values}
 
     new, old = flat(cfg.model_dump(mode="json")), flat(stored.model_dump(mode="json"))
-    changed = [
-        key
-        for key in sorted(set(new) | set(old))
-        if new.get(key) != old.get(key) and key not in {f"training.{name}" for name in RESUMABLE_CHANGES}
-    ]
+    allowed = {f"training.{name}" for name in RESUMABLE_CHANGES}
+    if _operator_moved(cfg, stored):  # the same class, read from where its file is now
+        allowed.add("operator.target")
+    changed = [key for key in sorted(set(new) | set(old)) if new.get(key) != old.get(key) and key not in allowed]
     if changed:
         key = changed[0]
         raise UserError(
