@@ -859,6 +859,10 @@ def test_a_measurement_in_0_255_is_refused_not_reconstructed_white(tmp_path):
     np.save(tmp_path / "y255.npy", np.load(y) * 255)
     y255 = reconstruct_args(tmp_path, tmp_path / "y255.npy")
     expect_refusal(tmp_path, y255, "larger than the 'deblur' operator", "255")
+    # A stale record beside it (another image shape) does not turn that into a shape refusal.
+    record = json.loads((tmp_path / "y.npy.json").read_text())
+    (tmp_path / "y255.npy.json").write_text(json.dumps({**record, "image_shape": [1, 20, 20]}))
+    expect_refusal(tmp_path, y255, "larger than the 'deblur' operator", "255")
     # The measurement itself, and a darker or brighter one, pass (an image of ones is the limit's scale).
     for scale in (1.0, 0.1, 2.0):
         np.save(tmp_path / "ys.npy", np.load(y) * scale)
