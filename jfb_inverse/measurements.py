@@ -106,7 +106,7 @@ def check_fits(
     custom downsampling, needs it when it does not say how to invert its shape."""
     try:
         return _check_fits(y, cfg, physics, source)
-    except _ShapeMismatch:
+    except _ShapeMismatchError:
         # Only a shape that does not fit is retried: the scale refusal of a measurement that fits
         # stays that refusal, whatever a (possibly stale) record says.
         if image_shape is None:
@@ -114,7 +114,7 @@ def check_fits(
         return _check_fits(y, cfg, physics, source, image_shape)
 
 
-class _ShapeMismatch(UserError):
+class _ShapeMismatchError(UserError):
     """A measurement whose shape (or channel count) the operator does not produce from the image
     shape tried."""
 
@@ -126,8 +126,8 @@ def _check_fits(
 
     def does_not_fit(exc: Exception) -> UserError:
         if isinstance(exc, UserError):
-            return _ShapeMismatch(f"{source}: {exc}")
-        return _ShapeMismatch(
+            return _ShapeMismatchError(f"{source}: {exc}")
+        return _ShapeMismatchError(
             f"{source}: a measurement of shape {tuple(y.shape)} does not fit the {cfg.problem!r} operator ({exc})"
         )
 
@@ -137,7 +137,7 @@ def _check_fits(
         raise does_not_fit(exc) from None
     if img_size[0] != cfg.data.channels:
         kind = "grey (1-channel)" if cfg.data.channels == 1 else f"{cfg.data.channels}-channel"
-        raise _ShapeMismatch(
+        raise _ShapeMismatchError(
             f"{source}: measurement of shape {tuple(y.shape)} is of {img_size[0]}-channel images, but the checkpoint "
             f"reconstructs {kind} images; give a measurement with {cfg.data.channels} channel(s)"
         )
@@ -153,7 +153,7 @@ def _check_fits(
             else "; an operator whose measurements differ in shape from its images needs an image_shape method "
             "(or operator.img_size) unless the measurement comes with simulate's .json file"
         )
-        raise _ShapeMismatch(
+        raise _ShapeMismatchError(
             f"{source}: measurement shape {tuple(y.shape)} does not fit the {cfg.problem!r} operator "
             f"(it produces {expected} for images of {img_size}); use a measurement made for this checkpoint{hint}"
         )
