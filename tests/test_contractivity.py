@@ -139,3 +139,14 @@ def test_jacobian_eigenvalues_on_one_dimensional_iterates_of_a_contraction():
     # (B,) iterates, as the solvers accept: T(u) = 0.3 u + 1 has J = 0.3 for each sample.
     ritz = jacobian_eigenvalues(lambda x: 0.3 * x + 1.0, torch.tensor([0.5, -2.0], dtype=torch.float64), k=1)
     assert torch.allclose(ritz, torch.full((2, 1), 0.3, dtype=torch.complex128), atol=1e-8)
+
+
+def test_spectral_normalize_covers_every_convolution_and_linear_layer():
+    layers = [nn.Conv1d(2, 3, 3), nn.Conv3d(2, 3, 3), nn.ConvTranspose1d(2, 3, 3), nn.ConvTranspose2d(2, 3, 3),
+              nn.ConvTranspose3d(2, 3, 3), nn.Linear(4, 5), nn.Bilinear(2, 2, 3)]  # fmt: skip
+    spectral_normalize(nn.Sequential(*layers))
+    normalised = [hasattr(layer, "parametrizations") for layer in layers]
+    assert normalised == [True] * 6 + [False]  # Bilinear's 3-D weight is not a matrix: left as it is
+    # Transposed convolutions are normalised along their output channels (dim 1), so each has norm 1.
+    w = layers[3].weight.detach()
+    assert torch.linalg.matrix_norm(w.transpose(0, 1).reshape(3, -1), ord=2) == pytest.approx(1.0, abs=0.05)

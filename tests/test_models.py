@@ -76,6 +76,93 @@ def test_a_measurement_in_another_dtype_is_one_clear_error():
         assert model.double()(torch.rand(1, 1, 24, 24, dtype=torch.float64)).dtype == torch.float64
 
 
+@pytest.mark.parametrize(
+    ("make_y", "physics", "message"),
+    [
+        # An (H, W) array would broadcast into H reconstructions of one row each.
+        (lambda y: y[0, 0], True, r"shape \(32, 32\) do not fit the physics, which makes \(1, 32, 32\).*y\[None\]"),
+        (lambda y: y[0, 0], False, r"shape \(32, 32\) do not fit the physics \(IndexError"),
+        (lambda y: y[0], True, r"must be a batch|do not fit the physics"),
+        (
+            lambda y: torch.rand(1, 1, 40, 40),
+            True,
+            r"\(1, 1, 40, 40\) do not fit the physics, which makes \(1, 32, 32\)",
+        ),
+        (lambda y: y.repeat(1, 3, 1, 1), False, r"have 3 channel\(s\), but the regulariser takes 1"),
+        (lambda y: y[:0], True, r"the batch of measurements is empty"),
+        (lambda y: y.numpy(), True, r"must be a torch.Tensor of shape \(B, ...\), got ndarray"),
+    ],
+)
+def test_a_measurement_of_the_wrong_shape_or_type_is_one_clear_error(make_y, physics, message):
+    model, cache = build_model(resolve_config("deblur"))
+    model.eval()
+    p = cache.for_image((1, 32, 32))
+    y = p.A(torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0)))
+    with torch.no_grad(), pytest.raises(ValueError, match=message):
+        model(make_y(y), p if physics else None)
+
+
+def test_a_start_or_physics_of_the_wrong_kind_is_one_clear_error():
+    model, cache = build_model(resolve_config("deblur"))
+    model.eval()
+    p = cache.for_image((1, 32, 32))
+    y = p.A(torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        for u0 in (torch.zeros(2, 1, 32, 32), torch.zeros(1, 1, 32, 32, dtype=torch.float64)):
+            with pytest.raises(ValueError, match=r"u0 is .* but the images of these measurements are \(1, 1, 32, 32\)"):
+                model(y, p, u0=u0)
+        assert model(y, p, u0=torch.zeros(1, 1, 32, 32)).shape == (1, 1, 32, 32)  # a start like its own: taken
+        assert model.last_stats is not None and model.last_stats.all_converged
+
+        class Op:
+            def A(self, x):
+                return x
+
+            A_adjoint = A
+
+        with pytest.raises(ValueError, match="must be a deepinv LinearPhysics, got Op; wrap"):
+            model(y, Op())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"precision": "fp64"}, "unknown precision 'fp64'"),
+        ({"init": "zeros"}, "unknown init 'zeros'; choose one of tikhonov, adjoint"),
+        ({"step": "newton"}, "unknown step 'newton'"),
+        ({"eta_init": 0.0}, "eta_init must be a positive number"),
+        ({"init_lam": -1.0}, "init_lam must be a positive number"),
+    ],
+)
+def test_reconstructor_settings_are_checked_at_construction(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ImplicitReconstructor(SmoothingResidualCNN(), **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: SmoothingResidualCNN(depth=1), "depth must be an integer >= 2"),
+        (lambda: SmoothingResidualCNN(width=0), "width must be an integer >= 1"),
+        (lambda: SmoothingResidualUNet(channels=0), "channels must be an integer >= 1"),
+    ],
+)
+def test_regularizer_sizes_are_checked(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_a_model_in_double_trains_in_a_lower_precision_and_stays_double():
+    """The regulariser's output under autocast is cast back to the iterate's dtype, not to fp32."""
+    physics = blur_physics(32, 32)
+    model = ImplicitReconstructor(SmoothingResidualCNN(), eta_init=3.0, precision="bf16").double().train()
+    y = physics.A(torch.rand(2, 1, 32, 32, dtype=torch.float64))
+    out = model(y, physics)
+    assert out.dtype == torch.float64
+    out.square().mean().backward()
+    assert model.log_eta.grad is not None and torch.isfinite(model.log_eta.grad)
+
+
 def test_training_mode_gives_gradients_to_regularizer_and_step_size():
     physics = blur_physics(32, 32)
     model = ImplicitReconstructor(SmoothingResidualCNN(width=8, depth=3)).train()
@@ -182,6 +269,13 @@ def test_auto_memory_format_is_channels_last_on_cpu_only_among_non_cuda_devices(
 
     assert channels_last_is_faster("cpu")
     assert not channels_last_is_faster("meta")  # neither CPU nor CUDA: PyTorch's default layout
+
+
+def test_an_unknown_memory_format_is_refused():
+    from jfb_inverse.models.build import apply_memory_format
+
+    with pytest.raises(ValueError, match="unknown memory_format 'channels_lsat'"):
+        apply_memory_format(SmoothingResidualCNN(), "channels_lsat", torch.device("cpu"))
 
 
 def test_memory_format_changes_the_layout_not_the_reconstruction():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jfb_inverse.implicit import Anderson, Picard, make_solver
+from jfb_inverse.implicit import Anderson, JFBk, Picard, fixed_point, make_solver
 
 
 def exact_fixed_point(w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -143,6 +143,26 @@ def test_solver_validation_messages():
         make_solver("newton")
     with pytest.raises(ValueError, match="tol"):
         Picard(tol=0.0).solve(lambda u: u, torch.zeros(1, 2))
+    # Wrong types, named (they used to fail as TypeErrors deep inside a solve).
+    for make, message in (
+        (lambda: Anderson(m=2.5), "Anderson m must be an integer, got 2.5"),
+        (lambda: Picard(max_iter=10.0), "Picard max_iter must be an integer"),
+        (lambda: Picard(tol="1e-4"), "Picard tol must be a number, got '1e-4'"),
+        (lambda: Anderson(beta=float("nan")), "Anderson beta must be a number"),
+        (lambda: JFBk(k=2.0), "JFBk k must be an integer"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            make()
+    with pytest.raises(ValueError, match=r"solver must be a FixedPointSolver, got str 'anderson'.*make_solver"):
+        fixed_point(lambda u: u, torch.zeros(1, 2), "anderson")
+    with pytest.raises(ValueError, match=r"gradient must be a GradientStrategy, got str 'jfb'.*make_gradient"):
+        fixed_point(lambda u: u, torch.zeros(1, 2), Picard(), "jfb")
+    with pytest.raises(ValueError, match=r"u0 is an empty batch \(shape \(0, 3\)\)"):
+        Picard().solve(lambda u: u, torch.zeros(0, 3))
+    with pytest.raises(ValueError, match=r"u0 must be a torch\.Tensor, got ndarray"):
+        Picard().solve(lambda u: u, torch.zeros(1, 3).numpy())
+    with pytest.raises(ValueError, match=r"the map returned a ndarray; f must return a torch\.Tensor"):
+        Picard().solve(lambda u: (0.5 * u + 1).numpy(), torch.zeros(2, 3))
 
 
 @pytest.mark.parametrize("make", [Picard, Anderson])

@@ -422,3 +422,14 @@ def test_fp16_resume_carries_the_loss_scale_and_the_guard(tmp_path, monkeypatch)
     a, b = (load_checkpoint(tmp_path / d / "model.pt")[0] for d in ("full", "part"))
     assert a["grad_scaler"] == b["grad_scaler"] and a["grad_scaler"]["scale"] > 0
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without a GPU")
+@pytest.mark.parametrize("device", ["cuda", "gpu"])
+def test_load_model_on_a_device_this_machine_lacks_says_so_not_that_the_file_is_damaged(device):
+    from jfb_inverse.errors import UserError
+    from jfb_inverse.training.checkpoint import load_model
+
+    message = "no CUDA GPU is available" if device == "cuda" else "unknown device 'gpu'"
+    with pytest.raises(UserError, match=message):
+        load_model("builtin:deblur", device=device)

@@ -18,11 +18,20 @@ from torch.nn.utils import parametrizations
 
 from jfb_inverse.implicit.solvers import FixedPointMap
 
-_NORMALISABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.ConvTranspose2d)
+_NORMALISABLE = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.Linear,
+)
 
 
 def spectral_normalize(module: nn.Module, n_power_iterations: int = 1) -> nn.Module:
-    """Apply torch's spectral-norm parametrisation to every conv / linear layer of ``module``.
+    """Apply torch's spectral-norm parametrisation to every ``Conv1d/2d/3d``, ``ConvTranspose1d/2d/3d``
+    and ``Linear`` layer of ``module`` (other layers, e.g. ``Bilinear``, are left as they are).
 
     For convolutions torch normalises the reshaped ``(out, in*k*k)`` weight matrix, which bounds
     the layer's operator norm only up to a factor of about ``k``; use :func:`lipschitz_estimate`

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils import parametrize
 
-from jfb_inverse.implicit.solvers import Anderson, FixedPointMap, FixedPointSolver, Picard
+from jfb_inverse.implicit.solvers import Anderson, FixedPointMap, FixedPointSolver, Picard, check_settings
 from jfb_inverse.implicit.stats import SolverStats, relative_residual
 
 
@@ -76,6 +76,7 @@ class JFBk(GradientStrategy):
     k: int = 5
 
     def __post_init__(self) -> None:
+        check_settings("JFBk", {"k": self.k}, {})
         if self.k < 1:
             raise ValueError(f"JFBk needs k >= 1, got {self.k}")
 
@@ -97,6 +98,7 @@ class Unrolled(GradientStrategy):
     K: int = 20
 
     def __post_init__(self) -> None:
+        check_settings("Unrolled", {"K": self.K}, {})
         if self.K < 1:
             raise ValueError(f"Unrolled needs K >= 1, got {self.K}")
 

@@ -31,6 +31,16 @@ def fixed_point(
         >>> bool(torch.allclose(u, torch.full((1, 3), 2.0), atol=1e-5)), stats.all_converged
         (True, True)
     """
+    if solver is not None and not isinstance(solver, FixedPointSolver):
+        raise ValueError(
+            f"solver must be a FixedPointSolver, got {type(solver).__name__} {solver!r}; e.g. Anderson() or "
+            "make_solver('anderson')"
+        )
+    if gradient is not None and not isinstance(gradient, GradientStrategy):
+        raise ValueError(
+            f"gradient must be a GradientStrategy, got {type(gradient).__name__} {gradient!r}; e.g. JFB() or "
+            "make_gradient('jfb')"
+        )
     return (gradient or JFB())(fn, u0, solver or Anderson())
 
 

@@ -259,8 +259,12 @@ class _Trace:
 
 
 def _validate(u0: Tensor, tol: float, max_iter: int) -> None:
-    if u0.dim() < 1 or u0.shape[0] == 0:
-        raise ValueError(f"u0 must have a leading batch dimension, got shape {tuple(u0.shape)}")
+    if not isinstance(u0, Tensor):
+        raise ValueError(f"u0 must be a torch.Tensor, got {type(u0).__name__}; convert with torch.as_tensor(u0)")
+    if u0.dim() < 1:
+        raise ValueError(f"u0 must have a leading batch dimension, got shape {tuple(u0.shape)}; u0[None] adds one")
+    if u0.shape[0] == 0:
+        raise ValueError(f"u0 is an empty batch (shape {tuple(u0.shape)}); pass at least one sample")
     if not u0.is_floating_point():
         raise ValueError(f"u0 must be a floating-point tensor, got {u0.dtype}; cast it, e.g. u0.float()")
     if tol <= 0:
@@ -272,6 +276,8 @@ def _validate(u0: Tensor, tol: float, max_iter: int) -> None:
 def _check_output(fu: Tensor, u: Tensor) -> None:
     """``f(u)`` must be an iterate like ``u``: a broadcast shape or another dtype would be silently
     cast or broadcast into the solver's buffers."""
+    if not isinstance(fu, Tensor):
+        raise ValueError(f"the map returned a {type(fu).__name__}; f must return a torch.Tensor shaped like its input")
     if fu.shape != u.shape or fu.dtype != u.dtype:
         raise ValueError(
             f"the map returned {fu.dtype} of shape {tuple(fu.shape)} for an iterate of {u.dtype} and shape "
@@ -319,6 +325,17 @@ def _per_sample(stop: StopRule, check: _StopCheck) -> bool:
     read one iteration late (CUDA, where freezing samples would add work, not save it)."""
     _check_stop(stop)
     return stop == "sample" or (stop == "auto" and not check.lagged)
+
+
+def check_settings(owner: str, integers: dict[str, object], reals: dict[str, object]) -> None:
+    """Settings of the right type, in one line naming the setting: a float ``max_iter`` or a string
+    ``tol`` would otherwise fail as an obscure TypeError deep inside a solve."""
+    for name, value in integers.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{owner} {name} must be an integer, got {value!r}")
+    for name, value in reals.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise ValueError(f"{owner} {name} must be a number, got {value!r}")
 
 
 def _check_stop(stop: str) -> None:
@@ -389,6 +406,7 @@ class Picard(FixedPointSolver):
     cuda_graph: bool = False  # replay f from a CUDA graph (CUDA only, see _GraphedMap)
 
     def __post_init__(self) -> None:
+        check_settings("Picard", {"max_iter": self.max_iter}, {"alpha": self.alpha, "tol": self.tol})
         _check_stop(self.stop)
         if not 0 < self.alpha <= 1:
             raise ValueError(f"Picard alpha must be in (0, 1], got {self.alpha}")
@@ -464,6 +482,9 @@ class Anderson(FixedPointSolver):
     cuda_graph: bool = False  # replay f from a CUDA graph (CUDA only, see _GraphedMap)
 
     def __post_init__(self) -> None:
+        check_settings(
+            "Anderson", {"m": self.m, "max_iter": self.max_iter}, {"beta": self.beta, "lam": self.lam, "tol": self.tol}
+        )
         _check_stop(self.stop)
         if self.m < 1:
             raise ValueError(f"Anderson history m must be >= 1, got {self.m}")

@@ -25,6 +25,8 @@ def apply_memory_format(module: torch.nn.Module, memory_format: str, device: tor
     buffers are left alone: torch.distributed's buffer broadcast refuses a (1, 1, k, k) buffer
     with channels-last strides as overlapping.
     """
+    if memory_format not in ("auto", "channels_last", "contiguous"):
+        raise ValueError(f"unknown memory_format {memory_format!r}; choose auto, channels_last or contiguous")
     channels_last = memory_format == "channels_last" or (memory_format == "auto" and channels_last_is_faster(device))
     layout = torch.channels_last if channels_last else torch.contiguous_format
     for layer in module.modules():

@@ -11,6 +11,7 @@ tolerance. Training's tolerance (1e-3) stays above that floor.
 from __future__ import annotations
 
 import functools
+from typing import get_args
 
 import torch
 
@@ -32,6 +33,8 @@ def native_bf16_cpu() -> bool:
 
 def effective_precision(precision: Precision, device: torch.device, training: bool) -> str:
     """The precision that ``precision`` means on ``device`` in training or eval mode."""
+    if precision not in get_args(Precision):  # a typo must not run in some other precision
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(get_args(Precision))}")
     if precision != "auto":
         return precision
     return "bf16" if training and device.type == "cpu" and native_bf16_cpu() else "fp32"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from deepinv.models import Reconstructor
@@ -17,8 +17,10 @@ from jfb_inverse.implicit.solvers import FixedPointMap
 from jfb_inverse.implicit.stats import SolverStats
 from jfb_inverse.models.equivariance import Equivariance, group_elements, symmetrize
 from jfb_inverse.models.precision import Precision, effective_precision
+from jfb_inverse.problems.custom import first_line
 
 StepKind = Literal["prox", "gradient", "ffpn", "filtered"]
+InitKind = Literal["tikhonov", "adjoint"]
 #: ``(measurement shape without the batch dim, device) -> (physics on that device, image shape)``.
 PhysicsFactory = Callable[[tuple[int, ...], torch.device], tuple[LinearPhysics, tuple[int, int, int]]]
 
@@ -64,7 +66,7 @@ class ImplicitReconstructor(Reconstructor):
         step: StepKind = "prox",
         eta_init: float = 1.0,
         learn_eta: bool = True,
-        init: Literal["tikhonov", "adjoint"] = "tikhonov",
+        init: InitKind = "tikhonov",
         init_lam: float = 0.01,
         solver: FixedPointSolver | None = None,
         eval_solver: FixedPointSolver | None = None,
@@ -75,7 +77,16 @@ class ImplicitReconstructor(Reconstructor):
         input_injection: bool = False,
     ) -> None:
         super().__init__()
-        group_elements(equivariance)  # fail at construction, not at the first evaluation
+        # Fail at construction, in one line, not at the first call (or never: a typo in init or
+        # precision would quietly run another iteration).
+        group_elements(equivariance)
+        effective_precision(precision, torch.device("cpu"), True)
+        for name, value, choices in (("step", step, StepKind), ("init", init, InitKind)):
+            if value not in get_args(choices):
+                raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(get_args(choices))}")
+        for name, value in (("eta_init", eta_init), ("init_lam", init_lam)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
         self.regularizer = regularizer
         self.step_kind: StepKind = step
         log_eta = torch.tensor(math.log(eta_init))
@@ -100,23 +111,67 @@ class ImplicitReconstructor(Reconstructor):
         return self.log_eta.exp()
 
     def _physics_for(self, y: Tensor, physics: LinearPhysics | None) -> tuple[LinearPhysics, tuple[int, ...]]:
-        if physics is not None:
-            img_size = getattr(physics, "img_size", None)
-            if img_size is None:
-                img_size = tuple(physics.A_adjoint(y[:1]).shape[1:])
-            return physics, tuple(img_size)
-        if self.physics_factory is None:
-            raise ValueError("no physics given and the model has no physics_factory; pass physics=...")
-        return self.physics_factory(tuple(y.shape[1:]), y.device)
+        """The physics for ``y`` and its image shape, checked to produce measurements of ``y``'s shape."""
+        shape = tuple(y.shape[1:])
+        try:
+            if physics is not None:
+                if not isinstance(physics, LinearPhysics):
+                    raise ValueError(
+                        f"physics must be a deepinv LinearPhysics, got {type(physics).__name__}; wrap an object with "
+                        "A and A_adjoint by jfb_inverse.problems.custom.as_linear_physics(op, img_size, name)"
+                    )
+                img_size = getattr(physics, "img_size", None)
+                if img_size is None:
+                    img_size = tuple(physics.A_adjoint(y[:1]).shape[1:])
+                img_size = tuple(img_size)
+            elif self.physics_factory is None:
+                raise ValueError("no physics given and the model has no physics_factory; pass physics=...")
+            else:
+                physics, img_size = self.physics_factory(shape, y.device)
+            # One sample through A: a measurement of another shape would otherwise broadcast into a
+            # batch of wrong reconstructions (an (H, W) array read as H measurements) or fail deep inside.
+            made = tuple(physics.A(torch.zeros((1, *img_size), device=y.device, dtype=y.dtype)).shape[1:])
+        except ValueError:
+            raise
+        except Exception as exc:
+            raise ValueError(
+                f"measurements of shape {tuple(y.shape)} do not fit the physics ({first_line(exc)}); "
+                "pass y as (B, *measurement shape): y[None] adds the batch dimension of one measurement"
+            ) from None
+        if made != shape:
+            raise ValueError(
+                f"measurements of shape {tuple(y.shape)} do not fit the physics, which makes {made} per image of "
+                f"{tuple(img_size)}; pass y of shape (B, {', '.join(map(str, made))}): y[None] adds the batch "
+                "dimension of one measurement"
+            )
+        channels = getattr(self.regularizer, "channels", None)
+        if isinstance(channels, int) and img_size[0] != channels:
+            raise ValueError(
+                f"the images of these measurements have {img_size[0]} channel(s), but the regulariser takes "
+                f"{channels}; pass measurements of {channels}-channel images (or a model built for {img_size[0]})"
+            )
+        return physics, img_size
 
     def _check_measurement(self, y: Tensor) -> None:
-        """``y`` in the weights' dtype and on their device: said in one line, not by a convolution
-        deep inside the first iteration."""
-        weight = next(self.parameters())
-        if y.dtype != weight.dtype or y.device != weight.device:
+        """``y`` a non-empty batch in the weights' dtype and on their device: said in one line, not by
+        a convolution deep inside the first iteration."""
+        if not isinstance(y, Tensor):
             raise ValueError(
-                f"measurements are {y.dtype} on {y.device}, the model's weights {weight.dtype} on {weight.device}; "
-                f"pass y.to(device='{weight.device}', dtype={weight.dtype}) (or move the model)"
+                f"measurements must be a torch.Tensor of shape (B, ...), got {type(y).__name__}; "
+                "convert with torch.as_tensor(y)"
+            )
+        if y.dim() < 2:
+            raise ValueError(
+                f"measurements must be a batch (B, ...), got shape {tuple(y.shape)}; y[None] adds the batch "
+                "dimension of one measurement"
+            )
+        if y.numel() == 0:
+            raise ValueError(f"the batch of measurements is empty (shape {tuple(y.shape)}); pass at least one")
+        ref = self.log_eta  # a parameter or a buffer: every model has it, and it moves with the model
+        if y.dtype != ref.dtype or y.device != ref.device:
+            raise ValueError(
+                f"measurements are {y.dtype} on {y.device}, the model's weights {ref.dtype} on {ref.device}; "
+                f"pass y.to(device='{ref.device}', dtype={ref.dtype}) (or move the model)"
             )
 
     def fixed_point_map(self, y: Tensor, physics: LinearPhysics | None = None) -> tuple[FixedPointMap, Tensor]:
@@ -143,8 +198,9 @@ class ImplicitReconstructor(Reconstructor):
 
     def _regularizer_in_precision(self, device: torch.device) -> Callable[..., Tensor]:
         """``D`` under autocast when a lower precision is asked for (``auto``: see
-        :mod:`jfb_inverse.models.precision`); its output is cast back to fp32 so the consistency
-        step and the solver's residuals and mixing stay in fp32."""
+        :mod:`jfb_inverse.models.precision`); its output is cast back to the iterate's dtype (fp32,
+        or fp64 for a model in double) so the consistency step and the solver's residuals and mixing
+        stay in it."""
         precision = effective_precision(self.precision, device, self.training)
         if precision == "fp32":
             return self.regularizer
@@ -154,17 +210,30 @@ class ImplicitReconstructor(Reconstructor):
         def low_precision(v: Tensor, *context: Tensor) -> Tensor:
             with torch.autocast(device_type=device.type, dtype=dtype):
                 out = reg(v, *context)
-            return out.float()
+            return out.to(v.dtype)
 
         return low_precision
 
     def forward(self, y: Tensor, physics: LinearPhysics | None = None, u0: Tensor | None = None, **kwargs) -> Tensor:
         """Reconstruct a batch of measurements ``y`` (the physics is built for ``y`` when not given)."""
         fn, start = self.fixed_point_map(y, physics)
+        if u0 is not None:
+            _check_start(u0, start)
         solver = self.solver if self.training else self.eval_solver
         u, stats = fixed_point(fn, start if u0 is None else u0, solver, self.gradient)
         self.last_stats = stats
         return u
+
+
+def _check_start(u0: Tensor, start: Tensor) -> None:
+    """A start given to :meth:`ImplicitReconstructor.forward` must be an image batch like the model's own."""
+    if not isinstance(u0, Tensor):
+        raise ValueError(f"u0 must be a torch.Tensor, got {type(u0).__name__}")
+    if u0.shape != start.shape or u0.dtype != start.dtype or u0.device != start.device:
+        raise ValueError(
+            f"u0 is {tuple(u0.shape)} {u0.dtype} on {u0.device}, but the images of these measurements are "
+            f"{tuple(start.shape)} {start.dtype} on {start.device}; pass a start of that shape, dtype and device"
+        )
 
 
 class _MeasurementMap:

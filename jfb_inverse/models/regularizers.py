@@ -123,6 +123,9 @@ class SmoothingResidualCNN(SmoothingResidual):
         context_channels: int = 0,
         bias: bool = True,
     ) -> None:
+        _check_sizes(channels=channels, width=width, context_channels=(context_channels, 0))
+        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 2:
+            raise ValueError(f"depth must be an integer >= 2 (a first and a last layer), got {depth!r}")
         c_in = channels + context_channels
         layers: list[nn.Module] = [OneDNNConv2d(c_in, width, 3, padding=1, bias=bias), HalfReLU()]
         for d in _dilations(depth - 2):
@@ -149,6 +152,7 @@ class SmoothingResidualUNet(SmoothingResidual):
         context_channels: int = 0,
         bias: bool = True,
     ) -> None:
+        _check_sizes(channels=channels, width=width, context_channels=(context_channels, 0))
         image_channels = channels + context_channels
 
         def block(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
@@ -200,3 +204,12 @@ def _dilations(n: int) -> list[int]:
     """Dilations rising then falling: 1, 2, 4, ..., 4, 2, 1 (length ``n``)."""
     up = [2**i for i in range((n + 1) // 2)]
     return (up + up[: n // 2][::-1])[:n] if n > 0 else []
+
+
+def _check_sizes(**sizes: int | tuple[int, int]) -> None:
+    """Each size an integer of at least 1 (or of a given minimum, passed as ``(value, minimum)``):
+    a zero width would build a network that cannot learn, without a word."""
+    for name, item in sizes.items():
+        value, minimum = item if isinstance(item, tuple) else (item, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")

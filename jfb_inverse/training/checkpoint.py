@@ -22,7 +22,7 @@ import torch
 from pydantic import ValidationError
 
 from jfb_inverse.atomic import atomic_write_bytes
-from jfb_inverse.errors import CheckpointError
+from jfb_inverse.errors import CheckpointError, UserError
 from jfb_inverse.problems.config import ProblemConfig
 from jfb_inverse.problems.registry import format_validation_error
 
@@ -77,6 +77,7 @@ def load_checkpoint(name: str | Path, map_location: str | torch.device = "cpu") 
     is refused before any of it runs; an empty, truncated or garbage file is reported as such.
     """
     path = resolve_checkpoint_path(name)
+    _check_device_exists(map_location)
     with path.open("rb") as fh:
         head = fh.read(4)
     # torch.save writes a zip archive ("PK"); old torch versions and plain pickles start with PROTO (0x80).
@@ -109,6 +110,16 @@ def load_checkpoint(name: str | Path, map_location: str | torch.device = "cpu") 
         detail = format_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
         raise CheckpointError(f"checkpoint {str(path)!r} has an invalid problem definition: {detail}") from None
     return payload, cfg
+
+
+def _check_device_exists(device: str | torch.device) -> None:
+    """A device this machine lacks is said as such (torch.load would report a damaged file)."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise UserError(f"unknown device {device!r}; use 'cpu' or 'cuda'") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {str(device)!r} was asked for but no CUDA GPU is available; use device='cpu'")
 
 
 def load_model(
