@@ -77,6 +77,7 @@ def demo(
 
 from jfb_inverse.cli import benchmark as _benchmark  # noqa: E402
 from jfb_inverse.cli import evaluate as _evaluate  # noqa: E402
+from jfb_inverse.cli import info as _info  # noqa: E402
 from jfb_inverse.cli import reconstruct as _reconstruct  # noqa: E402
 from jfb_inverse.cli import train as _train  # noqa: E402
 
@@ -84,6 +85,7 @@ app.command(name="train")(_train.train)
 app.command(name="simulate")(_reconstruct.simulate)
 app.command(name="reconstruct")(_reconstruct.reconstruct)
 app.command(name="evaluate")(_evaluate.evaluate)
+app.command(name="info")(_info.info)
 app.command(name="benchmark")(_benchmark.benchmark)
 
 

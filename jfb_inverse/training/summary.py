@@ -1,0 +1,122 @@
+"""What a checkpoint holds, as plain values: the problem, network, solver and training it records.
+
+Reading a checkpoint this way never runs a custom operator's code: the network is built without
+physics (those are built on first use), so no ``--trust-operator`` is needed to look.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from jfb_inverse.training.checkpoint import load_checkpoint, resolve_checkpoint_path
+
+
+def describe_checkpoint(name: str | Path) -> dict[str, Any]:
+    """A JSON-ready summary of the checkpoint ``name`` (a ``model.pt``, a run folder or ``builtin:NAME``).
+
+    Keys: ``checkpoint`` (its file), ``problem``, ``operator`` and ``noise`` (as the definition
+    records them; a kernel's numbers shown by their shape), ``model`` (the map, the network and
+    its size, the learned step size), ``solver`` (training and reconstruction), ``training`` (steps
+    done and planned, seconds, finished, the recipe), ``data``, ``last_log`` (the last line of
+    ``history.jsonl`` beside the checkpoint, or ``None``) and, for a custom operator read from a
+    file, ``operator_file`` (its path and whether it is still there).
+    """
+    from jfb_inverse.models.build import build_model
+    from jfb_inverse.problems.custom import is_file_target
+
+    path = resolve_checkpoint_path(name)
+    payload, cfg = load_checkpoint(path)
+    model, _ = build_model(cfg, "cpu")  # physics are built lazily: no operator code runs here
+    model.load_state_dict(payload["state_dict"])
+    operator = _relevant(cfg.operator.model_dump(mode="json"), _UNUSED_BLUR_FIELDS)
+    values = operator.get("values")
+    if isinstance(values, list) and values and isinstance(values[0], list):
+        operator["values"] = f"<{len(values)}x{len(values[0])} kernel>"
+    noise = _relevant(cfg.noise.model_dump(mode="json"), _UNUSED_NOISE_FIELDS)
+    m, s, t = cfg.model, cfg.solver, cfg.training
+    plan = payload.get("step_plan") or {}
+    step = int(payload.get("step", 0))
+    planned = int(plan.get("planned") or t.steps)
+    summary: dict[str, Any] = {
+        "checkpoint": str(path),
+        "problem": cfg.problem,
+        "operator": operator,
+        "noise": noise,
+        "model": {
+            "step": m.step,
+            "network": f"dilated CNN, width {m.width}, {m.depth} layers"
+            if m.arch == "dilated"
+            else f"U-Net, width {m.width}",
+            "parameters": sum(p.numel() for p in model.regularizer.parameters()),
+            "eta": round(float(model.eta.detach()), 6),
+            "learn_eta": m.learn_eta,
+            "equivariance": m.equivariance,
+            "input_injection": m.input_injection,
+            "bias": m.bias,
+            "spectral_norm": m.spectral_norm,
+        },
+        "solver": {
+            "training": {"name": s.name, "tol": s.tol, "max_iter": s.max_iter},
+            "reconstruction": {"name": s.name, "tol": s.eval_tol, "max_iter": s.eval_max_iter},
+        },
+        "training": {
+            "steps_done": step,
+            "steps_planned": planned,
+            "seconds": round(float(payload.get("seconds", 0.0)), 1),
+            # Against the run's plan (a time budget fits it): a stopped run is resumable, not finished.
+            "finished": step >= planned,
+            "gradient": t.gradient,
+            "optimizer": t.optimizer,
+            "lr": t.lr,
+            "batch_size": t.batch_size,
+            "patch_size": cfg.data.patch_size,
+            "precision": t.precision,
+            "seed": t.seed,
+            "init_from": t.init_from,
+            "resumable": "optimizer" in payload,
+        },
+        "data": {"source": cfg.data.source, "channels": cfg.data.channels, "path": cfg.data.path},
+        "last_log": _last_log(path.parent / "history.jsonl") if not str(name).startswith("builtin:") else None,
+    }
+    if cfg.operator.kind == "custom":
+        source = cfg.operator.target.rpartition(":")[0]
+        if is_file_target(source):
+            summary["operator_file"] = {"path": source, "exists": Path(source).is_file()}
+    return summary
+
+
+# The fields a definition carries for other variants than its own: a Gaussian kernel has no
+# motion length, Gaussian noise no photon gain. Left out of the summary, not of the definition.
+_UNUSED_BLUR_FIELDS = {
+    "gaussian": ("length", "angle", "size", "path", "values"),
+    "motion": ("sigma", "size", "path", "values"),
+    "box": ("sigma", "length", "angle", "path", "values"),
+    "file": ("sigma", "length", "angle", "size"),
+}
+_UNUSED_NOISE_FIELDS = {"gaussian": ("gain",), "poisson": ("relative",)}
+
+
+def _relevant(values: dict[str, Any], unused: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+    """``values`` without the fields its variant does not use (by ``kernel``, else by ``kind``) and
+    without unset (``None``) ones."""
+    variant = values.get("kernel", values.get("kind"))
+    drop = set(unused.get(variant, ())) if values.get("kind") in ("blur", "gaussian", "poisson") else set()
+    return {k: v for k, v in values.items() if k not in drop and v is not None}
+
+
+def _last_log(history: Path) -> dict[str, Any] | None:
+    """The last complete JSON line of a run's history, or ``None`` (no file, or nothing readable)."""
+    try:
+        lines = history.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by an interrupted write
+            continue
+        if isinstance(record, dict):
+            return record
+    return None
