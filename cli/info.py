@@ -71,6 +71,14 @@ def _rows(s: dict[str, Any]) -> list[tuple[str, str]]:
         log = s["last_log"]
         shown = {k: log[k] for k in ("loss", "psnr", "iterations", "converged") if k in log}
         rows.append(("last log", f"step {log.get('step', '?')}: {_pairs(shown)}"))
+    if s["held_out"]:
+        held = s["held_out"]
+        line = f"model {held['psnr']['model']:.2f} dB / SSIM {held['ssim']['model']:.3f} on {', '.join(held['images'])}"
+        if held["best_baseline"]:
+            best = held["best_baseline"]
+            line += f"; best baseline {best} {held['psnr'][best]:.2f} dB ({held['gain_db']:+.2f} dB)"
+        line += "; solves converged" if held["converged"] else "; some solves did not converge"
+        rows.append(("held out", line))
     if "operator_file" in s:
         file = s["operator_file"]
         state = "present" if file["exists"] else "missing: name where it is now with --operator PATH.py:Class"

@@ -60,7 +60,7 @@ def train(
         Optimizer | None, typer.Option(help="adam, or muon for the regulariser's hidden layers (Adam for the rest).")
     ] = None,
     out: Annotated[
-        Path, typer.Option(help="Output folder (model.pt, problem.toml, history.jsonl, training.png).")
+        Path, typer.Option(help="Output folder (model.pt, problem.toml, history.jsonl, training.png, evaluation.json).")
     ] = Path("runs/latest"),
     device: DeviceOption = "auto",
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
@@ -274,9 +274,13 @@ def train(
         # before an --overwrite removes the old run's files. Those go now, not at the new run's
         # first checkpoint: an interrupted --overwrite must not leave the old weights next to the
         # new history (and --resume them).
+        from jfb_inverse.training.summary import EVALUATION_FILE
+
         if overwrite and main_process:
-            for name in ("model.pt", "problem.toml", "history.jsonl", "training.png"):
+            for name in ("model.pt", "problem.toml", "history.jsonl", "training.png", EVALUATION_FILE):
                 (out / name).unlink(missing_ok=True)
+        if resume and main_process:  # it scored the weights this run is about to move on from
+            (out / EVALUATION_FILE).unlink(missing_ok=True)
         if not main_process:
             return
         t = cfg.training
@@ -373,6 +377,13 @@ def train(
         raise typer.Exit(code=128 + stop.signum) from None
     training_figure(result.history, ev, out / "training.png")
     if ev is not None:
+        from jfb_inverse.measurements import write_json
+        from jfb_inverse.training.summary import EVALUATION_FILE
+
+        # The held-out scores beside the model they belong to (`jfb-inverse info` shows them); the
+        # step says which weights were scored.
+        settings = {**ev.report["settings"], "checkpoint_step": int(payload["step"])}
+        write_json({**ev.report, "settings": settings}, out / EVALUATION_FILE)
         _print_mean(ev.report)
         if not all(ev.converged):
             warn("the forward solve did not reach its tolerance on some held-out images")

@@ -50,12 +50,21 @@ def test_info_of_an_unfinished_run_says_it_can_be_resumed(tmp_path):
     result = invoke("train", "--problem", "deblur", "--config", tmp_path / "tiny.toml", "--steps", "3",
                     "--out", run, "--device", "cpu")  # fmt: skip
     assert result.exit_code == 0, result.output
+    # The run's final held-out evaluation is written beside it, and info reads it back.
+    report = json.loads((run / "evaluation.json").read_text())
+    assert report["settings"]["checkpoint_step"] == 3 and report["images"][0]["name"] == "camera"
+    held = describe_checkpoint(run)["held_out"]
+    psnr = report["mean"]["psnr"]
+    assert held["psnr"] == psnr and held["best_baseline"] == max(("wiener", "tv"), key=psnr.get)
+    assert held["gain_db"] == round(psnr["model"] - psnr[held["best_baseline"]], 4)
+    assert "held out model" in " ".join(invoke("info", "--checkpoint", run).output.split())
     payload = torch.load(run / "model.pt", weights_only=True)
     payload["step"] = 2  # as a run stopped by --max-minutes after 2 of its 3 steps records itself
     torch.save(payload, run / "model.pt")
     summary = describe_checkpoint(run)
     assert summary["training"]["finished"] is False and summary["training"]["resumable"] is True
     assert summary["last_log"]["step"] == 3  # the history's last line
+    assert summary["held_out"] is None  # the evaluation scored other weights (step 3): not shown as these
     text = " ".join(invoke("info", "--checkpoint", run).output.split())
     assert "2 of 3 steps (not finished: train --resume continues it)" in text
 

@@ -12,6 +12,10 @@ from typing import Any
 
 from jfb_inverse.training.checkpoint import load_checkpoint, resolve_checkpoint_path
 
+#: The held-out report ``train`` writes beside its model (``evaluate --json``'s schema, with the
+#: scored checkpoint's step in ``settings.checkpoint_step``).
+EVALUATION_FILE = "evaluation.json"
+
 
 def describe_checkpoint(name: str | Path) -> dict[str, Any]:
     """A JSON-ready summary of the checkpoint ``name`` (a ``model.pt``, a run folder or ``builtin:NAME``).
@@ -20,8 +24,9 @@ def describe_checkpoint(name: str | Path) -> dict[str, Any]:
     records them; a kernel's numbers shown by their shape), ``model`` (the map, the network and
     its size, the learned step size), ``solver`` (training and reconstruction), ``training`` (steps
     done and planned, seconds, finished, the recipe), ``data``, ``last_log`` (the last line of
-    ``history.jsonl`` beside the checkpoint, or ``None``) and, for a custom operator read from a
-    file, ``operator_file`` (its path and whether it is still there).
+    ``history.jsonl`` beside the checkpoint, or ``None``), ``held_out`` (the mean scores of the final
+    evaluation ``train`` wrote beside it, when it scored these weights, or ``None``) and, for a
+    custom operator read from a file, ``operator_file`` (its path and whether it is still there).
     """
     from jfb_inverse.models.build import build_model
     from jfb_inverse.problems.custom import is_file_target
@@ -78,8 +83,12 @@ def describe_checkpoint(name: str | Path) -> dict[str, Any]:
             "resumable": "optimizer" in payload,
         },
         "data": {"source": cfg.data.source, "channels": cfg.data.channels, "path": cfg.data.path},
-        "last_log": _last_log(path.parent / "history.jsonl") if not str(name).startswith("builtin:") else None,
+        "last_log": None,
+        "held_out": None,
     }
+    if not str(name).startswith("builtin:"):  # a run folder's files, never the package's own folder
+        summary["last_log"] = _last_log(path.parent / "history.jsonl")
+        summary["held_out"] = _held_out(path.parent / EVALUATION_FILE, step)
     if cfg.operator.kind == "custom":
         source = cfg.operator.target.rpartition(":")[0]
         if is_file_target(source):
@@ -104,6 +113,28 @@ def _relevant(values: dict[str, Any], unused: dict[str, tuple[str, ...]]) -> dic
     variant = values.get("kernel", values.get("kind"))
     drop = set(unused.get(variant, ())) if values.get("kind") in ("blur", "gaussian", "poisson") else set()
     return {k: v for k, v in values.items() if k not in drop and v is not None}
+
+
+def _held_out(report_path: Path, step: int) -> dict[str, Any] | None:
+    """The mean scores of the run's final held-out evaluation, when it scored these weights."""
+    try:
+        report = json.loads(report_path.read_text())
+        if report["settings"]["checkpoint_step"] != step:
+            return None  # an older evaluation (the run went on without finishing the next one)
+        mean = report["mean"]
+        baselines = {k: v for k, v in mean["psnr"].items() if k not in ("model", "measurement")}
+        best = max(baselines, key=baselines.get) if baselines else None
+        return {
+            "images": [row["name"] for row in report["images"]],
+            "psnr": mean["psnr"],
+            "ssim": mean["ssim"],
+            "best_baseline": best,
+            "gain_db": round(mean["psnr"]["model"] - baselines[best], 4) if best else None,
+            "iterations": [row.get("iterations") for row in report["images"]],
+            "converged": all(row.get("converged", True) for row in report["images"]),
+        }
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None  # no report, or not one of ours: nothing to show
 
 
 def _last_log(history: Path) -> dict[str, Any] | None:
