@@ -156,3 +156,15 @@ def absolute_paths(cfg: Any) -> Any:
     if init_from and not init_from.startswith("builtin:"):
         update["training"] = cfg.training.model_copy(update={"init_from": absolute_if_exists(init_from)})
     return cfg.model_copy(update=update) if update else cfg
+
+
+def unconverged_note(names: list[str], converged: list[bool], command: str) -> str | None:
+    """The warning for an evaluation whose solves did not all reach their tolerance (``None`` when
+    they did): which images, and the options that let the solver go further."""
+    left = [name for name, ok in zip(names, converged, strict=True) if not ok]
+    if not left:
+        return None
+    return (
+        f"the forward solve did not reach its tolerance on {', '.join(left)} (best iterate kept); {command} "
+        "with a larger --max-iter (or a looser --tol) goes further"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -16,6 +17,7 @@ from jfb_inverse.cli.common import (
     TrustOperatorOption,
     console,
     override_evaluation,
+    unconverged_note,
     user_errors,
     warn,
 )
@@ -59,6 +61,8 @@ def evaluate(
             raise UserError(f"output folder {str(target.parent)!r} does not exist; create it first")
         if target is not None and target.is_dir():
             raise UserError(f"{str(target)!r} is a folder; give a file name")
+        if target is not None and not os.access(target if target.exists() else target.parent, os.W_OK):
+            raise UserError(f"cannot write {str(target)!r} (permission denied); choose a file you can write")
     if json_path is not None and json_path.suffix.lower() != ".json":
         raise UserError(f"--json {str(json_path)!r}: give a file name ending in .json")
     if figure is not None and figure.suffix.lower() not in FIGURE_SUFFIXES:
@@ -82,11 +86,14 @@ def evaluate(
         table.add_row(escape(row["name"]), *(f"{row['psnr'][m]:.2f} / {row['ssim'][m]:.3f}" for m in methods))
     console.print(table)
     console.print(f"fixed-point iterations per image: {ev.iterations}")
-    if not all(ev.converged):
-        warn("the forward solve did not reach its tolerance on some images (best iterate kept)")
+    note = unconverged_note([row["name"] for row in report["images"]], ev.converged, "evaluate")
+    if note:
+        warn(note)
+    # The figure first: it is the one that can still fail (matplotlib, an odd file system), and a
+    # failure must not leave the JSON written alone.
+    if figure is not None:
+        comparison_figure(ev, figure)
     if json_path is not None:
         from jfb_inverse.measurements import write_json
 
         write_json(report, json_path)
-    if figure is not None:
-        comparison_figure(ev, figure)

@@ -290,7 +290,8 @@ def _reconstruct_one(
     if stats is not None and not stats.all_converged:
         warn(
             f"{path.name}: the fixed-point solve stopped at max_iter ({int(stats.iterations.max())}) with residual "
-            f"{float(stats.residual.max()):.2e} > tol {stats.tol:g}; the best iterate was kept"
+            f"{float(stats.residual.max()):.2e} > tol {stats.tol:g}; the best iterate was kept (raise --max-iter "
+            "or loosen --tol to go further)"
         )
     if verbose and stats is not None:
         console.print(

@@ -15,6 +15,7 @@ from jfb_inverse.cli.common import (
     check_config_file,
     console,
     err_console,
+    unconverged_note,
     user_errors,
     warn,
 )
@@ -385,8 +386,11 @@ def train(
         settings = {**ev.report["settings"], "checkpoint_step": int(payload["step"])}
         write_json({**ev.report, "settings": settings}, out / EVALUATION_FILE)
         _print_mean(ev.report)
-        if not all(ev.converged):
-            warn("the forward solve did not reach its tolerance on some held-out images")
+        note = unconverged_note(
+            [row["name"] for row in ev.report["images"]], ev.converged, f"jfb-inverse evaluate --checkpoint {out}"
+        )
+        if note:
+            warn(note)
 
 
 class _StopSignal:

@@ -62,6 +62,12 @@ def read_measurement(path: str | Path, channels: int, note: Callable[[str], None
         except (ValueError, OSError, EOFError) as exc:
             reason = "it holds Python objects, which are never loaded" if "allow_pickle" in str(exc) else str(exc)
             raise UserError(f"{str(p)!r} is not a valid .npy array ({reason}); save it with numpy.save") from None
+        if arr.dtype.kind == "c":
+            raise UserError(
+                f"{str(p)!r} holds complex values ({arr.dtype}, shape {arr.shape}); save real arrays: k-space as "
+                "(2C, H, W), each channel's real part then its imaginary part, e.g. "
+                "numpy.concatenate([y.real, y.imag]) for y of shape (C, H, W), as `simulate` writes it"
+            )
         if arr.dtype.kind not in "fiu" or arr.ndim not in (2, 3):
             raise UserError(
                 f"{str(p)!r} holds a {arr.dtype} array of shape {arr.shape}; expected a real (H, W) or (C, ...) array"
@@ -147,12 +153,15 @@ def _check_fits(
     except Exception as exc:
         raise does_not_fit(exc) from None
     if expected != tuple(y.shape):
-        hint = (
-            ""
-            if cfg.operator.kind != "custom" or expected == tuple(img_size)
-            else "; an operator whose measurements differ in shape from its images needs an image_shape method "
-            "(or operator.img_size) unless the measurement comes with simulate's .json file"
-        )
+        hint = {
+            "ct": "; a sinogram is (C, detectors, angles)",
+            "mri": "; k-space is (2C, H, W): each channel's real part, then its imaginary part",
+        }.get(cfg.operator.kind, "")
+        if cfg.operator.kind == "custom" and expected != tuple(img_size):
+            hint = (
+                "; an operator whose measurements differ in shape from its images needs an image_shape method "
+                "(or operator.img_size) unless the measurement comes with simulate's .json file"
+            )
         raise _ShapeMismatchError(
             f"{source}: measurement shape {tuple(y.shape)} does not fit the {cfg.problem!r} operator "
             f"(it produces {expected} for images of {img_size}); use a measurement made for this checkpoint{hint}"
@@ -180,8 +189,9 @@ def _check_scale(y: Tensor, cfg: ProblemConfig, phys: Any, img_size: tuple[int, 
     scale = max(clean + noise, 1e-30)
     norm = float(torch.linalg.vector_norm(y.double()))
     if norm > 3.0 * scale:
-        # Image-shaped measurements are often saved as pixels; others (sinograms, k-space, counts) not.
-        pixels = tuple(y.shape[-2:]) == tuple(img_size[-2:])
+        # Measurements that are images (blurred, masked or low-resolution) are often saved as pixels;
+        # others (sinograms, k-space, a custom operator's other shapes) are not.
+        pixels = cfg.operator.kind in ("blur", "inpainting", "superres") or tuple(y.shape) == tuple(img_size)
         hint = "divide 0-255 pixel values by 255" if pixels else "as simulate makes them from images in [0, 1]"
         raise UserError(
             f"{source}: the measurement is {norm / scale:.0f}x larger than the {cfg.problem!r} operator makes "

@@ -480,6 +480,32 @@ def test_evaluate_says_when_it_converts_a_colour_image(tmp_path):
     assert "rgb.png: colour image converted to grey" in " ".join(result.output.split())
 
 
+def test_evaluate_names_the_unconverged_images_and_the_fix(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    save_image(load_builtin("camera", size=32), folder / "cam.png")
+    result = invoke("evaluate", "--checkpoint", "builtin:deblur", "--images", str(folder), "--max-iter", "1")
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0, result.output
+    assert "did not reach its tolerance on cam.png (best iterate kept); evaluate with a larger --max-iter" in text
+
+
+def test_evaluate_writes_no_json_when_its_figure_fails(tmp_path, monkeypatch):
+    import jfb_inverse.evaluation
+
+    def fails(*_args, **_kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / "f.png"))
+
+    monkeypatch.setattr(jfb_inverse.evaluation, "comparison_figure", fails)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    save_image(load_builtin("camera", size=32), folder / "cam.png")
+    result = invoke("evaluate", "--checkpoint", "builtin:deblur", "--images", str(folder), "--max-iter", "1",
+                    "--json", str(tmp_path / "r.json"), "--figure", str(tmp_path / "f.png"))  # fmt: skip
+    one_line_error(result, "No space left on device")
+    assert not (tmp_path / "r.json").exists()
+
+
 def test_sigterm_during_the_final_evaluation_says_where_the_model_is(tmp_path, monkeypatch):
     import os
     import signal

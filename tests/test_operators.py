@@ -135,6 +135,40 @@ def test_inpainting_mask_fraction_seed_and_channels():
     assert not torch.equal(build_physics(InpaintingOperator(mask_seed=4), (1, 20, 30)).mask, mask)
 
 
+@pytest.mark.parametrize(("op", "img_size"), [(InpaintingOperator(), (3, 20, 24)), (MRIOperator(), (2, 32, 32))],
+                         ids=["inpainting-rgb", "mri-2ch"])  # fmt: skip
+def test_no_noise_where_a_masking_operator_measures_nothing(op, img_size):
+    """As deepinv's own Inpainting and MRI noise them: missing pixels and unsampled k-space stay 0."""
+    from jfb_inverse.problems import simulate
+    from jfb_inverse.problems.config import NoiseConfig
+
+    physics = build_physics(op, img_size)
+    x = torch.rand(2, *img_size, generator=torch.Generator().manual_seed(0))
+    y = simulate(x, physics, NoiseConfig(sigma=0.05), torch.Generator().manual_seed(1))
+    measured = physics.A(torch.ones_like(x)) != 0 if isinstance(op, InpaintingOperator) else None
+    if measured is None:  # k-space: a sampled column is sampled in every row, channel and part
+        measured = cartesian_mask(op, img_size[1], img_size[2]).bool().expand_as(y)
+    noise = y - physics.A(x)
+    assert torch.all(noise[~measured] == 0) and torch.all(y[~measured] == 0)
+    assert (noise[measured] != 0).float().mean() > 0.99
+    # The stream is the one drawn everywhere, masked: the measured entries' noise is unchanged.
+    eps = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(noise[measured], 0.05 * eps[measured])
+
+
+def test_an_operator_that_measures_nothing_is_refused_in_one_line():
+    from jfb_inverse.consistency.norm import operator_norm_squared
+    from jfb_inverse.errors import OperatorError
+
+    with pytest.raises(ConfigError, match=r"operator\.missing = 0\.5 keeps no pixel of a 1x1 image"):
+        build_physics(InpaintingOperator(), (1, 1, 1))
+    from deepinv.physics import Inpainting
+
+    nothing = Inpainting(img_size=(1, 8, 8), mask=torch.zeros(1, 8, 8))
+    with pytest.raises(OperatorError, match=r"maps images of shape \(1, 8, 8\) to zero"):
+        operator_norm_squared(nothing, (1, 8, 8))
+
+
 def test_mri_mask_lines_and_centre():
     mask = cartesian_mask(MRIOperator(acceleration=4, center_fraction=0.08), 64, 100)
     columns = mask[0]

@@ -874,3 +874,29 @@ def test_a_measurement_in_0_255_is_refused_not_reconstructed_white(tmp_path):
     assert cli(*reconstruct_args(tmp_path, sino, checkpoint="builtin:ct", output="ct.npy")).exit_code == 0
     np.save(tmp_path / "s255.npy", np.load(sino) * 255)
     expect_refusal(tmp_path, reconstruct_args(tmp_path, tmp_path / "s255.npy", checkpoint="builtin:ct"), "larger than")
+
+
+def test_a_transposed_sinogram_is_refused_with_the_layout(tmp_path):
+    clean = rand_image(tmp_path / "clean.npy", shape=(1, 32, 32))
+    sino = tmp_path / "s.npy"
+    assert cli("simulate", "--problem", "ct", "--input", clean, "--output", sino).exit_code == 0
+    np.save(tmp_path / "t.npy", np.load(sino).transpose(0, 2, 1))  # (C, angles, detectors)
+    args = reconstruct_args(tmp_path, tmp_path / "t.npy", checkpoint="builtin:ct", output="t.png")
+    expect_refusal(tmp_path, args, "a sinogram is (C, detectors, angles)")
+
+
+@pytest.mark.parametrize(("problem", "hint"), [("mri", "as simulate makes them"), ("superres", "divide 0-255 pixel")])
+def test_a_measurement_too_large_gets_the_hint_of_its_kind(problem, hint):
+    """k-space is not pixels; a low-resolution image is, though its shape is not the image's."""
+    from jfb_inverse.errors import UserError
+    from jfb_inverse.measurements import check_fits
+    from jfb_inverse.models.build import PhysicsCache
+    from jfb_inverse.problems import resolve_config, simulate
+
+    cfg = resolve_config(problem)
+    cache = PhysicsCache(cfg, torch.device("cpu"))
+    x = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    y = simulate(x, cache.for_image((1, 32, 32)), cfg.noise, torch.Generator().manual_seed(0))[0]
+    assert check_fits(y, cfg, cache, "y.npy") is not None  # as simulated: fits
+    with pytest.raises(UserError, match=hint):
+        check_fits(y * 255, cfg, cache, "y.npy")

@@ -7,6 +7,8 @@ import weakref
 import torch
 from deepinv.physics import LinearPhysics
 
+from jfb_inverse.errors import OperatorError
+
 # physics -> {(image size, device): (fingerprint of its tensors, ||A||^2)}
 _CACHE: weakref.WeakKeyDictionary[LinearPhysics, dict[tuple, tuple[tuple, float]]] = weakref.WeakKeyDictionary()
 
@@ -55,5 +57,10 @@ def operator_norm_squared(
                 value = new
                 break
             value = new
+    if not value > 0:  # also NaN: every step size is relative to this norm
+        raise OperatorError(
+            f"the operator maps images of shape {tuple(img_size)} to zero (or to NaN): ||A||^2 = {value:g}, so "
+            "nothing can be reconstructed from its measurements; check the operator (e.g. a mask that keeps nothing)"
+        )
     per_physics[key] = (fingerprint, value)
     return value

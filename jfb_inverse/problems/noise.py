@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from deepinv.physics import GaussianNoise, LinearPhysics
+from deepinv.physics import GaussianNoise, Inpainting, LinearPhysics
 from torch import Tensor
 
 from jfb_inverse.problems.config import NoiseConfig
@@ -37,7 +37,20 @@ def simulate(x: Tensor, physics: LinearPhysics, noise: NoiseConfig, generator: t
     if noise.sigma == 0:
         return clean
     eps = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
+    measured = _measured(physics)
+    if measured is not None:  # drawn everywhere first, so the noise stream is the same with or without
+        eps = eps * measured.to(eps.dtype)
     return clean + noise_sigma(noise, physics.A(x) if noise.kind == "poisson" else clean) * eps
+
+
+def _measured(physics: LinearPhysics) -> Tensor | None:
+    """Where a masking operator measures at all (kept pixels, sampled k-space), broadcastable to its
+    measurements; ``None`` for operators that measure everywhere. Entries it does not measure stay
+    zero, noise included, as deepinv's own ``Inpainting`` and ``MRI`` noise them (``A^T`` ignores
+    them either way, so reconstructions are the same)."""
+    if isinstance(physics, Inpainting):
+        return physics.mask
+    return getattr(physics, "measured", None)
 
 
 def attach_noise_model(physics: LinearPhysics, noise: NoiseConfig) -> LinearPhysics:

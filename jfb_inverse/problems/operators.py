@@ -282,6 +282,11 @@ def inpainting_mask(op: InpaintingOperator, height: int, width: int) -> Tensor:
     """A (1, H, W) binary mask keeping exactly ``round((1 - missing) H W)`` pixels, fixed by ``mask_seed``
     and the image size (drawn on the CPU so that every device gets the same mask)."""
     keep = round((1 - op.missing) * height * width)
+    if keep == 0:  # nothing measured: ||A|| = 0 and no step size or reconstruction exists
+        raise ConfigError(
+            f"operator.missing = {op.missing:g} keeps no pixel of a {height}x{width} image; use a larger image "
+            "or a smaller operator.missing"
+        )
     order = torch.randperm(height * width, generator=torch.Generator().manual_seed(op.mask_seed))
     mask = torch.zeros(height * width)
     mask[order[:keep]] = 1.0
@@ -362,6 +367,11 @@ class CartesianMRI(LinearPhysics):
         super().__init__(img_size=img_size, device=device)
         self.mri = MRI(mask=mask.to(device), img_size=tuple(mask.shape), device=device)
         self.register_buffer("weights", 0.5 * (mask + _negated_frequencies(mask)).to(device))
+
+    @property
+    def measured(self) -> Tensor:
+        """(1, 1, H, W): 1 where k-space is sampled (the same in every channel, real and imaginary)."""
+        return self.mri.mask[:, :1]
 
     def A(self, x: Tensor, **kwargs: Any) -> Tensor:  # noqa: N802 - deepinv's name
         """Masked k-space (B, 2C, H, W) of real images (B, C, H, W)."""
