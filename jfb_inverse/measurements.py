@@ -132,7 +132,15 @@ def _check_fits(
 
     def does_not_fit(exc: Exception) -> UserError:
         if isinstance(exc, UserError):
-            return _ShapeMismatchError(f"{source}: {exc}")
+            text = str(exc)
+            problem, sep, fix = text.partition("; ")
+            if sep and "operator." in fix:
+                # The fix names a definition field, which a checkpoint fixes: say what can change.
+                text = (
+                    f"{problem}; the checkpoint fixes its operator, so give a measurement that operator makes "
+                    "(`jfb-inverse simulate --checkpoint` makes one, with the .json file that gives its image shape)"
+                )
+            return _ShapeMismatchError(f"{source}: {text}")
         return _ShapeMismatchError(
             f"{source}: a measurement of shape {tuple(y.shape)} does not fit the {cfg.problem!r} operator ({exc})"
         )

@@ -900,3 +900,19 @@ def test_a_measurement_too_large_gets_the_hint_of_its_kind(problem, hint):
     assert check_fits(y, cfg, cache, "y.npy") is not None  # as simulated: fits
     with pytest.raises(UserError, match=hint):
         check_fits(y * 255, cfg, cache, "y.npy")
+
+
+def test_a_bare_measurement_refusal_names_what_reconstruct_can_change():
+    """reconstruct cannot set operator fields (the checkpoint fixes them): its refusal says what it can do."""
+    from jfb_inverse.errors import UserError
+    from jfb_inverse.measurements import check_fits
+    from jfb_inverse.models.build import PhysicsCache
+    from jfb_inverse.problems import resolve_config
+
+    cfg = resolve_config("ct", overrides={"operator": {"detectors": 48}})
+    cache = PhysicsCache(cfg, torch.device("cpu"))
+    y = cache.for_image((1, 32, 32)).A(torch.rand(1, 1, 32, 32))[0]
+    assert check_fits(y, cfg, cache, "s.npy", image_shape=(1, 32, 32)) is not None  # with simulate's record
+    with pytest.raises(UserError, match="the checkpoint fixes its operator, so give a measurement") as info:
+        check_fits(y, cfg, cache, "s.npy")
+    assert "set operator.img_width" not in str(info.value)
