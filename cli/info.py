@@ -58,11 +58,9 @@ def _rows(s: dict[str, Any]) -> list[tuple[str, str]]:
         ),
         (
             "training",
-            f"{training['steps_done']:,} of {training['steps_planned']:,} steps "
-            f"({_state(training)}) in "
-            f"{_duration(training['seconds'])}; {training['gradient']} gradient, {training['optimizer']} lr "
-            f"{training['lr']:g}, batch {training['batch_size']} of {training['patch_size']} px, precision "
-            f"{training['precision']}, seed {training['seed']}"
+            f"{_progress(training)} ({_state(training)}) in {_duration(training['seconds'])}; "
+            f"{training['gradient']} gradient, {_optimizer(training)}, batch {training['batch_size']} of "
+            f"{training['patch_size']} px, precision {training['precision']}, seed {training['seed']}"
             + (f", from {training['init_from']}" if training["init_from"] else ""),
         ),
         ("data", f"{s['data']['source']}" + (f" {s['data']['path']}" if s["data"]["path"] else "")),
@@ -84,6 +82,24 @@ def _rows(s: dict[str, Any]) -> list[tuple[str, str]]:
         state = "present" if file["exists"] else "missing: name where it is now with --operator PATH.py:Class"
         rows.append(("operator file", f"{file['path']} ({state})"))
     return rows
+
+
+def _progress(training: dict[str, Any]) -> str:
+    """``done of planned steps``, with the time budget that plans them when there is one."""
+    done, planned, minutes = training["steps_done"], training["steps_planned"], training["minutes"]
+    if minutes is None:
+        return f"{done:,} of {planned:,} steps"
+    if training["plan_fitted"]:
+        return f"{done:,} of {planned:,} steps (fitted to a {minutes:g}-minute budget)"
+    if training["finished"]:  # the steps ran out before the budget measured the machine's speed
+        return f"{done:,} of {planned:,} steps (within a {minutes:g}-minute budget)"
+    return f"{done:,} step{'s' * (done != 1)} of a {minutes:g}-minute budget (not yet fitted to a step count)"
+
+
+def _optimizer(training: dict[str, Any]) -> str:
+    if training["optimizer"] == "muon":
+        return f"muon lr {training['muon_lr']:g} (adam lr {training['lr']:g} for the rest)"
+    return f"{training['optimizer']} lr {training['lr']:g}"
 
 
 def _state(training: dict[str, Any]) -> str:

@@ -176,6 +176,7 @@ def train(
         _check_data_folder(data)
         overrides.setdefault("data", {}).update({"source": "folder", "path": str(data)})
     first_step = 0  # where this invocation starts: a resumed run's step
+    logged_before = 0  # the last step a record of history.jsonl covers at that start
     if resume:
         if not (out / "model.pt").exists():
             raise UserError(f"nothing to resume: {str(out)!r} holds no model.pt; start the run without --resume")
@@ -202,6 +203,7 @@ def train(
         planned = cfg.training.steps
         cfg = validate_definition(deep_merge(cfg.model_dump(), {"training": run_control}))
         first_step = int(payload["step"])
+        logged_before = _last_logged_step(out / "history.jsonl", first_step)
         if cfg.training.steps <= first_step:
             raise UserError(
                 f"the run in --out is at step {first_step} of {planned}; "
@@ -218,6 +220,7 @@ def train(
     if launcher:
         # The definition, --out and the device were checked above, once, in one line each: torchrun's
         # workers would each print the error inside a multi-screen failure report.
+        _check_before_launch(cfg, nproc)
         raise typer.Exit(code=distributed.launch(nproc, _argv_without_nproc()))
     dev = distributed.init_distributed(wanted_device)
     main_process = distributed.is_main_process()
@@ -346,7 +349,9 @@ def train(
             f"to this machine's speed; a new run with --steps {t.steps} (another --out, or --overwrite) trains them all"
         )
     if not_converged[0]:
-        trained = max(1, result.steps - first_step)  # the steps this invocation trained, whose logs were counted
+        # The steps the counted records cover: this invocation's, and on a resume the restored log
+        # window's steps since the last record before it (the first record after a resume covers them).
+        trained = max(1, result.steps - logged_before)
         warn(
             f"{not_converged[0]} of the {trained} training steps of this run ({not_converged[0] / trained:.0%}) "
             "hit max_iter before tol: their gradient was taken at an approximate fixed point; raise "
@@ -483,6 +488,41 @@ def _try_operator_in_the_model(model: Any, cache: Any, shape: tuple[int, ...], w
             "the operator must work on batches (B, C, H, W) at every image size the run uses "
             "(data.patch_size, data.eval_size)"
         ) from None
+
+
+def _check_before_launch(cfg: Any, nproc: int) -> None:
+    """What each worker would refuse, said once by the launcher: a batch that does not split over
+    the processes, and training data without a usable image (the same checks the workers run)."""
+    import warnings
+
+    import torch
+
+    from jfb_inverse.training.data import TrainingSource
+    from jfb_inverse.training.loop import check_batch_split
+
+    check_batch_split(cfg.training.batch_size, nproc)
+    with warnings.catch_warnings():  # rank 0 says those again, once, when it loads the data
+        warnings.simplefilter("ignore")
+        TrainingSource(cfg.data, cfg.training.batch_size, cfg.training.seed, torch.device("cpu"))
+
+
+def _last_logged_step(history: Path, upto: int) -> int:
+    """The last step at or before ``upto`` that a record of ``history`` logged (0 if none)."""
+    import json
+
+    last = 0
+    try:
+        lines = history.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return 0
+    for line in lines:
+        try:
+            step = json.loads(line).get("step")
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        if isinstance(step, int) and last < step <= upto:
+            last = step
+    return last
 
 
 def _resumed_operator(cfg: Any, operator: str | None) -> Any:

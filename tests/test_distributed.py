@@ -149,3 +149,30 @@ def test_a_time_budget_ends_every_rank_at_the_same_step(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
     assert payload["step"] == records[-1]["step"] == records[-1]["planned_steps"] >= 1
     assert payload["step_plan"]["planned"] == payload["step"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch-size", "3"], "batch size 3 does not split over 2 processes; use a multiple of 2"),
+        (["--data", "SMALL"], "is at least 32 px on each side"),
+    ],
+)
+def test_what_every_worker_would_refuse_is_said_once_before_launching(tmp_path, monkeypatch, args, message):
+    """Not twice inside torchrun's failure report, with exit code 1: one line, exit 2, no worker started."""
+    import numpy as np
+    from jfb_inverse.cli.app import app
+    from typer.testing import CliRunner
+
+    import jfb_inverse.training.distributed as distributed
+
+    monkeypatch.setattr(distributed, "launch", lambda *_: pytest.fail("workers were launched"))
+    (tmp_path / "small").mkdir()
+    np.save(tmp_path / "small" / "tiny.npy", np.random.default_rng(0).random((20, 20)).astype(np.float32))
+    (tmp_path / "t.toml").write_text("[data]\npatch_size = 32\neval_size = 32\n[training]\nbatch_size = 2\n")
+    args = [str(tmp_path / "small") if a == "SMALL" else a for a in args]
+    result = CliRunner().invoke(app, ["train", "--problem", "deblur", "--config", str(tmp_path / "t.toml"), "--nproc",
+                                      "2", "--device", "cpu", "--out", str(tmp_path / "run"), *args])  # fmt: skip
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
+    assert not (tmp_path / "run").exists()

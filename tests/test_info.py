@@ -63,7 +63,7 @@ def test_info_of_an_unfinished_run_says_it_can_be_resumed(tmp_path):
     torch.save(payload, run / "model.pt")
     summary = describe_checkpoint(run)
     assert summary["training"]["finished"] is False and summary["training"]["resumable"] is True
-    assert summary["last_log"]["step"] == 3  # the history's last line
+    assert summary["last_log"]["step"] == 2  # the record of the saved step, not the later ones
     assert summary["held_out"] is None  # the evaluation scored other weights (step 3): not shown as these
     text = " ".join(invoke("info", "--checkpoint", run).output.split())
     assert "2 of 3 steps (not finished: train --resume continues it)" in text
@@ -93,3 +93,21 @@ def test_info_refuses_a_bad_checkpoint_or_json_name_in_one_line(tmp_path):
         result = invoke("info", *args)
         assert result.exit_code == 2 and message in result.output and "error:" in result.output, result.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_info_shows_what_plans_and_drives_the_run(tmp_path):
+    """The saved step bounds the log shown; a time budget and Muon's own learning rate are said."""
+    (tmp_path / "tiny.toml").write_text(TINY_TOML + 'optimizer = "muon"\nlr = 1e-3\nminutes = 5.0\n')
+    run = tmp_path / "run"
+    result = invoke("train", "--problem", "deblur", "--config", tmp_path / "tiny.toml", "--steps", "4",
+                    "--out", run, "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    # A killed run logs past its last checkpoint: those lines describe weights that were not saved.
+    with (run / "history.jsonl").open("a") as fh:
+        fh.write(json.dumps({"step": 9, "loss": 1.0}) + "\n")
+    summary = describe_checkpoint(run)
+    assert summary["last_log"]["step"] == 4
+    assert summary["training"]["muon_lr"] == 0.005 and summary["training"]["minutes"] == 5.0
+    text = " ".join(invoke("info", "--checkpoint", run).output.split())
+    assert "muon lr 0.005 (adam lr 0.001 for the rest)" in text
+    assert "of 4 steps" in text and "5-minute budget" in text

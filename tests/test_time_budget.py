@@ -301,9 +301,10 @@ def test_deblurs_budget_fits_its_steps_to_a_slow_machine_from_the_cli(tmp_path, 
     message = " ".join(again.output.split())
     assert "which leaves no step in a 9-minute budget" in message
     used = float(message.split("has trained ")[1].split()[0])
-    above = float(message.split("give --minutes above ")[1].split(",")[0])
+    above = float(message.split("give --minutes above ")[1].split(" ")[0])
     assert used <= above < used + 0.02  # rounded up, never below what the run used
-    assert f", or --steps above {done} to train exactly that many" in message
+    assert "to train it further, give --minutes above" in message
+    assert f"(or --steps above {done}: exactly that many steps)" in message
 
     # --steps on --resume asks for exactly those steps too: the guard gives way.
     resumed = CliRunner().invoke(app, ["train", "--resume", "--out", str(run), "--steps", str(done + 3)])
@@ -311,3 +312,35 @@ def test_deblurs_budget_fits_its_steps_to_a_slow_machine_from_the_cli(tmp_path, 
     assert _records(run)[-1]["step"] == done + 3
     cfg = load_checkpoint(run / "model.pt")[1]
     assert (cfg.training.steps, cfg.training.minutes) == (done + 3, None)
+
+
+def test_the_not_converged_share_after_a_resume_counts_the_steps_its_records_cover(tmp_path, monkeypatch):
+    """A run stopped by a signal between two records resumes with its log window: the first record
+    after the resume covers steps of both invocations, and the share must count them all (it read 125%)."""
+    import os
+    import signal
+
+    real_mse, calls = loop.F.mse_loss, {"n": 0}
+
+    def terminated_at_step_7(a, b):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            os.kill(os.getpid(), signal.SIGTERM)  # the loop stops after this step, with a checkpoint
+        return real_mse(a, b)
+
+    monkeypatch.setattr(loop.F, "mse_loss", terminated_at_step_7)
+    # No solve converges (tol 1e-12 in 2 iterations): every step is a not-converged one.
+    (tmp_path / "c.toml").write_text(
+        "[data]\npatch_size = 32\neval_size = 32\n[model]\nwidth = 8\ndepth = 3\n[solver]\ntol = 1e-12\nmax_iter = 2\n"
+        "[training]\nbatch_size = 2\nlog_every = 5\ncheckpoint_every = 100\nbatch_reuse = 1\n"
+    )
+    run = str(tmp_path / "run")
+    first = CliRunner().invoke(app, ["train", "--problem", "deblur", "--config", str(tmp_path / "c.toml"),
+                                     "--device", "cpu", "--out", run, "--steps", "12"])  # fmt: skip
+    assert first.exit_code == 128 + signal.SIGTERM, first.output
+    assert load_checkpoint(tmp_path / "run" / "model.pt")[0]["step"] == 7  # between the records of steps 5 and 10
+    second = CliRunner().invoke(app, ["train", "--resume", "--out", run])
+    assert second.exit_code == 0, second.output
+    text = " ".join(second.output.split())
+    # The records after the resume cover steps 6-12 (7 steps), 5 of them trained by this invocation.
+    assert "7 of the 7 training steps of this run (100%) hit max_iter" in text, text

@@ -75,7 +75,7 @@ def test_nan_loss_skips_steps_halves_lr_then_stops_cleanly(tmp_path, monkeypatch
         return loss * float("nan") if calls["n"] > 5 else loss
 
     monkeypatch.setattr(loop.F, "mse_loss", poisoned)
-    with pytest.raises(TrainingDivergedError, match="NaN/Inf for 5 steps in a row"):
+    with pytest.raises(TrainingDivergedError, match=r"NaN/Inf for 5 steps in a row.*checkpoint of step 8 is intact"):
         train(cfg, tmp_path)
     payload = load_checkpoint(tmp_path / "model.pt")[0]
     # Steps 6-10 were bad (no update); the periodic checkpoint at step 8 holds finite weights and is
@@ -345,6 +345,10 @@ def test_a_nan_loss_is_caught_in_fp16_too(tmp_path, monkeypatch):
     monkeypatch.setattr(loop.F, "mse_loss", lambda a, b: real_mse(a, b) * float("nan"))
     with pytest.raises(TrainingDivergedError, match="NaN/Inf for 5 steps in a row"):
         train(cfg, tmp_path)
+    # With checkpoints every 100 steps it diverges (step 5) before the first: no checkpoint is promised.
+    cfg = resolve_config("deblur", overrides={**TINY, "training": {**TINY["training"], "checkpoint_every": 100}})
+    with pytest.raises(TrainingDivergedError, match=r"\(no checkpoint had been written yet\)"):
+        train(cfg, tmp_path / "fresh")
 
 
 def test_the_pending_lipschitz_maximum_survives_a_resume(tmp_path, monkeypatch):

@@ -84,7 +84,8 @@ class TrainResult:
 
 def _lr_lambda(total: int | Callable[[], int], warmup: int = 20) -> Callable[[int], float]:
     """Linear warm-up, then cosine decay to 5% of the peak learning rate at step ``total`` (a
-    number, or a function giving the current plan: a time budget refits it during the run)."""
+    number, or a function giving the current plan: a time budget refits it during the run). A
+    plan of ``warmup`` steps or fewer ends inside the warm-up (a smoke test's run, not a model)."""
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -205,6 +206,12 @@ def _operator_moved(cfg: ProblemConfig, stored: ProblemConfig) -> bool:
     )
 
 
+def check_batch_split(batch_size: int, world: int) -> None:
+    """Each of ``world`` processes trains on an equal slice of the batch."""
+    if batch_size % world:
+        raise UserError(f"batch size {batch_size} does not split over {world} processes; use a multiple of {world}")
+
+
 def _check_same_definition(cfg: ProblemConfig, stored: ProblemConfig) -> None:
     """A resume continues the stored run: any other change to its definition is refused, named."""
 
@@ -246,8 +253,7 @@ def train(
     is_main = rank == 0
     device = torch.device(device)
     t = cfg.training
-    if t.batch_size % world:
-        raise UserError(f"batch size {t.batch_size} does not split over {world} processes; use a multiple of {world}")
+    check_batch_split(t.batch_size, world)
     if cfg.data.source == "folder" and cfg.data.path and Path(cfg.data.path).resolve() == out.resolve():
         # The run writes training.png there (the CLI's figure), which a later run or a resume would
         # read as a training image, and which would replace a user's image of that name.
@@ -311,12 +317,12 @@ def train(
         plan.load_state_dict(payload.get("step_plan") or StepPlan(cap=stored.training.steps).state_dict())
         plan.rebudget(budget, t.steps, first_step, elapsed_before)
         if budget is not None and first_step >= plan.planned:  # rebudget left no step to plan
-            more = "" if t.steps >= BUDGET_STEP_CAP else f", or --steps above {first_step} to train exactly that many"
+            more = "" if t.steps >= BUDGET_STEP_CAP else f" (or --steps above {first_step}: exactly that many steps)"
             used = elapsed_before / 60
             above = math.ceil(used * 100) / 100  # rounded up: --minutes at the shown value must be enough
             raise UserError(
                 f"the run in {str(out)!r} has trained {used:.2f} minutes (step {first_step}), which leaves no step "
-                f"in a {t.minutes:g}-minute budget; give --minutes above {above:g}{more} to train it further"
+                f"in a {t.minutes:g}-minute budget; to train it further, give --minutes above {above:g}{more}"
             )
         # The learning rate of the next step under this run's schedule: a resume with more --steps
         # stretches the schedule, and the optimiser's stored lr is the old schedule's.
@@ -348,6 +354,8 @@ def train(
     def seconds() -> float:
         return elapsed_before + time.perf_counter() - start
 
+    saved_step = [first_step]  # the step of the checkpoint on disk (0: none yet), for the divergence message
+
     def checkpoint(final: bool = False) -> None:
         # Every rank takes part: the pool gathers the ranks' warm starts. A run that did all its
         # steps keeps no pool (a resume with more steps draws fresh batches), so model.pt stays small;
@@ -378,6 +386,7 @@ def train(
             bad_in_a_row=bad_in_a_row,
             finished=final,
         )
+        saved_step[0] = step + 1
 
     def draw() -> tuple[Tensor, Tensor]:
         x_all = source.sample()
@@ -415,7 +424,12 @@ def train(
                     raise TrainingDivergedError(
                         f"training diverged: loss or gradients were NaN/Inf for {bad_in_a_row} steps in a row at "
                         f"step {step + 1} even after halving the learning rate each time; lower --lr, use a smaller "
-                        "model.eta_init, or enable model.spectral_norm (the last checkpoint is intact)"
+                        "model.eta_init, or enable model.spectral_norm"
+                        + (
+                            f" (the checkpoint of step {saved_step[0]} is intact)"
+                            if saved_step[0]
+                            else " (no checkpoint had been written yet)"
+                        )
                     )
             scheduler.step()
             stats = model.last_stats

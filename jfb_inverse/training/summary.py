@@ -24,7 +24,7 @@ def describe_checkpoint(name: str | Path) -> dict[str, Any]:
     records them; a kernel's numbers shown by their shape), ``model`` (the map, the network and
     its size, the learned step size), ``solver`` (training and reconstruction), ``training`` (steps
     done and planned, seconds, finished, the recipe), ``data``, ``last_log`` (the last line of
-    ``history.jsonl`` beside the checkpoint, or ``None``), ``held_out`` (the mean scores of the final
+    ``history.jsonl`` beside the checkpoint up to its step, or ``None``), ``held_out`` (the mean scores of the final
     evaluation ``train`` wrote beside it, when it scored these weights, or ``None``) and, for a
     custom operator read from a file, ``operator_file`` (its path and whether it is still there).
     """
@@ -75,6 +75,9 @@ def describe_checkpoint(name: str | Path) -> dict[str, Any]:
             "gradient": t.gradient,
             "optimizer": t.optimizer,
             "lr": t.lr,
+            "muon_lr": t.muon_lr if t.optimizer == "muon" else None,
+            "minutes": t.minutes,
+            "plan_fitted": bool(plan.get("fits_done")),
             "batch_size": t.batch_size,
             "patch_size": cfg.data.patch_size,
             "precision": t.precision,
@@ -87,7 +90,7 @@ def describe_checkpoint(name: str | Path) -> dict[str, Any]:
         "held_out": None,
     }
     if not str(name).startswith("builtin:"):  # a run folder's files, never the package's own folder
-        summary["last_log"] = _last_log(path.parent / "history.jsonl")
+        summary["last_log"] = _last_log(path.parent / "history.jsonl", step)
         summary["held_out"] = _held_out(path.parent / EVALUATION_FILE, step)
     if cfg.operator.kind == "custom":
         source = cfg.operator.target.rpartition(":")[0]
@@ -137,8 +140,10 @@ def _held_out(report_path: Path, step: int) -> dict[str, Any] | None:
         return None  # no report, or not one of ours: nothing to show
 
 
-def _last_log(history: Path) -> dict[str, Any] | None:
-    """The last complete JSON line of a run's history, or ``None`` (no file, or nothing readable)."""
+def _last_log(history: Path, step: int) -> dict[str, Any] | None:
+    """The last complete JSON line of a run's history at or before ``step`` (the saved weights'; a
+    killed run logged further than its last checkpoint, and ``--resume`` drops those lines), or
+    ``None`` (no file, or nothing readable)."""
     try:
         lines = history.read_text().splitlines()
     except (OSError, UnicodeDecodeError):
@@ -148,6 +153,6 @@ def _last_log(history: Path) -> dict[str, Any] | None:
             record = json.loads(line)
         except json.JSONDecodeError:  # a line cut short by an interrupted write
             continue
-        if isinstance(record, dict):
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
             return record
     return None
