@@ -127,6 +127,7 @@ def train(
     from jfb_inverse.training.loop import TrainingInterruptedError
     from jfb_inverse.training.loop import train as run_training
     from jfb_inverse.training.report import training_figure
+    from jfb_inverse.training.summary import EVALUATION_FILE, last_log
 
     if resume and init_from is not None:
         raise UserError("--init-from starts a new run from other weights; drop it to --resume this one")
@@ -203,7 +204,7 @@ def train(
         planned = cfg.training.steps
         cfg = validate_definition(deep_merge(cfg.model_dump(), {"training": run_control}))
         first_step = int(payload["step"])
-        logged_before = _last_logged_step(out / "history.jsonl", first_step)
+        logged_before = (last_log(out / "history.jsonl", first_step) or {}).get("step", 0)
         if cfg.training.steps <= first_step:
             raise UserError(
                 f"the run in --out is at step {first_step} of {planned}; "
@@ -278,8 +279,6 @@ def train(
         # before an --overwrite removes the old run's files. Those go now, not at the new run's
         # first checkpoint: an interrupted --overwrite must not leave the old weights next to the
         # new history (and --resume them).
-        from jfb_inverse.training.summary import EVALUATION_FILE
-
         if overwrite and main_process:
             for name in ("model.pt", "problem.toml", "history.jsonl", "training.png", EVALUATION_FILE):
                 (out / name).unlink(missing_ok=True)
@@ -384,7 +383,6 @@ def train(
     training_figure(result.history, ev, out / "training.png")
     if ev is not None:
         from jfb_inverse.measurements import write_json
-        from jfb_inverse.training.summary import EVALUATION_FILE
 
         # The held-out scores beside the model they belong to (`jfb-inverse info` shows them); the
         # step says which weights were scored.
@@ -504,25 +502,6 @@ def _check_before_launch(cfg: Any, nproc: int) -> None:
     with warnings.catch_warnings():  # rank 0 says those again, once, when it loads the data
         warnings.simplefilter("ignore")
         TrainingSource(cfg.data, cfg.training.batch_size, cfg.training.seed, torch.device("cpu"))
-
-
-def _last_logged_step(history: Path, upto: int) -> int:
-    """The last step at or before ``upto`` that a record of ``history`` logged (0 if none)."""
-    import json
-
-    last = 0
-    try:
-        lines = history.read_text().splitlines()
-    except (OSError, UnicodeDecodeError):
-        return 0
-    for line in lines:
-        try:
-            step = json.loads(line).get("step")
-        except (json.JSONDecodeError, AttributeError):
-            continue
-        if isinstance(step, int) and last < step <= upto:
-            last = step
-    return last
 
 
 def _resumed_operator(cfg: Any, operator: str | None) -> Any:

@@ -90,7 +90,7 @@ def describe_checkpoint(name: str | Path) -> dict[str, Any]:
         "held_out": None,
     }
     if not str(name).startswith("builtin:"):  # a run folder's files, never the package's own folder
-        summary["last_log"] = _last_log(path.parent / "history.jsonl", step)
+        summary["last_log"] = last_log(path.parent / "history.jsonl", step)
         summary["held_out"] = _held_out(path.parent / EVALUATION_FILE, step)
     if cfg.operator.kind == "custom":
         source = cfg.operator.target.rpartition(":")[0]
@@ -140,7 +140,7 @@ def _held_out(report_path: Path, step: int) -> dict[str, Any] | None:
         return None  # no report, or not one of ours: nothing to show
 
 
-def _last_log(history: Path, step: int) -> dict[str, Any] | None:
+def last_log(history: Path, step: int) -> dict[str, Any] | None:
     """The last complete JSON line of a run's history at or before ``step`` (the saved weights'; a
     killed run logged further than its last checkpoint, and ``--resume`` drops those lines), or
     ``None`` (no file, or nothing readable)."""
