@@ -113,8 +113,7 @@ _UNUSED_NOISE_FIELDS = {"gaussian": ("gain",), "poisson": ("relative",)}
 def _relevant(values: dict[str, Any], unused: dict[str, tuple[str, ...]]) -> dict[str, Any]:
     """``values`` without the fields its variant does not use (by ``kernel``, else by ``kind``) and
     without unset (``None``) ones."""
-    variant = values.get("kernel", values.get("kind"))
-    drop = set(unused.get(variant, ())) if values.get("kind") in ("blur", "gaussian", "poisson") else set()
+    drop = unused.get(values.get("kernel", values.get("kind")), ())
     return {k: v for k, v in values.items() if k not in drop and v is not None}
 
 
