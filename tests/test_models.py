@@ -256,6 +256,21 @@ def test_plugin_inside_deepinv_test_and_trainer(tmp_path):
     assert results[psnr_key] > 20
 
 
+def test_deepinv_trainer_keywords_are_taken_and_unknown_ones_refused():
+    physics = blur_physics(16, 16)
+    model = ImplicitReconstructor(SmoothingResidualCNN(width=4, depth=2)).eval()
+    y = physics.A(torch.rand(2, 1, 16, 16))
+    with torch.no_grad():
+        plain = model(y, physics)
+        # deepinv's Trainer passes the ground truth with its convergence plots; it must not change the result.
+        assert torch.equal(model(y, physics, x_gt=torch.zeros(2, 1, 16, 16)), plain)
+        # A tensor returned here would be unpacked by the Trainer along its batch of 2 without an error.
+        with pytest.raises(ValueError, match="plot_convergence_metrics=False"):
+            model(y, physics, x_gt=None, compute_metrics=True)
+        with pytest.raises(TypeError, match="u_0"):
+            model(y, physics, u_0=y)  # a misspelt start is an error, not silently ignored
+
+
 def _reconstruct_camera(physics, size: int, *models):
     """``camera`` at ``size`` px, its measurement, and each model's reconstruction (eval mode)."""
     x = load_builtin("camera", channels=1, size=size)[None]

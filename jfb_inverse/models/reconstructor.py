@@ -214,8 +214,27 @@ class ImplicitReconstructor(Reconstructor):
 
         return low_precision
 
-    def forward(self, y: Tensor, physics: LinearPhysics | None = None, u0: Tensor | None = None, **kwargs) -> Tensor:
-        """Reconstruct a batch of measurements ``y`` (the physics is built for ``y`` when not given)."""
+    def forward(
+        self,
+        y: Tensor,
+        physics: LinearPhysics | None = None,
+        u0: Tensor | None = None,
+        *,
+        x_gt: Tensor | None = None,
+        compute_metrics: bool = False,
+    ) -> Tensor:
+        """Reconstruct a batch of measurements ``y`` (the physics is built for ``y`` when not given).
+
+        ``x_gt`` and ``compute_metrics`` are the keywords deepinv's ``Trainer`` passes; the ground
+        truth is not used, and per-iteration metrics are refused (the solver's are in ``last_stats``).
+        """
+        if compute_metrics:
+            # deepinv's Trainer unpacks ``x, metrics = model(...)``: a tensor would unpack along its
+            # batch dimension without an error, so refuse instead of returning one.
+            raise ValueError(
+                "ImplicitReconstructor does not return per-iteration metrics (compute_metrics=True); "
+                "read model.last_stats after a call, and give deepinv's Trainer plot_convergence_metrics=False"
+            )
         fn, start = self.fixed_point_map(y, physics)
         if u0 is not None:
             _check_start(u0, start)
