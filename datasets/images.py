@@ -106,15 +106,27 @@ def _to_unit_float(array: np.ndarray, source: str) -> np.ndarray:
 
 
 def _to_channels(
-    array: np.ndarray, channels: int, source: str, note: Callable[[str], None] | None = None
+    array: np.ndarray,
+    channels: int,
+    source: str,
+    note: Callable[[str], None] | None = None,
+    opaque_alpha: bool = False,
 ) -> np.ndarray:
     """Turn an (H, W) or (H, W, C) float array into (channels, H, W); ``note`` hears of a colour
-    change (colour to grey, grey to RGB), not of a dropped alpha channel."""
+    change (colour to grey, grey to RGB), not of a dropped alpha channel. ``opaque_alpha``: refuse
+    a 2- or 4-channel array whose last channel is not a fully opaque alpha (1.0 everywhere)."""
     if channels < 1:
         raise UserError(f"channels must be a positive integer, got {channels}")
     if array.ndim == 2:
         array = array[..., None]
     have = array.shape[-1]
+    if opaque_alpha and have in (2, 4) and not bool((array[..., -1] == 1.0).all()):
+        # A measurement has no transparency: a 2-channel float TIFF is most likely k-space's real and
+        # imaginary parts, whose second half dropping as "alpha" would go unnoticed.
+        raise UserError(
+            f"{source}: a {have}-channel image whose last channel is not an opaque alpha; image files hold "
+            "1- or 3-channel measurements (MRI k-space is a (2C, H, W) .npy array, as `simulate` writes it)"
+        )
     if have == channels:
         out = array
     elif channels == 1 and have in (3, 4):
@@ -220,6 +232,7 @@ def load_image(
     *,
     check_range: bool = False,
     note: Callable[[str], None] | None = None,
+    opaque_alpha: bool = False,
 ) -> Tensor:
     """Read an image file as a (C, H, W) float32 tensor.
 
@@ -232,6 +245,8 @@ def load_image(
     float pixels outside [0, 1] (by more than ``UNIT_RANGE_SLACK``), for clean images, whose noise
     model and metrics assume that range (measurements may leave it). ``note``: called with a
     one-line message when colour is converted to grey or grey to RGB (the CLI shows it).
+    ``opaque_alpha``: refuse a 2- or 4-channel file whose alpha is not opaque everywhere (for
+    measurements, which have no transparency to drop).
 
     Examples
     --------
@@ -263,7 +278,7 @@ def load_image(
                 f"{path}: image has shape {array.shape}, expected (H, W) or (H, W, C); "
                 "multi-page or volume files are not supported"
             )
-    array = _to_channels(_to_unit_float(array, source), channels, source, note)
+    array = _to_channels(_to_unit_float(array, source), channels, source, note, opaque_alpha)
     if check_range:  # the channels kept (an alpha channel is dropped unchecked)
         _check_unit_range(array, source)
     return torch.from_numpy(array if size is None else _center_square_resize(array, size))

@@ -92,7 +92,7 @@ def read_measurement(path: str | Path, channels: int, note: Callable[[str], None
         y = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
         y = y[None] if y.ndim == 2 else y
     elif p.suffix.lower() in IMAGE_SUFFIXES:
-        y = load_image(p, channels=channels, note=note)
+        y = load_image(p, channels=channels, note=note, opaque_alpha=True)
     else:
         raise UserError(f"{str(p)!r}: unsupported measurement file type; use .npy, .png or .tif")
     if not torch.isfinite(y).all():

@@ -11,6 +11,7 @@ from jfb_inverse.cli.app import app, run_app
 from jfb_inverse.datasets import load_builtin, save_image
 from typer.testing import CliRunner
 
+from jfb_inverse.errors import UserError
 from jfb_inverse.problems import load_config_file
 
 runner = CliRunner()
@@ -376,6 +377,20 @@ def test_a_channels_last_npy_measurement_is_read_as_such(tmp_path):
     sinogram = np.zeros((1, 46, 30), dtype=np.float32)  # channels first, as written: unchanged
     np.save(tmp_path / "sino.npy", sinogram)
     assert read_measurement(tmp_path / "sino.npy", 1).shape == (1, 46, 30)
+
+
+def test_a_two_channel_image_measurement_is_refused_unless_its_second_channel_is_opaque_alpha(tmp_path):
+    import skimage.io
+
+    from jfb_inverse.measurements import read_measurement
+
+    kspace = np.random.default_rng(0).standard_normal((24, 24, 2)).astype(np.float32)  # real, imaginary
+    skimage.io.imsave(tmp_path / "k.tif", kspace, check_contrast=False)
+    with pytest.raises(UserError, match=r"not an opaque alpha.*\(2C, H, W\) \.npy"):
+        read_measurement(tmp_path / "k.tif", 1)  # its imaginary half used to be dropped as alpha
+    grey_alpha = np.stack([np.linspace(0, 1, 576, dtype=np.float32).reshape(24, 24), np.ones((24, 24), np.float32)], -1)
+    skimage.io.imsave(tmp_path / "ga.tif", grey_alpha, check_contrast=False)
+    assert torch.equal(read_measurement(tmp_path / "ga.tif", 1)[0], torch.from_numpy(grey_alpha[..., 0]))
 
 
 def test_evaluate_refuses_outputs_that_are_its_input_images(tmp_path):

@@ -311,7 +311,8 @@ def _build_superres(op: SuperResOperator, img_size: ImageSize, device: torch.dev
     kernel = gaussian_blur(sigma=(op.sigma, op.sigma))
     if kernel.shape[-2] > height or kernel.shape[-1] > width:
         raise ConfigError(
-            f"image of {height}x{width} px is smaller than the {kernel.shape[-2]}x{kernel.shape[-1]} blur kernel; "
+            f"image of {height}x{width} px (for a measurement of {height // op.factor}x{width // op.factor} px at "
+            f"x{op.factor}) is smaller than the {kernel.shape[-2]}x{kernel.shape[-1]} blur kernel; "
             "use a larger image or a smaller operator.sigma"
         )
     # Circular padding keeps deepinv's closed-form (FFT) prox, so the proximal step needs no CG.
