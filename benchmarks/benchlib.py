@@ -356,20 +356,47 @@ def load_reference(checkpoint: str, device: torch.device) -> tuple[Any, Any, Any
 
 
 # ------------------------------------------------------------------------------------------------ CLI
+def _at_least_one(text: str) -> int:
+    """An argparse type: an integer of at least 1 (threads, repeats)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def base_parser(description: str) -> argparse.ArgumentParser:
     """The options every script shares."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cpu or cuda (default cpu)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats: a smoke run")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (JSON + PNG)")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per contender")
+    parser.add_argument("--threads", type=_at_least_one, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--repeats", type=_at_least_one, default=None, help="timed repeats per contender")
     parser.add_argument(
         "--no-malloc-tuning",
         action="store_true",
         help="keep glibc's default allocator thresholds (see jfb_inverse.runtime.tune_malloc)",
     )
     return parser
+
+
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """A script's refusals as the CLI gives them: ``error: ...`` on stderr and exit code 2, no
+    traceback (bad options, missing checkpoints, unknown problems, an --out that is a file)."""
+    from jfb_inverse.errors import UserError
+
+    try:
+        yield
+    except SystemExit as exc:
+        if not isinstance(exc.code, str):
+            raise
+        print(exc.code if exc.code.startswith("error: ") else f"error: {exc.code}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (UserError, OSError) as exc:
+        detail = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.filename else str(exc)
+        print(f"error: {detail}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def setup(args: argparse.Namespace) -> torch.device:
@@ -382,8 +409,7 @@ def setup(args: argparse.Namespace) -> torch.device:
     torch.set_num_threads(max(1, int(args.threads)))
     if not getattr(args, "no_malloc_tuning", False):
         tune_malloc()
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    return device
+    return device  # --out is created by the first file written: a refused run leaves no empty folder
 
 
 def write_json(out_dir: Path, name: str, payload: dict[str, Any]) -> Path:

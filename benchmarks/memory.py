@@ -296,4 +296,7 @@ def argparse_hidden() -> str:
 
 
 if __name__ == "__main__":
-    main()
+    from benchlib import one_line_errors
+
+    with one_line_errors():  # refusals as one "error: ..." line and exit code 2
+        main()

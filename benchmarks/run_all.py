@@ -75,10 +75,16 @@ def run_all(
     if malloc_tuning:
         tune_malloc()
     info = benchlib.machine_info(dev)
+    if only is not None and not only:
+        raise SystemExit(f"error: --only names no benchmark; give some of {', '.join(ITEMS)}, or leave it out for all")
+    if problems is not None and not problems:
+        raise SystemExit("error: --problems names no problem; give some of deblur, ct, or leave it out for both")
     items = list(only or ITEMS)
     unknown = sorted(set(items) - set(ITEMS))
     if unknown:
         raise SystemExit(f"error: unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(ITEMS)}")
+    if budget_s is not None and "quality" not in items:
+        raise SystemExit("error: --budget is the quality benchmark's, which --only leaves out; add quality or drop it")
     registered = benchlib.available_problems()
     wanted = problems or ["deblur", "ct"]
     unknown_problems = [p for p in wanted if p not in registered]
@@ -112,7 +118,21 @@ def run_all(
             run_problems.append(p)
         else:
             skipped[f"problem:{p}"] = f"problem {p!r} is not registered here; items 1-3 skipped for it"
-    out.mkdir(parents=True, exist_ok=True)  # after the checks: a refused run writes nothing
+    for item in ("solver", "quality"):
+        if item in items and "deblur" not in run_problems:
+            skipped[item] = f"the {item} benchmark runs on deblur only, which --problems leaves out"
+    if quick and "memory" in items:
+        for p in run_problems:
+            if p != "deblur":
+                skipped[f"memory:{p}"] = "--quick runs the memory benchmark on deblur only"
+    if dev.type != "cpu" and "malloc" in items:
+        skipped["malloc"] = "CPU allocator check: not run on CUDA"
+    per_problem = [i for i in items if i in ("step", "memory")]
+    planned = [i for i in items if i not in ("step", "memory") and i not in skipped]
+    planned += [f"{i}:{p}" for i in per_problem for p in run_problems if f"{i}:{p}" not in skipped]
+    if not planned:
+        raise SystemExit(f"error: nothing to run ({'; '.join(skipped.values())}); choose other --only/--problems")
+    _check_writable(out)  # after the checks: a refused run writes nothing; before the work, not after it
     results: dict[str, Any] = {}
     errors: dict[str, str] = {}
 
@@ -141,11 +161,8 @@ def run_all(
                 f"step:{p}",
                 lambda p=p, ckpt=ckpt: training_step.run(dev, quick, out, repeats, problem=p, checkpoint=ckpt),
             )
-        if "memory" in items:
-            if quick and p != "deblur":
-                skipped[f"memory:{p}"] = "--quick runs the memory benchmark on deblur only"
-            else:
-                attempt(f"memory:{p}", lambda p=p: memory.run(dev, quick, out, problem=p, threads=threads))
+        if "memory" in items and f"memory:{p}" not in skipped:
+            attempt(f"memory:{p}", lambda p=p: memory.run(dev, quick, out, problem=p, threads=threads))
     if "solver" in items and "deblur" in run_problems:
         for eq in ("none", "rotations"):  # the plain T, and the model's default evaluation map
             attempt(
@@ -158,14 +175,11 @@ def run_all(
         attempt("quality:deblur", lambda: time_to_quality.run(dev, quick, out, budget_s=budget_s))
     if "deepinv" in items:
         attempt("deepinv", lambda: vs_deepinv.run(dev, quick, out, repeats))
-    if "malloc" in items:
-        if dev.type == "cpu":
-            attempt(
-                "malloc",
-                lambda: malloc_env.run(quick, out, rounds=1 if quick else min(repeats or 3, 3), threads=threads),
-            )
-        else:
-            skipped["malloc"] = "CPU allocator check: not run on CUDA"
+    if "malloc" in items and "malloc" not in skipped:
+        attempt(
+            "malloc",
+            lambda: malloc_env.run(quick, out, rounds=1 if quick else min(repeats or 3, 3), threads=threads),
+        )
     if "hot_path" in items:
         attempt("hot_path", lambda: profile_hot_path.run(dev, quick, out, compile_it=not quick))
     if "kernels" in items:
@@ -194,6 +208,22 @@ def run_all(
     return summary
 
 
+def _check_writable(out: Path) -> None:
+    """Create ``out`` and write a probe file there, so that an unwritable folder is refused before a
+    run of up to 40 minutes rather than after it."""
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"error: --out {str(out)!r} is a file; give a folder for the results")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write_probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise SystemExit(
+            f"error: --out {str(out)!r} is not a writable folder ({exc.strerror or exc}); give another --out"
+        ) from None
+
+
 def summarize(out: Path = benchlib.DEFAULT_OUT) -> dict[str, Any]:
     """Rebuild ``summary.json`` / ``summary.md`` from the JSON files already in ``out`` (no measuring)."""
     import json
@@ -210,10 +240,23 @@ def summarize(out: Path = benchlib.DEFAULT_OUT) -> dict[str, Any]:
         for path in sorted(out.glob(pattern)):
             payload = json.loads(path.read_text())
             eq = payload.get("setup", {}).get("equivariance", "none")
-            results[f"{key}:{payload['problem']}" + ("" if eq == "none" else f"/{eq}")] = payload
+            suffix = "" if eq == "none" else f"/{eq}"
+            # Only the files run_all writes (``training_step_deblur.json``): the glob also matches
+            # kept copies of other runs and machines (``training_step_deblur_s20_zen4.json``).
+            if path.stem != pattern.split("*")[0] + payload["problem"] + suffix.replace("/", "_"):
+                continue
+            results[f"{key}:{payload['problem']}{suffix}"] = payload
     for name, key in (("vs_deepinv.json", "deepinv"), ("malloc.json", "malloc")):
         if (out / name).is_file():
             results[key] = json.loads((out / name).read_text())
+
+    def run_order(key: str) -> tuple[bool, bool, int, str]:
+        # run_all's order: step then memory per problem (deblur first), then the other items.
+        kind, _, problem = key.partition(":")
+        per_problem = kind in ("step", "memory")
+        return (not per_problem, per_problem and problem != "deblur", ITEMS.index(kind), key)
+
+    results = {key: results[key] for key in sorted(results, key=run_order)}
     machines = [r["machine"] for r in results.values() if isinstance(r, dict) and "machine" in r]
     machine = dict(machines[0]) if machines else benchlib.finish_info(benchlib.machine_info("cpu"))
     if machines:
@@ -380,15 +423,18 @@ def markdown_table(rows: list[dict[str, Any]], summary: dict[str, Any]) -> str:
     ]
     for r in rows:
         mark = "" if r["met"] is None else (" (met)" if r["met"] else " (not met)")
-        lines.append(f"| {r['measurement']} | {r['value']} | {r['target']}{mark if r['target'] else ''} |")
-    return "\n".join(lines)
+        cells = (r["measurement"], r["value"], f"{r['target']}{mark if r['target'] else ''}")
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+    notes = [f"- skipped {name}: {why}" for name, why in summary.get("skipped", {}).items()]
+    notes += [f"- failed {name}: {why}" for name, why in summary.get("errors", {}).items()]
+    return "\n".join(lines + (["", *notes] if notes else []))
 
 
 def main() -> None:
     """Command line."""
     parser = benchlib.base_parser(__doc__.splitlines()[0])
     parser.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(ITEMS)}")
-    parser.add_argument("--problems", default="deblur,ct", help="problems for items 1-3 (default deblur,ct)")
+    parser.add_argument("--problems", default=None, help="problems for items 1-3 (default deblur,ct)")
     parser.add_argument("--checkpoint", default=None, help="trained deblur model (default: builtin or a short run)")
     parser.add_argument("--budget", type=float, default=None, help="time-to-quality seconds per training")
     parser.add_argument("--summarize", action="store_true", help="only rebuild summary.md/json from --out's JSON files")
@@ -397,12 +443,14 @@ def main() -> None:
         summary = summarize(args.out)
         print(markdown_table(summary["table"], summary))
         return
+    if args.budget is not None and args.budget <= 0:
+        raise SystemExit(f"error: --budget must be positive seconds, got {args.budget:g}")
     summary = run_all(
         args.out,
         args.device,
         args.quick,
-        args.only.split(",") if args.only else None,
-        args.problems.split(","),
+        [s.strip() for s in args.only.split(",") if s.strip()] if args.only is not None else None,
+        [s.strip() for s in args.problems.split(",") if s.strip()] if args.problems is not None else None,
         args.checkpoint,
         args.threads,
         not args.no_malloc_tuning,
@@ -414,4 +462,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from benchlib import one_line_errors
+
+    with one_line_errors():  # refusals as one "error: ..." line and exit code 2
+        main()

@@ -189,4 +189,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from benchlib import one_line_errors
+
+    with one_line_errors():  # refusals as one "error: ..." line and exit code 2
+        main()

@@ -298,4 +298,7 @@ def print_summary(payload: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from benchlib import one_line_errors
+
+    with one_line_errors():  # refusals as one "error: ..." line and exit code 2
+        main()

@@ -15,7 +15,7 @@ import typer
 from jfb_inverse.cli.common import console, user_errors
 
 Device = Literal["cpu", "cuda"]
-ITEMS = ("step", "memory", "solver", "quality", "deepinv", "malloc", "hot_path")
+ITEMS = ("step", "memory", "solver", "quality", "deepinv", "malloc", "hot_path", "kernels")
 
 
 def _run_all_module() -> Any:
@@ -45,7 +45,10 @@ def benchmark(
     device: Annotated[Device, typer.Option(help="cpu, or cuda (uses synchronize and max_memory_allocated).")] = "cpu",
     quick: Annotated[bool, typer.Option("--quick", help="Tiny sizes and few repeats: a smoke run of minutes.")] = False,
     only: Annotated[str | None, typer.Option(help=f"Comma-separated subset of: {', '.join(ITEMS)}.")] = None,
-    problems: Annotated[str, typer.Option(help="Problems for the step and memory benchmarks.")] = "deblur,ct",
+    problems: Annotated[
+        str | None,
+        typer.Option(help="Problems for the step and memory benchmarks (default deblur,ct; solver, quality: deblur)."),
+    ] = None,
     checkpoint: Annotated[
         str | None, typer.Option(help="Trained deblur model (default: builtin:deblur, else a short training run).")
     ] = None,
@@ -61,11 +64,13 @@ def benchmark(
     ] = None,
 ) -> None:
     """Run the standard benchmark set and write JSON + PNG files and a summary table under --out."""
-    from jfb_inverse.errors import UserError
-    from jfb_inverse.training.device import resolve_device
+    import torch
 
-    resolve_device(device)  # a clear error for --device cuda without a GPU
-    items = [s.strip() for s in only.split(",") if s.strip()] if only else None
+    from jfb_inverse.errors import UserError
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    items = [s.strip() for s in only.split(",") if s.strip()] if only is not None else None
     unknown = sorted(set(items or []) - set(ITEMS))
     if unknown:
         raise UserError(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(ITEMS)}")
@@ -82,7 +87,7 @@ def benchmark(
             device=device,
             quick=quick,
             only=items,
-            problems=[p.strip() for p in problems.split(",") if p.strip()],
+            problems=[p.strip() for p in problems.split(",") if p.strip()] if problems is not None else None,
             checkpoint=checkpoint,
             threads=threads,
             malloc_tuning=malloc_tuning,
@@ -94,6 +99,6 @@ def benchmark(
         if isinstance(exc.code, str):
             raise UserError(exc.code.removeprefix("error: ")) from None
         raise
-    console.print(f"results in {out}/ (summary.md, summary.json, one JSON + PNG per benchmark)")
+    console.print(f"results in {out}/ (summary.md, summary.json, a JSON file per benchmark, plots where drawn)")
     if summary["errors"]:
         raise UserError(f"benchmark(s) failed: {', '.join(summary['errors'])}; see the messages above")

@@ -193,6 +193,63 @@ def test_benchmark_command_refuses_unknown_problems_and_missing_checkpoints(tmp_
     assert result.exit_code == 2 and "is a file; give a folder" in result.output
 
 
+def test_benchmark_command_refuses_selections_that_run_nothing_before_writing(tmp_path, monkeypatch):
+    from jfb_inverse.cli.app import app
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    out = tmp_path / "bench"
+    cases = [
+        (["--only", ","], "--only names no benchmark"),  # used to run the whole set (30-40 minutes)
+        (["--problems", ","], "--problems names no problem"),
+        (["--only", "solver", "--problems", "ct"], "nothing to run (the solver benchmark runs on deblur only"),
+        (["--only", "memory", "--problems", "ct"], "nothing to run (--quick runs the memory benchmark on deblur"),
+        (["--only", "deepinv", "--budget", "10"], "--budget is the quality benchmark's"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, ["benchmark", "--quick", *args, "--out", str(out)])
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+    assert not out.exists()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = runner.invoke(app, ["benchmark", "--quick", "--device", "cuda", "--out", str(out)])
+    assert result.exit_code == 2 and result.output.strip().endswith("use --device cpu")  # not "or auto"
+
+
+def test_an_unwritable_out_is_refused_before_measuring(tmp_path, monkeypatch):
+    import run_all
+
+    import jfb_inverse.runtime
+
+    ran = []
+    monkeypatch.setattr(jfb_inverse.runtime, "tune_malloc", lambda: ran.append("malloc"))
+    blocked = tmp_path / "afile" / "results"  # under a file: cannot be created
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(SystemExit, match="is not a writable folder"):
+        run_all.run_all(out=blocked, quick=True, only=["malloc"], malloc_tuning=False)
+    assert ran == []
+
+
+def test_summarize_reads_the_files_run_all_writes_and_escapes_table_pipes(tmp_path, _one_thread):
+    import json
+
+    import run_all
+    import training_step
+
+    step = training_step.run("cpu", quick=True, out=tmp_path, repeats=1, depth=2, plot=False)
+    # A kept copy of another run (another machine) must not replace the run's own file.
+    other = json.loads((tmp_path / "training_step_deblur.json").read_text())
+    other["ratios"]["jfb_over_implicit_picard"] = 123.0
+    (tmp_path / "training_step_deblur_s20_zen4.json").write_text(json.dumps(other))
+    summary = run_all.summarize(tmp_path)
+    row = next(r for r in summary["table"] if "ImplicitDiff step (Picard" in r["measurement"])
+    assert row["value"] == step["ratios"]["jfb_over_implicit_picard"] != 123.0
+    table = run_all.markdown_table(
+        [{"measurement": "max |x|", "value": 1, "target": "", "met": None}],
+        summary | {"skipped": {"solver": "deblur only"}},
+    )
+    assert "| max \\|x\\| | 1 |  |" in table and table.endswith("- skipped solver: deblur only")
+
+
 def test_per_sample_stop_benchmark_keys(tmp_path, _one_thread, monkeypatch):
     import json
 
