@@ -6,7 +6,8 @@ import sys
 from typing import Annotated
 
 import typer
-from jfb_inverse.cli.common import SEED_MAX, console, set_debug, user_errors
+from jfb_inverse.cli.common import SEED_MAX, console, set_debug, user_errors, warn
+from rich.markup import escape
 from rich.table import Table
 
 from jfb_inverse import __version__
@@ -42,12 +43,14 @@ def _root(
 @user_errors
 def problems() -> None:
     """List the registered problems."""
-    from jfb_inverse.problems import list_problems
+    from jfb_inverse.problems.registry import list_problems, plugin_failure_note
 
     table = Table("problem", "description")
     for name, description in list_problems().items():
-        table.add_row(name, description)
+        table.add_row(escape(name), escape(description))  # a plugin's text as written, never rich markup
     console.print(table)
+    if plugin_failure_note():
+        warn(plugin_failure_note())
 
 
 @app.command()

@@ -278,9 +278,13 @@ def load_image(
                 f"{path}: image has shape {array.shape}, expected (H, W) or (H, W, C); "
                 "multi-page or volume files are not supported"
             )
-    array = _to_channels(_to_unit_float(array, source), channels, source, note, opaque_alpha)
-    if check_range:  # the channels kept (an alpha channel is dropped unchecked)
-        _check_unit_range(array, source)
+    array = _to_unit_float(array, source)
+    if check_range:
+        # The file's own pixels, before a colour image becomes grey: a luminance inside [0, 1] can
+        # hide channels outside it. An alpha channel is dropped unchecked.
+        colour = array[..., :-1] if array.ndim == 3 and array.shape[-1] in (2, 4) else array
+        _check_unit_range(colour, source)
+    array = _to_channels(array, channels, source, note, opaque_alpha)
     return torch.from_numpy(array if size is None else _center_square_resize(array, size))
 
 

@@ -333,6 +333,16 @@ def test_clean_images_in_another_range_are_refused_with_the_fix(tmp_path):
     assert [n for n, _ in load_folder(tmp_path, check_range=False)] == ["overshoot.npy", "scaled.npy"]
 
 
+def test_a_colour_image_outside_the_range_is_refused_before_it_becomes_grey(tmp_path):
+    rgb = np.stack([np.full((8, 8), v, np.float32) for v in (1.6, 0.5, 0.2)])  # luminance 0.74: inside [0, 1]
+    np.save(tmp_path / "over.npy", rgb)
+    with pytest.raises(UserError, match=r"over.npy: pixel values span \[0.2, 1.6\]"):
+        load_image(tmp_path / "over.npy", channels=1, check_range=True)
+    rgba = np.concatenate([rgb / 2, np.full((1, 8, 8), 7.0, np.float32)])  # in range; alpha is not checked
+    np.save(tmp_path / "alpha.npy", rgba)
+    assert load_image(tmp_path / "alpha.npy", channels=3, check_range=True).shape == (3, 8, 8)
+
+
 def test_a_training_folder_reports_images_it_drops_or_converts(tmp_path: Path) -> None:
     import warnings
 

@@ -127,3 +127,15 @@ def test_simulate_records_the_kernel_so_reconstruct_compares_kernels_not_file_na
     assert "other operator parameters than the checkpoint's (values <3x3 kernel> vs <5x7 kernel>)" in (
         reconstruct_output(other)
     )
+
+
+def test_a_definition_file_with_embedded_values_needs_no_kernel_file(tmp_path) -> None:
+    from jfb_inverse.problems.registry import config_from_file_or_problem
+
+    (tmp_path / "run.toml").write_text(
+        'problem = "deblur"\n[operator]\nkind = "blur"\nkernel = "file"\npath = "gone.npy"\n'
+        "values = [[0.0, 1.0], [1.0, 2.0]]\n"
+    )
+    # A run's problem.toml after the kernel file moved: relative paths used to be refused, absolute ones not.
+    cfg = config_from_file_or_problem(None, tmp_path / "run.toml")
+    assert float(blur_kernel(cfg.operator).sum()) == 1.0 and float(blur_kernel(cfg.operator).max()) == 0.5

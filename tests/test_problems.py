@@ -184,10 +184,79 @@ def test_a_plugin_that_fails_is_named_and_the_others_still_load(monkeypatch):
     ]
     monkeypatch.setattr(registry_module, "entry_points", lambda group: eps)
     monkeypatch.setattr(registry_module, "_entry_points_loaded", False)
+    # The broken plugin is named where it is looked for; the built-ins and the other plugin stay usable.
+    assert {"plugin-good", "deblur"} <= set(list_problems()) and "plugin-broken" not in list_problems()
+    assert resolve_config("deblur").problem == "deblur"
     with pytest.raises(ConfigError, match=r"'plugin-broken' \(tests.plugin_problem:BROKEN\): factory bug"):
-        list_problems()
-    assert "plugin-good" in list_problems()
+        resolve_config("plugin-broken")
     monkeypatch.delitem(registry_module._REGISTRY, "plugin-good")
+
+
+def test_plugins_that_give_no_problem_or_clash_with_a_name_are_reported(monkeypatch):
+    group = registry_module.ENTRY_POINT_GROUP
+    clash = registry_module.Problem("deblur", "a second deblur", {"problem": "deblur", "operator": {"kind": "blur"}})
+    invalid = registry_module.Problem(
+        "plugin-invalid", "bad", {"problem": "plugin-invalid", "operator": {"kind": "blur", "sigma": -1}}
+    )
+    monkeypatch.setattr("tests.plugin_problem.AS_DICT", lambda: {"operator": {"kind": "blur"}}, raising=False)
+    monkeypatch.setattr("tests.plugin_problem.CLASH", clash, raising=False)
+    monkeypatch.setattr("tests.plugin_problem.INVALID", invalid, raising=False)
+    names = {"plugin-dict": "AS_DICT", "plugin-clash": "CLASH", "plugin-invalid": "INVALID"}
+    eps = [EntryPoint(name=n, value=f"tests.plugin_problem:{v}", group=group) for n, v in names.items()]
+    monkeypatch.setattr(registry_module, "entry_points", lambda group: eps)
+    monkeypatch.setattr(registry_module, "_entry_points_loaded", False)
+    listed = list_problems()  # these used to be dropped without a word (the clash replaced nothing)
+    assert "plugin-invalid" not in listed and listed["deblur"] != "a second deblur"
+    note = registry_module.plugin_failure_note()
+    assert "'plugin-dict' (tests.plugin_problem:AS_DICT): gave a dict, not a Problem" in note
+    assert "'plugin-clash' (tests.plugin_problem:CLASH): problem name 'deblur' is already registered" in note
+    assert "'plugin-invalid' (tests.plugin_problem:INVALID): " in note and "sigma" in note
+    monkeypatch.setattr(registry_module, "_entry_points_loaded", False)
+    monkeypatch.setattr(registry_module, "entry_points", lambda group: [])
+    list_problems()
+    assert registry_module.plugin_failure_note() == ""
+
+
+def test_registration_keeps_its_own_copy_and_checks_names_values_and_presets():
+    defaults = {"operator": {"kind": "blur", "sigma": 1.0}}
+    try:
+        register_problem("test-copy", "copied", defaults, presets={"wide": {"operator": {"sigma": 3.0}}})
+        defaults["operator"]["sigma"] = 99.0  # used to reach the registry, past its validation
+        assert resolve_config("test-copy").operator.sigma == 1.0
+    finally:
+        registry_module._REGISTRY.pop("test-copy", None)
+    for name in ("", "with space", "a:b"):
+        with pytest.raises(ConfigError, match="use letters, digits"):
+            register_problem(name, "bad name", {"operator": {"kind": "blur"}})
+    with pytest.raises(ConfigError, match="a decorated function must return them"):
+
+        @register_problem("test-none", "returns nothing")
+        def nothing():
+            return None
+
+    with pytest.raises(ConfigError, match="sigma"):
+        register_problem(
+            "test-badpreset", "x", {"operator": {"kind": "blur"}}, presets={"p": {"operator": {"sigma": -1}}}
+        )
+    assert "test-none" not in list_problems() and "test-badpreset" not in list_problems()
+
+
+def test_the_problems_command_prints_descriptions_as_written_and_names_broken_plugins(monkeypatch):
+    from jfb_inverse.cli.app import app
+    from typer.testing import CliRunner
+
+    try:
+        register_problem(
+            "test-markup", "Box blur [size 7] of a [bold]plugin[/] ends [/] early", {"operator": {"kind": "blur"}}
+        )
+        monkeypatch.setattr(registry_module, "_PLUGIN_FAILURES", ["'x' (pkg:X): boom"])
+        monkeypatch.setattr(registry_module, "_entry_points_loaded", True)
+        result = CliRunner().invoke(app, ["problems"], terminal_width=200)
+    finally:
+        registry_module._REGISTRY.pop("test-markup", None)
+    assert result.exit_code == 0, result.output
+    assert "Box blur [size 7] of a [bold]plugin[/] ends [/] early" in result.output  # was a MarkupError traceback
+    assert "problem plugin(s) failed to load: 'x' (pkg:X): boom" in result.output
 
 
 def test_overwriting_a_builtin_name_before_the_builtins_load_keeps_the_registry_usable():
@@ -256,6 +325,21 @@ def test_another_custom_operator_on_the_command_line_drops_the_files_arguments()
     assert list(other.operator.img_size) == [1, 8, 8]  # the rest of the section still applies
     same = resolve_config("custom", config, {"operator": {"kind": "custom", "target": "pkg.ops:Downsample"}})
     assert same.operator.args == {"factor": 2}  # naming the same class again keeps them
+
+
+def test_the_same_operator_file_on_the_command_line_keeps_the_files_arguments_from_any_folder(tmp_path, monkeypatch):
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "ops.py").write_text("class Sensor:\n    pass\n")
+    (project / "c.toml").write_text(
+        'problem = "custom"\n[operator]\nkind = "custom"\ntarget = "ops.py:Sensor"\n[operator.args]\nstride = 4\n'
+    )
+    for cwd, file, target in [(tmp_path, "proj/c.toml", "proj/ops.py:Sensor"), (project, "c.toml", "ops.py:Sensor")]:
+        monkeypatch.chdir(cwd)
+        overrides = {"operator": {"kind": "custom", "target": target}}
+        cfg = config_from_file_or_problem(None, file, overrides)
+        # From the project's parent the file's relative target used to read as another class.
+        assert cfg.operator.args == {"stride": 4}, cwd
 
 
 def test_a_measurement_of_another_custom_operator_asks_for_a_checkpoint_of_that_operator(tmp_path):

@@ -437,3 +437,18 @@ def test_load_model_on_a_device_this_machine_lacks_says_so_not_that_the_file_is_
     message = "no CUDA GPU is available" if device == "cuda" else "unknown device 'gpu'"
     with pytest.raises(UserError, match=message):
         load_model("builtin:deblur", device=device)
+
+
+def test_problem_toml_leaves_out_the_one_invocation_stop(tmp_path):
+    from jfb_inverse.problems import load_config_file
+    from jfb_inverse.problems.registry import config_from_file_or_problem
+    from jfb_inverse.training.checkpoint import save_checkpoint
+
+    cfg = resolve_config("deblur", overrides={"training": {"max_minutes": 0.5, "minutes": 3.0}})
+    save_checkpoint(tmp_path / "model.pt", cfg, {})
+    assert load_checkpoint(tmp_path / "model.pt")[1].training.max_minutes == 0.5  # the run keeps its record
+    assert "max_minutes" not in load_config_file(tmp_path / "problem.toml")["training"]
+    # Reused as a --config, the file no longer stops every new run after half a minute; the budget stays.
+    again = config_from_file_or_problem(None, tmp_path / "problem.toml")
+    assert again.training.max_minutes is None and again.training.minutes == 3.0
+    assert again == cfg.model_copy(update={"training": cfg.training.model_copy(update={"max_minutes": None})})

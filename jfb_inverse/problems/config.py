@@ -44,7 +44,7 @@ Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 class _Strict(BaseModel):
     # inf/NaN would pass the range checks but not survive the checkpoint's JSON.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False, strict=True)
 
 
 class BlurOperator(_Strict):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import re
 import tomllib
 import typing
 from collections.abc import Callable, Mapping
@@ -37,6 +38,7 @@ class Problem:
 
 
 _REGISTRY: dict[str, Problem] = {}
+_PLUGIN_FAILURES: list[str] = []
 _entry_points_loaded = False
 
 
@@ -61,12 +63,23 @@ def register_problem(
         # of their names (inside builtin's own import this returns the module being imported).
         import jfb_inverse.problems.builtin  # noqa: F401
 
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+            # The name is typed after --problem and written into files: no spaces, and no ':' (which
+            # would read as builtin:NAME or path:Class).
+            raise ConfigError(f"problem name {name!r}: use letters, digits, '-', '_' and '.' (e.g. 'my-blur')")
+        if not isinstance(values, Mapping | ProblemConfig):
+            raise ConfigError(
+                f"problem {name!r}: the defaults must be a mapping of definition sections or a ProblemConfig, "
+                f"got {type(values).__name__} (a decorated function must return them)"
+            )
         if name in _REGISTRY and not overwrite:
             raise ConfigError(f"problem {name!r} is already registered; pass overwrite=True to replace it")
-        raw = values.model_dump() if isinstance(values, ProblemConfig) else dict(values)
+        # Deep copies: the caller's dicts changing later must not reach the validated registry entry.
+        raw = values.model_dump() if isinstance(values, ProblemConfig) else copy.deepcopy(dict(values))
         raw["problem"] = name
-        problem = Problem(name, description, raw, {k: dict(v) for k, v in (presets or {}).items()})
-        resolve_config(problem)  # fail now, at registration, if the defaults are invalid
+        problem = Problem(name, description, raw, copy.deepcopy({k: dict(v) for k, v in (presets or {}).items()}))
+        for preset in (None, *problem.presets):  # fail now, at registration, if the defaults are invalid
+            resolve_config(problem, preset=preset)
         _REGISTRY[name] = problem
         return problem
 
@@ -85,21 +98,41 @@ def _load_entry_points() -> None:
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
-    failures: list[str] = []
+    _PLUGIN_FAILURES.clear()
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        # Every plugin gets its turn: one that fails (to import, or in its factory) is reported
-        # with the others' names registered, not as a traceback that hides them.
+        # Every plugin gets its turn: one that fails (to import, in its factory, or with an invalid
+        # or clashing problem) is reported by name, and the built-ins and the other plugins stay usable.
         try:
-            obj = ep.load()
-            if not isinstance(obj, Problem) and callable(obj):
-                obj = obj()
+            failure = _add_plugin(ep.load())
         except Exception as exc:
-            failures.append(f"{ep.name!r} ({ep.value}): {exc}")
-            continue
-        if isinstance(obj, Problem):
-            _REGISTRY.setdefault(obj.name, obj)
-    if failures:
-        raise ConfigError(f"problem plugin(s) failed to load: {'; '.join(failures)}; fix or uninstall them")
+            failure = str(exc)
+        if failure:
+            _PLUGIN_FAILURES.append(f"{ep.name!r} ({ep.value}): {failure}")
+
+
+def _add_plugin(obj: Any) -> str | None:
+    """Register what an entry point gave; the reason it cannot be registered, if any."""
+    if not isinstance(obj, Problem) and callable(obj):
+        obj = obj()
+    if obj is None:
+        return None  # a factory that called register_problem itself
+    if not isinstance(obj, Problem):
+        return f"gave a {type(obj).__name__}, not a Problem; point the entry point at register_problem(...)'s result"
+    existing = _REGISTRY.get(obj.name)
+    if existing is obj:
+        return None  # registered at import by register_problem, which returned it
+    if existing is not None:
+        return f"problem name {obj.name!r} is already registered; rename the plugin's problem"
+    resolve_config(obj)  # invalid defaults fail here, naming this plugin, not later in a run
+    _REGISTRY[obj.name] = obj
+    return None
+
+
+def plugin_failure_note() -> str:
+    """One line naming the problem plugins that failed to load (empty when none did)."""
+    if not _PLUGIN_FAILURES:
+        return ""
+    return f"problem plugin(s) failed to load: {'; '.join(_PLUGIN_FAILURES)}; fix or uninstall them"
 
 
 def _ensure_loaded() -> None:
@@ -109,7 +142,8 @@ def _ensure_loaded() -> None:
 
 
 def list_problems() -> dict[str, str]:
-    """Registered problem names with their one-line description."""
+    """Registered problem names with their one-line description (plugins that failed to load are
+    left out: :func:`plugin_failure_note` names them)."""
     _ensure_loaded()
     return {name: p.description for name, p in sorted(_REGISTRY.items())}
 
@@ -120,8 +154,10 @@ def get_problem(name: str) -> Problem:
     try:
         return _REGISTRY[name]
     except KeyError:
+        failed = plugin_failure_note()
         raise ConfigError(
             f"unknown problem {name!r}; choose one of {', '.join(sorted(_REGISTRY))} (see `jfb-inverse problems`)"
+            + (f"; {failed}" if failed else "")
         ) from None
 
 
@@ -372,8 +408,13 @@ def _paths_from_the_file(
         if not isinstance(table, dict) or not isinstance(table.get(key), str):
             continue
         override = (overridden or {}).get(section) or {}
-        if key in override or "kind" in override:
-            continue  # the command line replaces it (or the whole section, as --operator does)
+        # A path the command line replaces (or its whole section, as --operator does) need not exist,
+        # but is still read from the file's folder: whether the file's constructor arguments apply
+        # depends on --operator naming the same class.
+        # A kernel file's numbers embedded beside its path (a run's problem.toml) are the kernel:
+        # the file is not needed either, wherever the path points.
+        embedded = (section, key) == ("operator", "path") and table.get("values") is not None
+        optional = key in override or "kind" in override or embedded
         value = table[key]
         path, sep, rest = value.partition(":") if key == "target" else (value, "", "")
         if key == "target" and not path.endswith(".py"):
@@ -382,7 +423,7 @@ def _paths_from_the_file(
             continue
         if (base / path).exists():
             table[key] = str((base / path).resolve()) + sep + rest
-        elif (section, key) in _NEEDED_PATHS and not Path(path).expanduser().exists():
+        elif (section, key) in _NEEDED_PATHS and not optional and not Path(path).expanduser().exists():
             raise ConfigError(
                 f"{section}.{key} {path!r} in {str(config_path)!r} not found: looked in the file's folder "
                 f"({str(base.resolve())!r}) and the working folder ({str(Path.cwd())!r}); give an existing path"

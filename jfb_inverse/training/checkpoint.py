@@ -34,7 +34,10 @@ def save_checkpoint(path: str | Path, cfg: ProblemConfig, state_dict: dict[str, 
     path = Path(path)
     payload = {"format": FORMAT, "config": cfg.model_dump_json(), "state_dict": state_dict, **training_state}
     atomic_write_bytes(path, lambda fh: torch.save(payload, fh))
-    toml_text = tomli_w.dumps(cfg.model_dump(mode="json", exclude_none=True)).encode()
+    # problem.toml is reused as a --config: it leaves out max_minutes, one invocation's hard stop
+    # (as --resume drops it), which would otherwise stop every run made from the file.
+    definition = cfg.model_dump(mode="json", exclude_none=True, exclude={"training": {"max_minutes"}})
+    toml_text = tomli_w.dumps(definition).encode()
     atomic_write_bytes(path.parent / "problem.toml", lambda fh: fh.write(toml_text))
 
 
