@@ -43,11 +43,12 @@ def _root(
 @user_errors
 def problems() -> None:
     """List the registered problems."""
-    from jfb_inverse.problems.registry import list_problems, plugin_failure_note
+    from jfb_inverse.problems.registry import get_problem, list_problems, plugin_failure_note
 
-    table = Table("problem", "description")
+    table = Table("problem", "description", "presets (--preset)")
     for name, description in list_problems().items():
-        table.add_row(escape(name), escape(description))  # a plugin's text as written, never rich markup
+        presets = ", ".join(sorted(get_problem(name).presets))
+        table.add_row(escape(name), escape(description), escape(presets))  # a plugin's text as written, not markup
     console.print(table)
     if plugin_failure_note():
         warn(plugin_failure_note())

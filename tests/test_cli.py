@@ -171,9 +171,11 @@ def test_user_errors_are_one_line_exit_2(args, message, monkeypatch):
     assert "Traceback" not in result.output
 
 
-def test_problems_command_lists_deblur():
-    result = invoke("problems")
-    assert result.exit_code == 0 and "deblur" in result.output
+def test_problems_command_lists_deblur_with_its_presets():
+    result = CliRunner().invoke(app, ["problems"], terminal_width=200)
+    assert result.exit_code == 0
+    row = next(line for line in result.output.splitlines() if "deblur" in line and "Deblurring" in line)
+    assert row.rstrip(" │").endswith("full, quick")
 
 
 def test_train_warns_when_the_map_is_not_contractive(tmp_path):

@@ -364,3 +364,16 @@ def test_a_training_folder_reports_images_it_drops_or_converts(tmp_path: Path) -
     )
     assert any("1 of 3 images" in m and "colour converted to grey" in m for m in messages)
     assert source.sample().shape == (2, 1, 32, 32)
+
+
+def test_a_missing_data_path_names_the_key_and_an_all_synthetic_batch_says_the_folder_is_unused(tmp_path):
+    from jfb_inverse.problems.config import DataConfig
+    from jfb_inverse.training.data import TrainingSource
+
+    missing = DataConfig(source="folder", path=str(tmp_path / "nope"), patch_size=32)
+    with pytest.raises(UserError, match=r"data.path '.*nope': no such folder .*data.path in the --config file"):
+        TrainingSource(missing, batch_size=2, seed=0, device=torch.device("cpu"))
+    save_image(load_builtin("camera", size=48), tmp_path / "a.png")
+    synthetic = DataConfig(source="folder", path=str(tmp_path), patch_size=32, dead_leaves=1.0)
+    with pytest.warns(UserWarning, match="the images of data.path are not used"):
+        TrainingSource(synthetic, batch_size=2, seed=0, device=torch.device("cpu"))

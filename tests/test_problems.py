@@ -353,3 +353,13 @@ def test_a_measurement_of_another_custom_operator_asks_for_a_checkpoint_of_that_
     provenance_path(tmp_path / "y.npy").write_text(json.dumps(provenance(made, (1, 32, 32), 0)))
     with pytest.raises(UserError, match=r"'pkg\.ops:Downsample' operator .* use a checkpoint trained on that operator"):
         check_provenance(tmp_path / "y.npy", have, "run")
+
+
+def test_a_top_level_key_says_its_section_and_a_folder_is_not_a_config_file(tmp_path):
+    (tmp_path / "top.toml").write_text('problem = "deblur"\nsteps = 3\n')
+    with pytest.raises(ConfigError, match=r"steps: Extra inputs are not permitted; 'steps' belongs in \[training\]"):
+        config_from_file_or_problem(None, tmp_path / "top.toml")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "problem.toml").write_text('problem = "deblur"\n')
+    with pytest.raises(ConfigError, match=r"is a folder; pass a .toml or .json file \(a run folder's definition is"):
+        config_from_file_or_problem(None, tmp_path / "run")

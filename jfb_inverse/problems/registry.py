@@ -196,7 +196,8 @@ def _misplaced_or_misspelt(key: str, section: list[Any], fields: list[str]) -> s
     operator kind) where the key itself is a field; "" when there is neither. Both are said where
     both exist: ``patch_size`` in ``[training]`` is near ``batch_size`` there, and belongs in
     ``[data]``."""
-    elsewhere = _home_of(key, str(section[0])) if len(section) == 1 else ""
+    # At the top level of a file every section is "elsewhere" (steps = 3 belongs in [training]).
+    elsewhere = _home_of(key, str(section[0]) if section else "") if len(section) <= 1 else ""
     # Beside an exact match elsewhere, only a near-identical spelling (step / steps) is worth saying.
     near = difflib.get_close_matches(key, fields, n=1, cutoff=0.85 if elsewhere else 0.6)
     if near and elsewhere:
@@ -373,6 +374,9 @@ def _init_from(*layers: Mapping[str, Any] | None) -> str | None:
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a TOML or JSON config file into a dict; a missing or malformed file is a :class:`ConfigError`."""
     p = Path(path)
+    if p.is_dir():
+        hint = " (a run folder's definition is its problem.toml)" if (p / "problem.toml").is_file() else ""
+        raise ConfigError(f"config file {str(p)!r} is a folder; pass a .toml or .json file{hint}")
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} not found; pass an existing .toml or .json file")
     try:

@@ -61,10 +61,23 @@ class TrainingSource:
             bank = dead_leaves(DEAD_LEAVES_BANK, side, seed=seed * 1_000_003 + 7)
             bank = bank.expand(-1, data.channels, -1, -1)
             self.synthetic = PatchSampler(list(bank), data.patch_size, n_synthetic, seed=seed + 1, device=device)
+        if data.source in ("folder", "mixed") and n_synthetic >= batch_size:
+            warnings.warn(
+                f"data.dead_leaves = {data.dead_leaves:g} makes every patch of a batch of {batch_size} synthetic: "
+                f"the images of data.path are not used; lower data.dead_leaves to train on them too",
+                UserWarning,
+                stacklevel=2,
+            )
         if data.source in ("builtin", "folder", "mixed") and n_synthetic < batch_size:
             if data.source == "folder":
                 converted: list[str] = []
-                named = load_folder(data.path or "", channels=data.channels, note=converted.append)
+                try:
+                    named = load_folder(data.path or "", channels=data.channels, note=converted.append)
+                except FileNotFoundError as exc:  # from a --config file, whose key the OS error does not name
+                    raise UserError(
+                        f"data.path {data.path!r}: {exc.strerror}; give the folder of training images "
+                        "(--data DIR, or data.path in the --config file, relative to that file or the working folder)"
+                    ) from None
                 usable = [x for _, x in named if min(x.shape[-2:]) >= data.patch_size]
                 if not usable:
                     raise UserError(
