@@ -358,7 +358,10 @@ def load_reference(checkpoint: str, device: torch.device) -> tuple[Any, Any, Any
 # ------------------------------------------------------------------------------------------------ CLI
 def _at_least_one(text: str) -> int:
     """An argparse type: an integer of at least 1 (threads, repeats)."""
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
@@ -405,11 +408,19 @@ def setup(args: argparse.Namespace) -> torch.device:
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: --device cuda asked for but no CUDA GPU is available")
+        sys.exit("error: --device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    check_out(Path(args.out))
     torch.set_num_threads(max(1, int(args.threads)))
     if not getattr(args, "no_malloc_tuning", False):
         tune_malloc()
     return device  # --out is created by the first file written: a refused run leaves no empty folder
+
+
+def check_out(out: Path) -> None:
+    """``--out`` is, or can become, a folder this process can write: refused before any measuring."""
+    from jfb_inverse.cli.common import check_writable_folder
+
+    check_writable_folder(out)
 
 
 def write_json(out_dir: Path, name: str, payload: dict[str, Any]) -> Path:

@@ -70,7 +70,7 @@ def run_all(
     out = Path(out)
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda asked for but no CUDA GPU is available")
+        raise SystemExit("error: --device cuda was asked for but no CUDA GPU is available; use --device cpu")
     torch.set_num_threads(max(1, threads))
     if malloc_tuning:
         tune_malloc()
@@ -132,7 +132,9 @@ def run_all(
     planned += [f"{i}:{p}" for i in per_problem for p in run_problems if f"{i}:{p}" not in skipped]
     if not planned:
         raise SystemExit(f"error: nothing to run ({'; '.join(skipped.values())}); choose other --only/--problems")
-    _check_writable(out)  # after the checks: a refused run writes nothing; before the work, not after it
+    # After the checks (a refused run writes nothing), before the work (not after 40 minutes of it).
+    benchlib.check_out(out)
+    out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
     errors: dict[str, str] = {}
 
@@ -208,22 +210,6 @@ def run_all(
     return summary
 
 
-def _check_writable(out: Path) -> None:
-    """Create ``out`` and write a probe file there, so that an unwritable folder is refused before a
-    run of up to 40 minutes rather than after it."""
-    if out.exists() and not out.is_dir():
-        raise SystemExit(f"error: --out {str(out)!r} is a file; give a folder for the results")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write_probe"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise SystemExit(
-            f"error: --out {str(out)!r} is not a writable folder ({exc.strerror or exc}); give another --out"
-        ) from None
-
-
 def summarize(out: Path = benchlib.DEFAULT_OUT) -> dict[str, Any]:
     """Rebuild ``summary.json`` / ``summary.md`` from the JSON files already in ``out`` (no measuring)."""
     import json
@@ -238,7 +224,11 @@ def summarize(out: Path = benchlib.DEFAULT_OUT) -> dict[str, Any]:
     }
     for pattern, key in patterns.items():
         for path in sorted(out.glob(pattern)):
-            payload = json.loads(path.read_text())
+            try:
+                payload = json.loads(path.read_text())
+                payload["problem"]
+            except (ValueError, KeyError, TypeError):
+                continue  # not a benchmark file of the standard set
             eq = payload.get("setup", {}).get("equivariance", "none")
             suffix = "" if eq == "none" else f"/{eq}"
             # Only the files run_all writes (``training_step_deblur.json``): the glob also matches

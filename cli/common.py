@@ -6,6 +6,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import typer
@@ -168,3 +169,18 @@ def unconverged_note(names: list[str], converged: list[bool], command: str) -> s
         f"the forward solve did not reach its tolerance on {', '.join(left)} (best iterate kept); {command} "
         "with a larger --max-iter (or a looser --tol) goes further"
     )
+
+
+def check_writable_folder(out: Path, option: str = "--out") -> None:
+    """``out`` is (or can become) a folder we can write, checked before any work is done (nothing is created)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{option} {str(out)!r} is a file; give a folder")
+    parent = out
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(
+            f"{option} {str(out)!r} is inside {str(parent)!r}, which is a file, not a folder; give a folder"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to {str(parent)!r} (permission denied); choose an {option} folder you can write")

@@ -13,6 +13,7 @@ from jfb_inverse.cli.common import (
     DeviceOption,
     absolute_paths,
     check_config_file,
+    check_writable_folder,
     console,
     err_console,
     unconverged_note,
@@ -216,7 +217,7 @@ def train(
             check_config_file(config)
         problem = _custom_operator(problem, operator, operator_args, overrides)
         cfg = absolute_paths(config_from_file_or_problem(problem, config, overrides, preset))
-    _check_writable(out)
+    check_writable_folder(out)
     wanted_device = resolve_device(device if device != "auto" else cfg.training.device)  # refuses cuda without one
     if launcher:
         # The definition, --out and the device were checked above, once, in one line each: torchrun's
@@ -580,23 +581,6 @@ def _same_file(source: str, target: Path) -> bool:
     path = Path(source)  # a run folder that does not exist yet counts too
     candidates = {path.resolve(), (path / "model.pt").resolve()}
     return not source.startswith("builtin:") and target.resolve() in candidates
-
-
-def _check_writable(out: Path) -> None:
-    """``--out`` is (or can become) a folder we can write, checked before any work is done."""
-    import os
-
-    from jfb_inverse.errors import UserError
-
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {str(out)!r} is a file; give a folder")
-    parent = out
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"--out {str(out)!r} is inside {str(parent)!r}, which is a file, not a folder; give a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write to {str(parent)!r} (permission denied); choose an --out folder you can write")
 
 
 def _print_mean(report: dict[str, Any]) -> None:

@@ -216,17 +216,32 @@ def test_benchmark_command_refuses_selections_that_run_nothing_before_writing(tm
 
 
 def test_an_unwritable_out_is_refused_before_measuring(tmp_path, monkeypatch):
+    import malloc_env
     import run_all
+    import solver_kernels
 
-    import jfb_inverse.runtime
+    from jfb_inverse.errors import UserError
 
     ran = []
-    monkeypatch.setattr(jfb_inverse.runtime, "tune_malloc", lambda: ran.append("malloc"))
+    monkeypatch.setattr(malloc_env, "run", lambda *a, **k: ran.append("malloc"))
     blocked = tmp_path / "afile" / "results"  # under a file: cannot be created
     (tmp_path / "afile").write_text("x")
-    with pytest.raises(SystemExit, match="is not a writable folder"):
+    with pytest.raises(UserError, match="a file, not a folder; give a folder"):
         run_all.run_all(out=blocked, quick=True, only=["malloc"], malloc_tuning=False)
     assert ran == []
+    # The scripts run on their own check it too, before measuring.
+    monkeypatch.setattr(solver_kernels, "run", lambda *a, **k: ran.append("kernels"))
+    monkeypatch.setattr(sys, "argv", ["solver_kernels.py", "--quick", "--out", str(tmp_path / "afile")])
+    with pytest.raises(UserError, match="is a file; give a folder"):
+        solver_kernels.main()
+    assert ran == []
+
+
+def test_the_cli_offers_every_benchmark_run_all_has():
+    import run_all
+    from jfb_inverse.cli import benchmark
+
+    assert benchmark.ITEMS == run_all.ITEMS
 
 
 def test_summarize_reads_the_files_run_all_writes_and_escapes_table_pipes(tmp_path, _one_thread):

@@ -171,8 +171,11 @@ def test_user_errors_are_one_line_exit_2(args, message, monkeypatch):
     assert "Traceback" not in result.output
 
 
-def test_problems_command_lists_deblur_with_its_presets():
-    result = CliRunner().invoke(app, ["problems"], terminal_width=200)
+def test_problems_command_lists_deblur_with_its_presets(monkeypatch):
+    from jfb_inverse.cli.common import console
+
+    monkeypatch.setattr(console, "width", 200)  # rich's console took its width when created
+    result = CliRunner().invoke(app, ["problems"])
     assert result.exit_code == 0
     row = next(line for line in result.output.splitlines() if "deblur" in line and "Deblurring" in line)
     assert row.rstrip(" │").endswith("full, quick")

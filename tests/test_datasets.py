@@ -377,3 +377,8 @@ def test_a_missing_data_path_names_the_key_and_an_all_synthetic_batch_says_the_f
     synthetic = DataConfig(source="folder", path=str(tmp_path), patch_size=32, dead_leaves=1.0)
     with pytest.warns(UserWarning, match="the images of data.path are not used"):
         TrainingSource(synthetic, batch_size=2, seed=0, device=torch.device("cpu"))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "mixed" has no data.path to speak of
+        TrainingSource(DataConfig(source="mixed", dead_leaves=1.0, patch_size=32), 2, 0, torch.device("cpu"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib.metadata import EntryPoint
+from pathlib import Path
 
 import pytest
 
@@ -208,13 +209,40 @@ def test_plugins_that_give_no_problem_or_clash_with_a_name_are_reported(monkeypa
     listed = list_problems()  # these used to be dropped without a word (the clash replaced nothing)
     assert "plugin-invalid" not in listed and listed["deblur"] != "a second deblur"
     note = registry_module.plugin_failure_note()
-    assert "'plugin-dict' (tests.plugin_problem:AS_DICT): gave a dict, not a Problem" in note
+    assert "'plugin-dict' (tests.plugin_problem:AS_DICT): gave a dict and registered no problem" in note
     assert "'plugin-clash' (tests.plugin_problem:CLASH): problem name 'deblur' is already registered" in note
     assert "'plugin-invalid' (tests.plugin_problem:INVALID): " in note and "sigma" in note
     monkeypatch.setattr(registry_module, "_entry_points_loaded", False)
     monkeypatch.setattr(registry_module, "entry_points", lambda group: [])
     list_problems()
     assert registry_module.plugin_failure_note() == ""
+
+
+def test_plugins_that_register_their_own_problems_are_not_reported(monkeypatch):
+    # A function decorated by register_problem returns its defaults when called again, and a module
+    # returns itself: neither is a Problem, and both registered theirs, so neither is a failure.
+    def decorated():
+        register_problem("plugin-decorated", "decorated", {"operator": {"kind": "blur"}})
+        return {"operator": {"kind": "blur"}}
+
+    def module_like():
+        import types
+
+        register_problem("plugin-module", "module", {"operator": {"kind": "blur"}})
+        return types.ModuleType("plugin_module")
+
+    monkeypatch.setattr("tests.plugin_problem.DECORATED", decorated, raising=False)
+    monkeypatch.setattr("tests.plugin_problem.MODULE", module_like, raising=False)
+    group = registry_module.ENTRY_POINT_GROUP
+    eps = [EntryPoint(name=n, value=f"tests.plugin_problem:{n.upper()}", group=group) for n in ("decorated", "module")]
+    monkeypatch.setattr(registry_module, "entry_points", lambda group: eps)
+    monkeypatch.setattr(registry_module, "_entry_points_loaded", False)
+    try:
+        assert {"plugin-decorated", "plugin-module"} <= set(list_problems())
+        assert registry_module.plugin_failure_note() == ""
+    finally:
+        for name in ("plugin-decorated", "plugin-module"):
+            registry_module._REGISTRY.pop(name, None)
 
 
 def test_registration_keeps_its_own_copy_and_checks_names_values_and_presets():
@@ -243,6 +271,7 @@ def test_registration_keeps_its_own_copy_and_checks_names_values_and_presets():
 
 def test_the_problems_command_prints_descriptions_as_written_and_names_broken_plugins(monkeypatch):
     from jfb_inverse.cli.app import app
+    from jfb_inverse.cli.common import console
     from typer.testing import CliRunner
 
     try:
@@ -251,7 +280,8 @@ def test_the_problems_command_prints_descriptions_as_written_and_names_broken_pl
         )
         monkeypatch.setattr(registry_module, "_PLUGIN_FAILURES", ["'x' (pkg:X): boom"])
         monkeypatch.setattr(registry_module, "_entry_points_loaded", True)
-        result = CliRunner().invoke(app, ["problems"], terminal_width=200)
+        monkeypatch.setattr(console, "width", 200)  # rich's console took its width when created
+        result = CliRunner().invoke(app, ["problems"])
     finally:
         registry_module._REGISTRY.pop("test-markup", None)
     assert result.exit_code == 0, result.output
@@ -363,3 +393,21 @@ def test_a_top_level_key_says_its_section_and_a_folder_is_not_a_config_file(tmp_
     (tmp_path / "run" / "problem.toml").write_text('problem = "deblur"\n')
     with pytest.raises(ConfigError, match=r"is a folder; pass a .toml or .json file \(a run folder's definition is"):
         config_from_file_or_problem(None, tmp_path / "run")
+
+
+def test_definitions_are_strict_about_types_but_take_pythons_own_spellings():
+    import numpy as np
+
+    for overrides, message in [
+        ({"training": {"steps": True}}, r"training.steps: Input should be a valid integer \(got True\)"),
+        ({"training": {"lr": "0.01"}}, r"training.lr: Input should be a valid number"),
+        ({"model": {"spectral_norm": "off"}}, r"model.spectral_norm: Input should be a valid boolean"),
+        ({"training": {"batch_size": "4"}}, r"training.batch_size: Input should be a valid integer"),
+    ]:  # all four used to be converted (True -> 1 step, "off" -> False)
+        with pytest.raises(ConfigError, match=message):
+            resolve_config("deblur", overrides=overrides)
+    cfg = resolve_config(
+        "deblur",
+        overrides={"data": {"scales": (1.0, 0.5), "path": Path("imgs")}, "training": {"steps": np.int64(3), "lr": 1}},
+    )
+    assert (cfg.data.scales, cfg.data.path, cfg.training.steps, cfg.training.lr) == ([1.0, 0.5], "imgs", 3, 1.0)

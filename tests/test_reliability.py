@@ -423,7 +423,7 @@ def test_output_under_a_file_or_onto_a_folder(tmp_path):
     )
     train = ["train", "--problem", "deblur", "--device", "cpu", "--steps", "1", "--out"]
     expect_refusal(tmp_path, [*train, tmp_path / "afile"], "is a file; give a folder")
-    expect_refusal(tmp_path, [*train, tmp_path / "afile" / "run"], "which is a file, not a folder")
+    expect_refusal(tmp_path, [*train, tmp_path / "afile" / "run"], "a file, not a folder; give a folder")
     expect_refusal(tmp_path, reconstruct_args(tmp_path, tmp_path, output="afile"), "must be a folder")
 
 

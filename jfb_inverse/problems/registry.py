@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -102,8 +103,14 @@ def _load_entry_points() -> None:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         # Every plugin gets its turn: one that fails (to import, in its factory, or with an invalid
         # or clashing problem) is reported by name, and the built-ins and the other plugins stay usable.
+        before = set(_REGISTRY)
         try:
-            failure = _add_plugin(ep.load())
+            obj = ep.load()
+            if not isinstance(obj, Problem) and callable(obj):
+                obj = obj()
+            # A module, or a function decorated by register_problem, registers its problems itself
+            # (on import, or when called): what it returns then does not matter.
+            failure = None if set(_REGISTRY) - before else _add_plugin(obj)
         except Exception as exc:
             failure = str(exc)
         if failure:
@@ -111,20 +118,22 @@ def _load_entry_points() -> None:
 
 
 def _add_plugin(obj: Any) -> str | None:
-    """Register what an entry point gave; the reason it cannot be registered, if any."""
-    if not isinstance(obj, Problem) and callable(obj):
-        obj = obj()
-    if obj is None:
-        return None  # a factory that called register_problem itself
+    """Register the ``Problem`` an entry point gave (it registered nothing itself); the reason it
+    cannot be registered, if any."""
+    if isinstance(obj, ModuleType):
+        return None  # imported before, so its problems were registered then
     if not isinstance(obj, Problem):
-        return f"gave a {type(obj).__name__}, not a Problem; point the entry point at register_problem(...)'s result"
+        return (
+            f"gave a {type(obj).__name__} and registered no problem; point the entry point at a Problem "
+            "(register_problem's result) or at a module or function that calls register_problem"
+        )
     existing = _REGISTRY.get(obj.name)
     if existing is obj:
         return None  # registered at import by register_problem, which returned it
     if existing is not None:
         return f"problem name {obj.name!r} is already registered; rename the plugin's problem"
-    resolve_config(obj)  # invalid defaults fail here, naming this plugin, not later in a run
-    _REGISTRY[obj.name] = obj
+    # The checks register_problem makes: a valid name, valid defaults and presets, its own copy.
+    register_problem(obj.name, obj.description, obj.defaults, presets=obj.presets)
     return None
 
 
@@ -208,14 +217,18 @@ def _misplaced_or_misspelt(key: str, section: list[Any], fields: list[str]) -> s
 
 
 def _home_of(key: str, section: str) -> str:
-    """Where ``key`` is a field, if not in ``section``: another section, or (in ``operator``)
-    another operator kind; "" when nowhere."""
+    """Where ``key`` is a field, if not in ``section``: other sections (every one that has it), or
+    (in ``operator``) another operator kind; "" when nowhere."""
+    homes: list[str] = []
     for name, info in ProblemConfig.model_fields.items():
         members = _models_in(info.annotation)
         for member in members:
             if key in member.model_fields and (name != section or len(members) > 1):
-                return f"belongs in [{name}]" if name != section else f"is an option of operator kind {_tag(member)!r}"
-    return ""
+                if name == section:
+                    return f"is an option of operator kind {_tag(member)!r}"
+                if f"[{name}]" not in homes:
+                    homes.append(f"[{name}]")
+    return f"belongs in {' or '.join(homes)}" if homes else ""
 
 
 def _known_keys(model: type[BaseModel], path: list[Any]) -> tuple[list[Any], list[str]]:
@@ -338,10 +351,25 @@ def _budget_and_steps(
     return {}
 
 
+def _plain(value: Any) -> Any:
+    """Python's own spellings of a definition's values (tuples, numpy scalars and paths as lists,
+    numbers and strings), which strict validation takes; anything else as it is."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # a numpy or torch scalar
+        return value.item()
+    return value
+
+
 def validate_definition(values: Mapping[str, Any]) -> ProblemConfig:
-    """A :class:`ProblemConfig` from plain values; a one-line :class:`ConfigError` when invalid."""
+    """A :class:`ProblemConfig` from plain values (strict: a string is not a number, nor a number a
+    bool); a one-line :class:`ConfigError` when invalid."""
     try:
-        return ProblemConfig.model_validate(values)
+        return ProblemConfig.model_validate(_plain(values))
     except ValidationError as exc:
         raise ConfigError(f"invalid problem definition: {format_validation_error(exc)}") from None
 

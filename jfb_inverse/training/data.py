@@ -61,7 +61,7 @@ class TrainingSource:
             bank = dead_leaves(DEAD_LEAVES_BANK, side, seed=seed * 1_000_003 + 7)
             bank = bank.expand(-1, data.channels, -1, -1)
             self.synthetic = PatchSampler(list(bank), data.patch_size, n_synthetic, seed=seed + 1, device=device)
-        if data.source in ("folder", "mixed") and n_synthetic >= batch_size:
+        if data.source == "folder" and n_synthetic >= batch_size:
             warnings.warn(
                 f"data.dead_leaves = {data.dead_leaves:g} makes every patch of a batch of {batch_size} synthetic: "
                 f"the images of data.path are not used; lower data.dead_leaves to train on them too",
