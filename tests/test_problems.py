@@ -153,8 +153,6 @@ def test_resolved_definition_round_trips_through_json():
 def test_motion_example_fine_tunes_from_the_shipped_model(tmp_path):
     # examples/motion.toml is the README's fine-tuning example: it must load and start from the
     # shipped deblur model's weights (lr ~0: one step leaves them in place).
-    from pathlib import Path
-
     from jfb_inverse.training.loop import train
 
     path = Path(__file__).resolve().parents[1] / "examples" / "motion.toml"
