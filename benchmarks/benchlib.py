@@ -386,7 +386,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 @contextlib.contextmanager
 def one_line_errors() -> Iterator[None]:
     """A script's refusals as the CLI gives them: ``error: ...`` on stderr and exit code 2, no
-    traceback (bad options, missing checkpoints, unknown problems, an --out that is a file)."""
+    traceback (missing checkpoints, unknown problems, an --out that is a file)."""
     from jfb_inverse.errors import UserError
 
     try:
@@ -396,9 +396,8 @@ def one_line_errors() -> Iterator[None]:
             raise
         print(exc.code if exc.code.startswith("error: ") else f"error: {exc.code}", file=sys.stderr)
         raise SystemExit(2) from None
-    except (UserError, OSError) as exc:
-        detail = f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.filename else str(exc)
-        print(f"error: {detail}", file=sys.stderr)
+    except UserError as exc:  # not OSError: a measurement that fails on a file keeps its traceback
+        print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

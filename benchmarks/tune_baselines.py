@@ -4,7 +4,7 @@ Grid search with :func:`jfb_inverse.baselines.tune` on the built-in TRAINING ima
 (``datasets.images.BUILTIN_TRAIN``, grey, centre-cropped and resized to 128 x 128), DEBLUR-G
 measurements with noise seed 0. The held-out images (``BUILTIN_TEST``) are never looked at.
 
-    python benchmarks/tune_baselines.py [--out benchmarks/results/tune_baselines.json]
+    python benchmarks/tune_baselines.py [--out benchmarks/results/tune_baselines.json] [--tv-iters 1000] [--only tv]
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=RESULTS / "tune_baselines.json")
     parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--tv-iters", default="1000", help="TV iteration counts to search, comma-separated")
+    parser.add_argument("--only", choices=("wiener", "tv"), default=None, help="tune one method only")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -44,9 +46,14 @@ def main() -> None:
         "wiener": (B.wiener, {"nsr": [float(10**k) for k in np.arange(-4, -1 + 1e-9, 0.125)]}),
         "tv": (
             B.tv_reconstruction,
-            {"lam": [float(f"{10**k:.2g}") for k in np.arange(-4, -2 + 1e-9, 0.125)], "n_iter": [1000]},
+            {
+                "lam": [float(f"{10**k:.2g}") for k in np.arange(-4, -2 + 1e-9, 0.125)],
+                "n_iter": [int(n) for n in args.tv_iters.split(",")],
+            },
         ),
     }
+    if args.only is not None:
+        grids = {args.only: grids[args.only]}
     report: dict = {"images": list(BUILTIN_TRAIN), "size": args.size, "noise_seed": 0, "methods": {}}
     for name, (method, grid) in grids.items():
         start = time.perf_counter()
