@@ -16,7 +16,20 @@ from rich.markup import escape
 from jfb_inverse.errors import ConfigError, UserError
 
 # soft_wrap: a message is never broken at 80 columns when stdout is not a terminal (logs, CI).
-console = Console(soft_wrap=True, emoji=False)
+
+
+class _OutputConsole(Console):
+    """The console on stdout. When its reader goes away (``jfb-inverse train ... | head -1``), the
+    rest of the output is dropped and the command goes on: rich's default exits with code 1 at the
+    next print, which cost a finished training run its figure and held-out report."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's own flush at exit must not fail either
+
+
+console = _OutputConsole(soft_wrap=True, emoji=False)
 err_console = Console(stderr=True, soft_wrap=True, emoji=False)
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -541,3 +541,24 @@ def test_sigterm_during_the_final_evaluation_says_where_the_model_is(tmp_path, m
     assert "interrupted during the held-out evaluation" in text and f"jfb-inverse evaluate --checkpoint {run}" in text
     assert torch.load(run / "model.pt", weights_only=True)["step"] == 2 and (run / "training.png").is_file()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again
+
+
+def test_a_command_whose_output_reader_goes_away_finishes_its_work(tmp_path):
+    import subprocess
+    import sys
+
+    # `jfb-inverse train ... | head -1`: rich used to exit with code 1 at the next print, so a
+    # finished run lost its figure and held-out report. The output is dropped; the work goes on.
+    script = (
+        "import sys\n"
+        "from jfb_inverse.cli.common import console\n"
+        "for _ in range(200):\n"
+        "    console.print('x' * 1000)\n"  # far more than a pipe holds
+        "open(sys.argv[1], 'w').write('done')\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path / "done.txt")], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    proc.stdout.close()  # the reader goes away before the first line
+    assert proc.wait(timeout=120) == 0
+    assert proc.stderr.read() == b"" and (tmp_path / "done.txt").read_text() == "done"
