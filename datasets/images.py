@@ -76,7 +76,7 @@ BUILTIN_PHANTOMS: tuple[str, ...] = ("shepp_logan_phantom",)
 BUILTIN_NAMES: tuple[str, ...] = BUILTIN_TRAIN + BUILTIN_TEST + BUILTIN_PHANTOMS
 
 #: File suffixes that :func:`load_image` and :func:`load_folder` read (case-insensitive).
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy")
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy")
 
 
 @functools.cache
@@ -354,9 +354,11 @@ def image_files(path: str | Path) -> list[Path]:
         raise FileNotFoundError(errno.ENOENT, "no such folder (check the path)", str(folder))
     if not folder.is_dir():
         raise UserError(f"{folder}: is a file, not a folder of images")
-    files = sorted(
-        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
-    )
+    named = [p for p in folder.iterdir() if not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES]
+    broken = sorted(p.name for p in named if p.is_symlink() and not p.exists())
+    if broken:  # meant as images, and would otherwise vanish from the set without a word
+        raise UserError(f"{folder}: broken link(s) {', '.join(broken[:3])}; fix or remove them")
+    files = sorted(p for p in named if p.is_file())
     if not files:
         raise UserError(f"{folder}: folder has no images; add files of type {', '.join(IMAGE_SUFFIXES)}")
     return files

@@ -382,3 +382,18 @@ def test_a_missing_data_path_names_the_key_and_an_all_synthetic_batch_says_the_f
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # "mixed" has no data.path to speak of
         TrainingSource(DataConfig(source="mixed", dead_leaves=1.0, patch_size=32), 2, 0, torch.device("cpu"))
+
+
+def test_a_folder_reads_bmp_and_refuses_broken_links_named_as_images(tmp_path):
+    from jfb_inverse.datasets.images import image_files
+
+    x = load_builtin("camera", size=24)
+    save_image(x, tmp_path / "a.png")
+    import skimage.io
+
+    skimage.io.imsave(tmp_path / "b.bmp", (x[0].numpy() * 255).round().astype(np.uint8), check_contrast=False)
+    assert [p.name for p in image_files(tmp_path)] == ["a.png", "b.bmp"]
+    assert torch.equal(load_folder(tmp_path)[1][1], load_folder(tmp_path)[0][1])  # lossless, same 8-bit pixels
+    (tmp_path / "c.png").symlink_to(tmp_path / "gone.png")
+    with pytest.raises(UserError, match=r"broken link\(s\) c.png; fix or remove them"):
+        image_files(tmp_path)  # it used to vanish from the training set without a word
