@@ -205,6 +205,7 @@ def test_benchmark_command_refuses_selections_that_run_nothing_before_writing(tm
         (["--only", "solver", "--problems", "ct"], "nothing to run (the solver benchmark runs on deblur only"),
         (["--only", "memory", "--problems", "ct"], "nothing to run (--quick runs the memory benchmark on deblur"),
         (["--only", "deepinv", "--budget", "10"], "--budget is the quality benchmark's"),
+        (["--only", "malloc", "--checkpoint", "builtin:deblur"], "--checkpoint is the model of the step and solver"),
     ]
     for args, message in cases:
         result = runner.invoke(app, ["benchmark", "--quick", *args, "--out", str(out)])
