@@ -33,7 +33,7 @@ from jfb_inverse.datasets import load_image, save_image
 from jfb_inverse.datasets.images import UNIT_RANGE_SLACK
 from jfb_inverse.errors import UserError
 from jfb_inverse.models.build import PhysicsCache
-from jfb_inverse.problems.config import ProblemConfig
+from jfb_inverse.problems.config import ProblemConfig, used_fields
 
 IMAGE_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg"}
 #: Types ``write_array`` writes (JPEG is lossy: not offered for outputs).
@@ -281,6 +281,8 @@ def check_provenance(
             f"{checkpoint!r} reconstructs problem {cfg.problem!r} ({have.get('target') or have['kind']!r} operator); "
             f"use {fix} (or delete {meta_path.name} if it is stale)"
         )
+    # Only what each side's kernel kind uses: a motion blur's unused sigma says nothing of its kernel.
+    made, have = used_fields(made), used_fields(have)
     differ = sorted(k for k in set(made) | set(have) if made.get(k) != have.get(k))
     # A kernel file's numbers (operator.values) say which kernel it was where both sides have them
     # (simulate and train embed them): the file's path then says only where it was read from. A
@@ -296,8 +298,9 @@ def check_provenance(
         shown = ", ".join(f"{k} {_brief(made.get(k))} vs {_brief(have.get(k))}" for k in differ)
         return f"{name} was simulated with other operator parameters than the checkpoint's ({shown})"
     # The network was trained at one noise level: another one is allowed (a user may try it) but said.
-    noise, trained = meta.get("noise"), cfg.noise.model_dump(mode="json")
+    noise, trained = meta.get("noise"), used_fields(cfg.noise.model_dump(mode="json"))
     if isinstance(noise, dict):
+        noise = used_fields(noise)
         differ = sorted(k for k in set(noise) | set(trained) if noise.get(k) != trained.get(k))
         if differ:
             shown = ", ".join(f"{k} {noise.get(k)!r} vs {trained.get(k)!r}" for k in differ)
@@ -309,9 +312,12 @@ def check_provenance(
 
 
 def _same_kernel(a: Any, b: Any) -> bool:
-    """Two kernels' numbers (lists of rows) equal to float rounding: the same file normalised twice."""
+    """Two kernels' numbers (lists of rows) equal to float rounding once each is divided by its sum,
+    as the operator uses them (``values`` may be written unnormalised)."""
     try:
         x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        with np.errstate(all="ignore"):  # a zero sum (hand-edited) gives NaNs, which compare unequal
+            x, y = x / x.sum(), y / y.sum()
     except (TypeError, ValueError):  # a hand-edited sidecar: not our numbers, so not the same kernel
         return False
     return x.shape == y.shape and bool(np.allclose(x, y, rtol=1e-6, atol=1e-9))

@@ -4,6 +4,7 @@ so a checkpoint reconstructs the same after the file is gone."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from jfb_inverse.cli.app import app
 from typer.testing import CliRunner
@@ -85,6 +86,29 @@ def test_measurement_sidecars_compare_kernels_briefly(tmp_path) -> None:
     other = definition(path=path, values=np.ones((3, 3)).tolist())
     message = check_provenance(sidecar(other), ckpt, "ckpt")
     assert message is not None and "values <3x3 kernel> vs <5x7 kernel>" in message and len(message) < 200
+    # The same kernel written unnormalised is the same operator, and so is one with an unused sigma.
+    assert check_provenance(sidecar(definition(values=(kernel * 11.5).tolist())), ckpt, "ckpt") is None
+    motion = resolve_config("deblur", overrides={"operator": {"kernel": "motion", "length": 7}})
+    unused_sigma = resolve_config("deblur", overrides={"operator": {"kernel": "motion", "length": 7, "sigma": 1.0}})
+    assert check_provenance(sidecar(unused_sigma), motion, "ckpt") is None  # both used to warn
+    assert "length 9 vs 7" in check_provenance(sidecar(definition(kernel="motion")), motion, "ckpt")
+
+
+def test_kernels_with_negative_entries_or_an_alpha_channel(tmp_path) -> None:
+    import skimage.io
+
+    from jfb_inverse.errors import UserError
+
+    np.save(tmp_path / "neg.npy", np.array([[1.0, -0.999]]))  # normalised to entries of about +-1000
+    with pytest.raises(UserError, match=r"negative entries \(down to -0.999\); a blur kernel is non-negative"):
+        load_kernel(tmp_path / "neg.npy")
+    with pytest.raises(UserError, match=r"operator\.values has negative entries"):
+        resolve_config("deblur", overrides={"operator": {"kernel": "file", "values": [[2.0, -1.0]]}})
+    grey = np.zeros((5, 5), np.uint8)
+    grey[2, 1:4] = 255
+    skimage.io.imsave(tmp_path / "la.png", np.stack([grey, np.full_like(grey, 255)], -1), check_contrast=False)
+    # An opaque alpha channel used to be averaged into every entry (0.019 instead of 0 off the line).
+    assert torch.equal(load_kernel(tmp_path / "la.png")[0, 0], torch.from_numpy(grey / grey.sum()).float())
 
 
 def test_simulate_records_the_kernel_so_reconstruct_compares_kernels_not_file_names(tmp_path, monkeypatch) -> None:

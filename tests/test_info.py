@@ -31,6 +31,7 @@ def test_info_of_the_shipped_model_reports_what_it_records(tmp_path):
     text = " ".join(result.output.split())
     assert "8,000 of 8,000 steps (finished)" in text and "blur: kernel gaussian, sigma 2" in text
     assert "length" not in text  # a Gaussian kernel's summary leaves the motion fields out
+    assert "data builtin, grey (1 channel)" in text  # an RGB checkpoint read the same before
     summary = json.loads((tmp_path / "info.json").read_text())
     model, cfg, _ = load_model("builtin:deblur")
     assert summary["problem"] == "deblur" and summary["model"]["equivariance"] == cfg.model.equivariance

@@ -79,6 +79,8 @@ class BlurOperator(_Strict):
                 raise ValueError("operator.values must be rows of equal, non-zero length (a 2-D kernel)")
             if not all(math.isfinite(v) for row in self.values for v in row) or sum(map(sum, self.values)) <= 0:
                 raise ValueError("operator.values must be finite numbers with a positive sum")
+            if min(min(row) for row in self.values) < 0:
+                raise ValueError("operator.values has negative entries; a blur kernel is non-negative (clip it at 0)")
         return self
 
 
@@ -386,3 +388,26 @@ class ProblemConfig(_Strict):
                 f"image; use at most {(batch - 1) / batch:.3g}, 1.0 for synthetic images only, or a larger batch"
             )
         return self
+
+
+# The fields a definition carries for other variants than its own: a Gaussian kernel has no
+# motion length, Gaussian noise no photon gain.
+_UNUSED_FIELDS = {
+    "gaussian_kernel": ("length", "angle", "size", "path", "values"),
+    "motion": ("sigma", "size", "path", "values"),
+    "box": ("sigma", "length", "angle", "path", "values"),
+    "file": ("sigma", "length", "angle", "size"),
+    "gaussian_noise": ("gain",),
+    "poisson": ("relative",),
+}
+
+
+def used_fields(section: dict[str, Any]) -> dict[str, Any]:
+    """A dumped operator or noise section without the fields its variant does not use (by the blur
+    ``kernel``, else by ``kind``) and without unset (``None``) ones: what ``info`` shows and what a
+    measurement's record is compared by."""
+    variant = section.get("kernel", section.get("kind"))
+    if variant == "gaussian":  # a kernel kind and a noise kind share the name
+        variant = "gaussian_kernel" if "kernel" in section else "gaussian_noise"
+    drop = _UNUSED_FIELDS.get(str(variant), ())
+    return {k: v for k, v in section.items() if k not in drop and v is not None}

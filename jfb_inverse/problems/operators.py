@@ -103,12 +103,20 @@ def load_kernel(path: str | Path) -> torch.Tensor:
 
             arr = io.imread(p)
             if arr.ndim == 3:
-                arr = arr[..., :3].mean(axis=-1)
+                # Grey+alpha or RGBA: the alpha is no part of the kernel (averaged in, it would add its
+                # 255s to every entry).
+                colour = arr[..., :-1] if arr.shape[-1] in (2, 4) else arr
+                arr = colour.mean(axis=-1)
     except Exception as exc:
         raise ConfigError(f"kernel file {str(p)!r} could not be read ({exc}); use a 2-D .npy or a PNG") from None
     arr = np.asarray(arr, dtype=np.float64)
     if arr.ndim != 2 or not np.isfinite(arr).all() or arr.sum() <= 0:
         raise ConfigError(f"kernel file {str(p)!r} must hold a finite 2-D array with a positive sum")
+    if arr.min() < 0:
+        raise ConfigError(
+            f"kernel file {str(p)!r} has negative entries (down to {arr.min():.3g}); a blur kernel is non-negative "
+            "(clip it at 0), and one summing to nearly 0 would be scaled up without bound"
+        )
     return _normalised_kernel(arr)
 
 

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from jfb_inverse.problems.config import used_fields
 from jfb_inverse.training.checkpoint import load_checkpoint, resolve_checkpoint_path
 
 #: The held-out report ``train`` writes beside its model (``evaluate --json``'s schema, with the
@@ -35,11 +36,11 @@ def describe_checkpoint(name: str | Path) -> dict[str, Any]:
     payload, cfg = load_checkpoint(path)
     model, _ = build_model(cfg, "cpu")  # physics are built lazily: no operator code runs here
     model.load_state_dict(payload["state_dict"])
-    operator = _relevant(cfg.operator.model_dump(mode="json"), _UNUSED_BLUR_FIELDS)
+    operator = used_fields(cfg.operator.model_dump(mode="json"))
     values = operator.get("values")
     if isinstance(values, list) and values and isinstance(values[0], list):
         operator["values"] = f"<{len(values)}x{len(values[0])} kernel>"
-    noise = _relevant(cfg.noise.model_dump(mode="json"), _UNUSED_NOISE_FIELDS)
+    noise = used_fields(cfg.noise.model_dump(mode="json"))
     m, s, t = cfg.model, cfg.solver, cfg.training
     plan = payload.get("step_plan") or {}
     step = int(payload.get("step", 0))
@@ -97,24 +98,6 @@ def describe_checkpoint(name: str | Path) -> dict[str, Any]:
         if is_file_target(source):
             summary["operator_file"] = {"path": source, "exists": Path(source).is_file()}
     return summary
-
-
-# The fields a definition carries for other variants than its own: a Gaussian kernel has no
-# motion length, Gaussian noise no photon gain. Left out of the summary, not of the definition.
-_UNUSED_BLUR_FIELDS = {
-    "gaussian": ("length", "angle", "size", "path", "values"),
-    "motion": ("sigma", "size", "path", "values"),
-    "box": ("sigma", "length", "angle", "path", "values"),
-    "file": ("sigma", "length", "angle", "size"),
-}
-_UNUSED_NOISE_FIELDS = {"gaussian": ("gain",), "poisson": ("relative",)}
-
-
-def _relevant(values: dict[str, Any], unused: dict[str, tuple[str, ...]]) -> dict[str, Any]:
-    """``values`` without the fields its variant does not use (by ``kernel``, else by ``kind``) and
-    without unset (``None``) ones."""
-    drop = unused.get(values.get("kernel", values.get("kind")), ())
-    return {k: v for k, v in values.items() if k not in drop and v is not None}
 
 
 def _held_out(report_path: Path, step: int) -> dict[str, Any] | None:
