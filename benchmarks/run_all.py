@@ -85,8 +85,11 @@ def run_all(
         raise SystemExit(f"error: unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(ITEMS)}")
     if budget_s is not None and "quality" not in items:
         raise SystemExit("error: --budget is the quality benchmark's, which --only leaves out; add quality or drop it")
-    if checkpoint is not None and not {"step", "solver"} & set(items):
-        raise SystemExit("error: --checkpoint is the model of the step and solver benchmarks, which --only leaves out")
+    if checkpoint is not None and not ({"step", "solver"} & set(items) and "deblur" in (problems or ["deblur"])):
+        raise SystemExit(
+            "error: --checkpoint is the deblur model of the step and solver benchmarks, which --only or --problems "
+            "leaves out"
+        )
     registered = benchlib.available_problems()
     wanted = problems or ["deblur", "ct"]
     unknown_problems = [p for p in wanted if p not in registered]

@@ -26,11 +26,27 @@ from jfb_inverse.problems.registry import resolve_config
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def _counts(text: str) -> list[int]:
+    """An argparse type: comma-separated positive iteration counts."""
+    try:
+        counts = [int(n) for n in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"give comma-separated whole numbers, got {text!r}") from None
+    if min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"iteration counts must be positive, got {text!r}")
+    return counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=RESULTS / "tune_baselines.json")
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--tv-iters", default="1000", help="TV iteration counts to search, comma-separated")
+    parser.add_argument(
+        "--tv-iters",
+        type=_counts,
+        default=[1000],
+        help="TV iteration counts to search, comma-separated (default 1000)",
+    )
     parser.add_argument("--only", choices=("wiener", "tv"), default=None, help="tune one method only")
     args = parser.parse_args()
 
@@ -48,13 +64,16 @@ def main() -> None:
             B.tv_reconstruction,
             {
                 "lam": [float(f"{10**k:.2g}") for k in np.arange(-4, -2 + 1e-9, 0.125)],
-                "n_iter": [int(n) for n in args.tv_iters.split(",")],
+                "n_iter": args.tv_iters,
             },
         ),
     }
     if args.only is not None:
         grids = {args.only: grids[args.only]}
     report: dict = {"images": list(BUILTIN_TRAIN), "size": args.size, "noise_seed": 0, "methods": {}}
+    if args.only is not None and args.out.is_file():
+        # One method re-tuned: the other's search stays in the file (baselines.py cites every grid point).
+        report["methods"] = json.loads(args.out.read_text()).get("methods", {})
     for name, (method, grid) in grids.items():
         start = time.perf_counter()
         result = B.tune(method, images, make, grid)

@@ -302,6 +302,8 @@ def check_provenance(
     if isinstance(noise, dict):
         noise = used_fields(noise)
         differ = sorted(k for k in set(noise) | set(trained) if noise.get(k) != trained.get(k))
+        if "kind" in differ:  # another noise kind: its own fields say nothing more
+            differ = ["kind"]
         if differ:
             shown = ", ".join(f"{k} {noise.get(k)!r} vs {trained.get(k)!r}" for k in differ)
             return (

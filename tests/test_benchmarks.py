@@ -205,7 +205,8 @@ def test_benchmark_command_refuses_selections_that_run_nothing_before_writing(tm
         (["--only", "solver", "--problems", "ct"], "nothing to run (the solver benchmark runs on deblur only"),
         (["--only", "memory", "--problems", "ct"], "nothing to run (--quick runs the memory benchmark on deblur"),
         (["--only", "deepinv", "--budget", "10"], "--budget is the quality benchmark's"),
-        (["--only", "malloc", "--checkpoint", "builtin:deblur"], "--checkpoint is the model of the step and solver"),
+        (["--only", "malloc", "--checkpoint", "builtin:deblur"], "--checkpoint is the deblur model of the step"),
+        (["--only", "step", "--problems", "ct", "--checkpoint", "builtin:deblur"], "--checkpoint is the deblur model"),
     ]
     for args, message in cases:
         result = runner.invoke(app, ["benchmark", "--quick", *args, "--out", str(out)])
@@ -279,3 +280,25 @@ def test_per_sample_stop_benchmark_keys(tmp_path, _one_thread, monkeypatch):
         # Each sample's iterates are the same under both rules; the whole-batch stop runs every
         # sample until the slowest converges, so it never does less work.
         assert mode["mean_iterations_per_sample"]["sample"] <= mode["mean_iterations_per_sample"]["batch"]
+
+
+def test_tuning_one_baseline_keeps_the_others_search_in_the_file(tmp_path, monkeypatch):
+    import json
+    import types
+
+    import tune_baselines
+
+    calls = []
+
+    def fake_tune(method, images, make, grid):
+        calls.append(grid)
+        return types.SimpleNamespace(best={"lam": 1.0}, best_psnr=1.0, table=[({"lam": 1.0}, 1.0)])
+
+    monkeypatch.setattr(tune_baselines.B, "tune", fake_tune)
+    out = tmp_path / "tune.json"
+    out.write_text(json.dumps({"methods": {"wiener": {"best": {"nsr": 0.01}}, "tv": {"best": "old"}}}))
+    monkeypatch.setattr(sys, "argv", ["tune_baselines.py", "--only", "tv", "--tv-iters", "7,9", "--out", str(out)])
+    tune_baselines.main()
+    methods = json.loads(out.read_text())["methods"]
+    assert methods["wiener"] == {"best": {"nsr": 0.01}} and methods["tv"]["best"] == {"lam": 1.0}
+    assert [grid["n_iter"] for grid in calls] == [[7, 9]]

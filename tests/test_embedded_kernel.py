@@ -163,3 +163,34 @@ def test_a_definition_file_with_embedded_values_needs_no_kernel_file(tmp_path) -
     # A run's problem.toml after the kernel file moved: relative paths used to be refused, absolute ones not.
     cfg = config_from_file_or_problem(None, tmp_path / "run.toml")
     assert float(blur_kernel(cfg.operator).sum()) == 1.0 and float(blur_kernel(cfg.operator).max()) == 0.5
+
+
+def test_noise_records_compare_every_field_their_kind_uses(tmp_path) -> None:
+    import json
+
+    from jfb_inverse.measurements import check_provenance, provenance, provenance_path
+
+    def noise(**fields: object):
+        return resolve_config("deblur", overrides={"noise": fields})
+
+    def sidecar(cfg) -> str:
+        y = tmp_path / "y.npy"
+        provenance_path(y).write_text(json.dumps(provenance(cfg, (1, 32, 32), seed=0)))
+        return str(y)
+
+    poisson = {"kind": "poisson", "gain": 100.0, "sigma": 0.05}
+    # Poisson noise's Gaussian part can be relative: a record that differs there must warn (it did not).
+    message = check_provenance(sidecar(noise(**poisson, relative=True)), noise(**poisson, relative=False), "c")
+    assert message is not None and "relative True vs False" in message
+    # Another noise kind is said as such, not as the other kind's fields set to None.
+    message = check_provenance(sidecar(noise(kind="gaussian", sigma=0.05)), noise(**poisson), "c")
+    assert message is not None and "kind 'gaussian' vs 'poisson')" in message and "None" not in message
+
+
+def test_rounding_level_negative_kernel_entries_are_set_to_zero(tmp_path) -> None:
+    kernel = np.array([[0.25, -1e-17, 0.25], [0.0, 0.5, 0.0]])
+    np.save(tmp_path / "k.npy", kernel)
+    expected = torch.tensor([[0.25, 0.0, 0.25], [0.0, 0.5, 0.0]])
+    assert torch.equal(load_kernel(tmp_path / "k.npy")[0, 0], expected)
+    cfg = resolve_config("deblur", overrides={"operator": {"kernel": "file", "values": kernel.tolist()}})
+    assert torch.equal(blur_kernel(cfg.operator)[0, 0], expected)

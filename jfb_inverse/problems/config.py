@@ -42,6 +42,11 @@ def _require_finite(value: Any, where: str) -> None:
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
+#: Negative kernel entries down to this fraction of the largest are rounding (an FFT's, an estimated
+#: kernel's) and are set to 0; larger ones are refused.
+NEGATIVE_KERNEL_SLACK = 1e-6
+
+
 class _Strict(BaseModel):
     # inf/NaN would pass the range checks but not survive the checkpoint's JSON.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False, strict=True)
@@ -79,7 +84,8 @@ class BlurOperator(_Strict):
                 raise ValueError("operator.values must be rows of equal, non-zero length (a 2-D kernel)")
             if not all(math.isfinite(v) for row in self.values for v in row) or sum(map(sum, self.values)) <= 0:
                 raise ValueError("operator.values must be finite numbers with a positive sum")
-            if min(min(row) for row in self.values) < 0:
+            low, high = min(min(row) for row in self.values), max(max(row) for row in self.values)
+            if low < -NEGATIVE_KERNEL_SLACK * high:
                 raise ValueError("operator.values has negative entries; a blur kernel is non-negative (clip it at 0)")
         return self
 
@@ -397,8 +403,7 @@ _UNUSED_FIELDS = {
     "motion": ("sigma", "size", "path", "values"),
     "box": ("sigma", "length", "angle", "path", "values"),
     "file": ("sigma", "length", "angle", "size"),
-    "gaussian_noise": ("gain",),
-    "poisson": ("relative",),
+    "gaussian_noise": ("gain",),  # Poisson noise uses all its fields: its Gaussian part may be relative
 }
 
 

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from jfb_inverse.errors import ConfigError
 from jfb_inverse.problems.config import (
+    NEGATIVE_KERNEL_SLACK,
     BlurOperator,
     CustomOperator,
     InpaintingOperator,
@@ -112,7 +113,7 @@ def load_kernel(path: str | Path) -> torch.Tensor:
     arr = np.asarray(arr, dtype=np.float64)
     if arr.ndim != 2 or not np.isfinite(arr).all() or arr.sum() <= 0:
         raise ConfigError(f"kernel file {str(p)!r} must hold a finite 2-D array with a positive sum")
-    if arr.min() < 0:
+    if arr.min() < -NEGATIVE_KERNEL_SLACK * arr.max():
         raise ConfigError(
             f"kernel file {str(p)!r} has negative entries (down to {arr.min():.3g}); a blur kernel is non-negative "
             "(clip it at 0), and one summing to nearly 0 would be scaled up without bound"
@@ -121,7 +122,9 @@ def load_kernel(path: str | Path) -> torch.Tensor:
 
 
 def _normalised_kernel(arr: np.ndarray) -> torch.Tensor:
-    """A checked 2-D float64 kernel divided by its sum, as a (1, 1, h, w) float32 tensor."""
+    """A checked 2-D float64 kernel, its rounding-level negatives set to 0, divided by its sum, as a
+    (1, 1, h, w) float32 tensor."""
+    arr = np.clip(arr, 0.0, None)
     kernel = torch.from_numpy(arr / arr.sum()).float()
     return kernel.view(1, 1, *kernel.shape)
 
