@@ -216,6 +216,24 @@ def test_plugins_that_give_no_problem_or_clash_with_a_name_are_reported(monkeypa
     assert registry_module.plugin_failure_note() == ""
 
 
+def test_a_decorated_function_imported_before_the_plugins_load_is_its_problem(monkeypatch):
+    try:
+
+        @register_problem("plugin-early", "registered at import, before the entry points load")
+        def early():
+            return {"operator": {"kind": "blur"}}
+
+        monkeypatch.setattr("tests.plugin_problem.EARLY", early, raising=False)
+        group = registry_module.ENTRY_POINT_GROUP
+        ep = EntryPoint(name="plugin-early", value="tests.plugin_problem:EARLY", group=group)
+        monkeypatch.setattr(registry_module, "entry_points", lambda group: [ep])
+        monkeypatch.setattr(registry_module, "_entry_points_loaded", False)
+        assert "plugin-early" in list_problems()
+        assert registry_module.plugin_failure_note() == ""  # it used to read "gave a dict, registered nothing"
+    finally:
+        registry_module._REGISTRY.pop("plugin-early", None)
+
+
 def test_plugins_that_register_their_own_problems_are_not_reported(monkeypatch):
     # A function decorated by register_problem returns its defaults when called again, and a module
     # returns itself: neither is a Problem, and both registered theirs, so neither is a failure.

@@ -88,7 +88,8 @@ def register_problem(
         return add(defaults)
 
     def decorator(fn: Callable[[], Mapping[str, Any] | ProblemConfig]) -> Callable[[], Any]:
-        add(fn())
+        # Marked, so that an entry point naming the function is known to have registered it.
+        fn.registered_problem = add(fn())  # type: ignore[attr-defined]
         return fn
 
     return decorator
@@ -106,6 +107,9 @@ def _load_entry_points() -> None:
         before = set(_REGISTRY)
         try:
             obj = ep.load()
+            # A function register_problem decorated registered its problem when its module was
+            # imported, which may have been before this loop: it is the problem it registered.
+            obj = getattr(obj, "registered_problem", obj)
             if not isinstance(obj, Problem) and callable(obj):
                 obj = obj()
             # A module, or a function decorated by register_problem, registers its problems itself
