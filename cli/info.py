@@ -63,10 +63,7 @@ def _rows(s: dict[str, Any]) -> list[tuple[str, str]]:
             f"{training['patch_size']} px, precision {training['precision']}, seed {training['seed']}"
             + (f", from {training['init_from']}" if training["init_from"] else ""),
         ),
-        (
-            "data",
-            f"{s['data']['source']}" + (f" {s['data']['path']}" if s["data"]["path"] else "") + _channels(s["data"]),
-        ),
+        ("data", _data(s["data"])),
     ]
     if s["last_log"]:
         log = s["last_log"]
@@ -126,9 +123,8 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
-def _channels(data: dict[str, Any]) -> str:
-    """The images' channels, which decide what the checkpoint reconstructs."""
+def _data(data: dict[str, Any]) -> str:
+    """The training source, and the images' channels, which decide what the checkpoint reconstructs."""
     channels = data.get("channels", 1)
-    return (
-        ", grey (1 channel)" if channels == 1 else ", RGB (3 channels)" if channels == 3 else f", {channels} channels"
-    )
+    kind = "grey (1 channel)" if channels == 1 else "RGB (3 channels)" if channels == 3 else f"{channels} channels"
+    return data["source"] + (f" {data['path']}" if data["path"] else "") + f", {kind}"

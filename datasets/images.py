@@ -105,6 +105,11 @@ def _to_unit_float(array: np.ndarray, source: str) -> np.ndarray:
     raise UserError(f"{source}: unsupported pixel type {array.dtype}; save it as uint8, uint16 or float in [0, 1]")
 
 
+def without_alpha(array: np.ndarray) -> np.ndarray:
+    """The colour channels of an (H, W) or (H, W, C) array: grey+alpha and RGBA lose their last."""
+    return array[..., :-1] if array.ndim == 3 and array.shape[-1] in (2, 4) else array
+
+
 def _to_channels(
     array: np.ndarray,
     channels: int,
@@ -282,8 +287,7 @@ def load_image(
     if check_range:
         # The file's own pixels, before a colour image becomes grey: a luminance inside [0, 1] can
         # hide channels outside it. An alpha channel is dropped unchecked.
-        colour = array[..., :-1] if array.ndim == 3 and array.shape[-1] in (2, 4) else array
-        _check_unit_range(colour, source)
+        _check_unit_range(without_alpha(array), source)
     array = _to_channels(array, channels, source, note, opaque_alpha)
     return torch.from_numpy(array if size is None else _center_square_resize(array, size))
 

@@ -102,12 +102,12 @@ def load_kernel(path: str | Path) -> torch.Tensor:
         else:
             from skimage import io
 
+            from jfb_inverse.datasets.images import without_alpha
+
             arr = io.imread(p)
             if arr.ndim == 3:
-                # Grey+alpha or RGBA: the alpha is no part of the kernel (averaged in, it would add its
-                # 255s to every entry).
-                colour = arr[..., :-1] if arr.shape[-1] in (2, 4) else arr
-                arr = colour.mean(axis=-1)
+                # Averaged in, an alpha channel would add its 255s to every entry of the kernel.
+                arr = without_alpha(arr).mean(axis=-1)
     except Exception as exc:
         raise ConfigError(f"kernel file {str(p)!r} could not be read ({exc}); use a 2-D .npy or a PNG") from None
     arr = np.asarray(arr, dtype=np.float64)
