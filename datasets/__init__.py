@@ -18,7 +18,7 @@ Dead leaves
     Synthetic images of occluding disks with natural-image statistics, generated from a seed:
     :func:`dead_leaves` (mixed into training batches with ``data.dead_leaves``).
 User folders
-    A user's own PNG/JPEG/TIFF/``.npy`` images: :func:`load_image`, :func:`load_folder`, and
+    A user's own PNG/JPEG/TIFF/BMP/GIF/WebP/``.npy`` images: :func:`load_image`, :func:`load_folder`, and
     :func:`save_image` to write results.
 
 Training batches come from :class:`PatchSampler` (random crops with dihedral augmentation),

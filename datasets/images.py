@@ -76,7 +76,7 @@ BUILTIN_PHANTOMS: tuple[str, ...] = ("shepp_logan_phantom",)
 BUILTIN_NAMES: tuple[str, ...] = BUILTIN_TRAIN + BUILTIN_TEST + BUILTIN_PHANTOMS
 
 #: File suffixes that :func:`load_image` and :func:`load_folder` read (case-insensitive).
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".npy")
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".webp", ".npy")
 
 
 @functools.cache
@@ -110,6 +110,10 @@ def without_alpha(array: np.ndarray) -> np.ndarray:
     return array[..., :-1] if array.ndim == 3 and array.shape[-1] in (2, 4) else array
 
 
+def _equal_channels(rgb: np.ndarray) -> bool:
+    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+
+
 def _to_channels(
     array: np.ndarray,
     channels: int,
@@ -134,6 +138,8 @@ def _to_channels(
         )
     if have == channels:
         out = array
+    elif channels == 1 and have in (3, 4) and _equal_channels(array[..., :3]):
+        out = array[..., :1]  # a grey image stored as RGB (GIF and WebP have no grey mode): no change
     elif channels == 1 and have in (3, 4):
         # Luminance (ITU-R 709 weights) of the colour channels; an alpha channel is dropped.
         out = rgb2gray(array[..., :3])[..., None]
@@ -278,10 +284,12 @@ def load_image(
                 array = skimage.io.imread(path)
         except Exception:  # the imageio/PIL/tifffile backends raise many unrelated types
             raise UserError(f"{path}: not a readable image; check the file is a valid {path.suffix} image") from None
+        if array.ndim == 4 and array.shape[0] == 1:  # imageio reads a GIF as (frames, H, W, C)
+            array = array[0]
         if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] > 4):
             raise UserError(
                 f"{path}: image has shape {array.shape}, expected (H, W) or (H, W, C); "
-                "multi-page or volume files are not supported"
+                "multi-page, animated or volume files are not supported; save the one image as PNG"
             )
     array = _to_unit_float(array, source)
     if check_range:

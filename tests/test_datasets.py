@@ -397,3 +397,23 @@ def test_a_folder_reads_bmp_and_refuses_broken_links_named_as_images(tmp_path):
     (tmp_path / "c.png").symlink_to(tmp_path / "gone.png")
     with pytest.raises(UserError, match=r"broken link\(s\) c.png; fix or remove them"):
         image_files(tmp_path)  # it used to vanish from the training set without a word
+
+
+def test_a_folder_reads_gif_and_webp_and_refuses_animated_gifs(tmp_path):
+    from PIL import Image
+
+    x = load_builtin("camera", size=24)
+    pixels = (x[0].numpy() * 255).round().astype(np.uint8)
+    save_image(x, tmp_path / "a.png")
+    Image.fromarray(pixels).save(tmp_path / "b.gif")
+    Image.fromarray(pixels).save(tmp_path / "c.webp", lossless=True)
+    notes: list[str] = []
+    images = load_folder(tmp_path, note=notes.append)
+    assert [name for name, _ in images] == ["a.png", "b.gif", "c.webp"]  # they were skipped without a word
+    for _, image in images[1:]:  # both decode as RGB with equal channels: the grey is the PNG's pixels
+        assert torch.equal(image, images[0][1])
+    assert notes == []  # a grey image stored as RGB is not reported as a colour image converted
+    frames = [Image.fromarray(pixels), Image.fromarray(255 - pixels)]
+    frames[0].save(tmp_path / "d.gif", save_all=True, append_images=frames[1:])
+    with pytest.raises(UserError, match=r"d.gif: image has shape \(2, 24, 24, 3\).*animated.*as PNG"):
+        load_folder(tmp_path)

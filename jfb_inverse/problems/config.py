@@ -187,7 +187,7 @@ class DataConfig(_Strict):
     """Training and evaluation data.
 
     ``source``: ``builtin`` (scikit-image's bundled images, fixed split), ``phantoms`` (random
-    ellipses, fresh each step), ``folder`` (``path``: a folder of PNG/JPEG/TIFF images) or ``mixed``
+    ellipses, fresh each step), ``folder`` (``path``: a folder of PNG/JPEG/TIFF/BMP/GIF/WebP images) or ``mixed``
     (phantoms and builtin images). Evaluation always uses the held-out split (``eval_size`` px).
     ``dead_leaves``: the fraction of each image batch drawn from synthetic dead-leaves images
     (occluding disks with natural-image statistics, a fixed bank generated from the seed).
