@@ -372,7 +372,8 @@ def headline_table(results: dict[str, Any]) -> list[dict[str, Any]]:
                 f"{s['jfb']['final_psnr']:.2f} / {s['implicit']['final_psnr']:.2f} dB",
             )
             g = s["time_to_goal"]
-            add(f"deblur: seconds to {g['goal_psnr']:.2f} dB, JFB / ImplicitDiff", f"{g['jfb']} / {g['implicit']}")
+            cell = g.get("note") or f"{g['jfb']} / {g['implicit']}"
+            add(f"deblur: seconds to {g['goal_psnr']:.2f} dB, JFB / ImplicitDiff", cell)
         elif key == "deepinv":
             r, c = res["ratios"], res["check"]
             add(

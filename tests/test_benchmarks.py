@@ -96,6 +96,22 @@ def test_time_to_quality_keys(tmp_path, _one_thread):
         assert curve[0]["step"] == 0 and len(curve) >= 2
 
 
+def test_time_to_goal_races_to_implicit_diffs_best_and_says_when_there_is_no_race():
+    import time_to_quality
+
+    def curve(*points):
+        return [{"seconds": t, "psnr": p} for t, p in points]
+
+    curves = {
+        "jfb": curve((0.0, 25.0), (10.0, 26.5), (20.0, 27.0)),
+        "implicit": curve((0.0, 25.0), (30.0, 25.9), (60.0, 26.2)),
+    }
+    assert time_to_quality.time_to_goal(curves) == {"goal_psnr": 26.1, "jfb": 10.0, "implicit": 60.0}
+    curves["implicit"] = curve((0.0, 25.0), (30.0, 25.05))  # a too-short budget: the start meets the goal
+    flat = time_to_quality.time_to_goal(curves)
+    assert flat["jfb"] is None and flat["implicit"] is None and "no goal" in flat["note"]
+
+
 def test_hot_path_layer_parts_compare_equal_layers(_one_thread):
     import profile_hot_path
 
