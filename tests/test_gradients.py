@@ -7,6 +7,8 @@ With T(u) = W u + b and L = 0.5 ||u* - t||^2:
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -120,9 +122,52 @@ def test_make_gradient_by_name():
 def test_implicit_diff_refuses_tol_it_would_ignore():
     with pytest.raises(ValueError, match="set them on the instance"):
         ImplicitDiff(Picard(), tol=1e-10)
-    strategy = ImplicitDiff(Picard(tol=1e-6, max_iter=7))
-    assert (strategy.tol, strategy.max_iter) == (1e-6, 7)  # reports what the backward solve uses
-    assert (ImplicitDiff("picard").tol, ImplicitDiff("picard").max_iter) == (1e-4, 50)
+    backward = ImplicitDiff(Picard(tol=1e-6, max_iter=7)).backward_solver()
+    assert (backward.tol, backward.max_iter) == (1e-6, 7)  # what the backward solve uses
+    backward = ImplicitDiff("Picard").backward_solver()  # names in any case, as make_solver takes them
+    assert isinstance(backward, Picard) and (backward.tol, backward.max_iter) == (1e-4, 50)
+
+
+def test_implicit_diff_fields_edited_after_construction_take_effect(linear_contraction, target):
+    w, b = linear_contraction
+    strategy = ImplicitDiff("picard", tol=1e-2, max_iter=3)
+    strategy.tol, strategy.max_iter = 1e-12, 2000  # used to be ignored: the solver was built once
+    _, gb, stats = run(strategy, w, b, target)
+    assert stats.backward.all_converged and int(stats.backward.iterations.max()) > 3
+    assert rel(gb, analytic(w, b, target)["true_b"]) < 1e-6
+    # The repr round-trips (it repeated the instance's tol beside it, which the constructor refuses).
+    assert dataclasses.replace(ImplicitDiff(Picard(tol=1e-6))).backward_solver().tol == 1e-6
+    for settings, message in (
+        ({"tol": -1.0}, "ImplicitDiff tol must be a finite number > 0, got -1.0"),
+        ({"max_iter": 0}, "ImplicitDiff max_iter must be >= 1, got 0"),
+    ):
+        with pytest.raises(ValueError, match=message):  # at construction, not inside loss.backward()
+            ImplicitDiff(**settings)
+
+
+def test_jfb_is_not_a_descent_direction_for_every_contraction():
+    # README: the descent guarantee needs dT/dtheta well conditioned too. T(u) = W u + B theta with
+    # W = [[0, 0.9], [0.9, 0]] (a contraction: ||W|| = 0.9) and B = diag(1, 0.01): at theta = 0,
+    # u* = 0 and dL/du = -target = v, JFB's gradient B^T v and the true B^T (I - W)^-T v point apart.
+    w = torch.tensor([[0.0, 0.9], [0.9, 0.0]], dtype=torch.float64)
+    basis = torch.diag(torch.tensor([1.0, 0.01], dtype=torch.float64))
+    target = torch.tensor([[-0.1, 1.0]], dtype=torch.float64)
+
+    def loss_and_grad(strategy, theta):
+        theta = theta.clone().requires_grad_()
+        u0 = torch.zeros(1, 2, dtype=torch.float64)
+        u, _ = fixed_point(lambda u: u @ w.T + theta @ basis.T, u0, Anderson(tol=1e-12, max_iter=500), strategy)
+        loss = 0.5 * ((u - target) ** 2).sum()
+        loss.backward()
+        return float(loss), theta.grad
+
+    theta = torch.zeros(1, 2, dtype=torch.float64)
+    loss, jfb = loss_and_grad(JFB(), theta)
+    _, true = loss_and_grad(ImplicitDiff(tol=1e-12, max_iter=500), theta)
+    torch.testing.assert_close(jfb, torch.tensor([[0.1, -0.01]], dtype=torch.float64))
+    torch.testing.assert_close(true, torch.tensor([[-80 / 19, -0.91 / 19]], dtype=torch.float64))
+    assert float((jfb * true).sum()) < 0
+    assert loss_and_grad(JFB(), theta - 1e-2 * jfb)[0] > loss  # a step along -JFB raises the loss
 
 
 def test_implicit_diff_output_takes_in_place_edits(linear_contraction, target):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jfb_inverse.implicit import Anderson, JFBk, Picard, fixed_point, make_solver
+from jfb_inverse.implicit import Anderson, JFBk, Picard, Unrolled, fixed_point, make_solver
 
 
 def exact_fixed_point(w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -163,6 +163,35 @@ def test_solver_validation_messages():
         Picard().solve(lambda u: u, torch.zeros(1, 3).numpy())
     with pytest.raises(ValueError, match=r"the map returned a ndarray; f must return a torch\.Tensor"):
         Picard().solve(lambda u: (0.5 * u + 1).numpy(), torch.zeros(2, 3))
+    # Bounds at construction (a bad tol used to surface only when a solve ran), and an infinite tol,
+    # which reported a diverging or NaN solve as converged.
+    for make, message in (
+        (lambda: Picard(tol=0.0), "Picard tol must be a finite number > 0, got 0.0"),
+        (lambda: Picard(tol=float("inf")), "Picard tol must be a finite number > 0, got inf"),
+        (lambda: Anderson(max_iter=0), "Anderson max_iter must be >= 1, got 0"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            make()
+    with pytest.raises(ValueError, match=r"solver name must be a string, got None"):
+        make_solver(None)
+    # Through fixed_point, a non-tensor u0 and a map that is not a function are named too.
+    with pytest.raises(ValueError, match=r"u0 must be a torch\.Tensor, got list"):
+        fixed_point(lambda u: u, [[0.0, 0.0]])
+    with pytest.raises(ValueError, match=r"fn must be a function of the iterate, got int"):
+        fixed_point(3, torch.zeros(1, 2))
+
+
+def test_unrolled_checks_what_the_solver_checks():
+    # With autograd on, Unrolled never calls the solver: it returned a broadcast shape, another
+    # dtype or an integer iterate without a word, where the same call under no_grad was refused.
+    u0 = torch.zeros(2, 3)
+    for fn, start, message in (
+        (lambda u: torch.zeros(4, 2, 3), u0, r"the map returned torch.float32 of shape \(4, 2, 3\)"),
+        (lambda u: u.double(), u0, r"the map returned torch.float64"),
+        (lambda u: u, torch.zeros(2, 3, dtype=torch.long), r"u0 must be a floating-point tensor"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            fixed_point(fn, start, Picard(), Unrolled(3))
 
 
 @pytest.mark.parametrize("make", [Picard, Anderson])

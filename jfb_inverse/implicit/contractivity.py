@@ -1,7 +1,8 @@
 """Contractivity tools: spectral normalisation, a power-iteration Lipschitz estimate and the
 Jacobian's leading eigenvalues.
 
-JFB's gradient is a descent direction when T is a contraction in u (Lipschitz constant < 1).
+JFB's descent guarantee needs T to be a contraction in u (Lipschitz constant < 1), and also a
+well-conditioned derivative in the parameters (see :mod:`jfb_inverse.implicit.gradients`).
 Spectral normalisation bounds each learned layer; :func:`lipschitz_estimate` measures the whole
 map at a given point; :func:`jacobian_eigenvalues` shows the spectrum that sets how fast Picard
 and Anderson converge there.

@@ -14,8 +14,10 @@ strategy           backward                                               memory
 ``Unrolled(K)``    through all K iterations (no solver in training)      K layers
 =================  =====================================================  ======================
 
-JFB's descent guarantee (Fung et al., AAAI 2022, Thm. 3.1) needs T to be a contraction in u:
-then ``-JFB gradient`` is a descent direction for the loss. Check it with
+JFB's descent guarantee (Fung et al., AAAI 2022, Thm. 3.1) needs T to be a contraction in u and
+its derivative in the parameters to be well conditioned (full column rank, condition number
+bounded in terms of the contraction factor): then ``-JFB gradient`` is a descent direction for the
+loss. A contraction alone is not enough. Check the contraction with
 :func:`jfb_inverse.implicit.lipschitz_estimate`.
 """
 
@@ -23,14 +25,23 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.nn.utils import parametrize
 
-from jfb_inverse.implicit.solvers import Anderson, FixedPointMap, FixedPointSolver, Picard, check_settings
+from jfb_inverse.implicit.solvers import (
+    Anderson,
+    FixedPointMap,
+    FixedPointSolver,
+    Picard,
+    check_bounds,
+    check_iterate,
+    check_output,
+    check_settings,
+)
 from jfb_inverse.implicit.stats import SolverStats, relative_residual
 
 
@@ -48,6 +59,7 @@ def _solve_detached(fn: FixedPointMap, u0: Tensor, solver: FixedPointSolver) -> 
     # iteration to the next (Anderson then needed 43 instead of 20 iterations to reach 1e-5 on a
     # spectral-norm deblur model). The tracked applications after the solve compute them again,
     # with autograd.
+    check_iterate(u0)  # before u0.detach(): a list would fail as an AttributeError
     with torch.no_grad(), parametrize.cached():
         return solver.solve(fn, u0.detach())
 
@@ -106,10 +118,13 @@ class Unrolled(GradientStrategy):
         """Apply ``fn`` ``K`` times with autograd (inference falls back to the solver)."""
         if not torch.is_grad_enabled():
             return _solve_detached(fn, u0, solver)
+        check_iterate(u0)  # what the solver checks in the no-grad branch above
         u = u0
         trace = []
-        for _ in range(self.K):
+        for i in range(self.K):
             fu = fn(u)
+            if i == 0:
+                check_output(fu, u)
             trace.append(relative_residual(fu.detach(), u.detach()))
             u = fu
         res = trace[-1]
@@ -144,36 +159,38 @@ class ImplicitDiff(GradientStrategy):
 
     The adjoint fixed-point problem is solved by ``solver`` (``"picard"``, ``"anderson"`` or a
     :class:`FixedPointSolver`) to ``tol`` (default 1e-4) in at most ``max_iter`` (default 50)
-    vector-Jacobian products; a solver instance brings its own ``tol`` and ``max_iter``, and giving
-    others here as well is an error rather than silently ignored. Its statistics land in
-    ``stats.backward`` once ``backward()`` has run.
+    vector-Jacobian products (``None``: those defaults); a solver instance brings its own ``tol`` and
+    ``max_iter``, and giving others here as well is an error rather than silently ignored. The
+    backward solver is built from the fields when ``backward()`` runs, so an edited field takes
+    effect. Its statistics land in ``stats.backward`` once ``backward()`` has run.
     """
 
     solver: FixedPointSolver | str = "anderson"
     tol: float | None = None
     max_iter: int | None = None
-    _backward_solver: FixedPointSolver = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.backward_solver()  # bad settings fail here, not inside loss.backward()
+
+    def backward_solver(self) -> FixedPointSolver:
+        """The solver of the adjoint equation, from the current fields."""
         if isinstance(self.solver, FixedPointSolver):
             if (self.tol, self.max_iter) != (None, None):
                 raise ValueError(
                     "ImplicitDiff got tol/max_iter and a solver instance; set them on the instance, "
                     "e.g. ImplicitDiff(Picard(tol=1e-6, max_iter=200))"
                 )
-            self._backward_solver = self.solver
-        else:
-            tol = 1e-4 if self.tol is None else self.tol
-            max_iter = 50 if self.max_iter is None else self.max_iter
-            if self.solver in ("picard", "fixed_point", "fixed-point"):
-                self._backward_solver = Picard(tol=tol, max_iter=max_iter)
-            elif self.solver == "anderson":
-                self._backward_solver = Anderson(tol=tol, max_iter=max_iter)
-            else:
-                raise ValueError(
-                    f"unknown backward solver {self.solver!r}; use 'picard', 'anderson' or a FixedPointSolver"
-                )
-        self.tol, self.max_iter = self._backward_solver.tol, self._backward_solver.max_iter
+            return self.solver
+        name = self.solver.lower() if isinstance(self.solver, str) else None
+        tol = 1e-4 if self.tol is None else self.tol
+        max_iter = 50 if self.max_iter is None else self.max_iter
+        check_settings("ImplicitDiff", {"max_iter": max_iter}, {"tol": tol})
+        check_bounds("ImplicitDiff", tol, max_iter)
+        if name in ("picard", "fixed_point", "fixed-point"):
+            return Picard(tol=tol, max_iter=max_iter)
+        if name == "anderson":
+            return Anderson(tol=tol, max_iter=max_iter)
+        raise ValueError(f"unknown backward solver {self.solver!r}; use 'picard', 'anderson' or a FixedPointSolver")
 
     def __call__(self, fn: FixedPointMap, u0: Tensor, solver: FixedPointSolver) -> tuple[Tensor, SolverStats]:
         """Solve without autograd, apply ``fn`` once with autograd and attach the implicit backward."""
@@ -184,7 +201,7 @@ class ImplicitDiff(GradientStrategy):
         z = u_star.detach().requires_grad_()
         u = fn(z)
         stats.evaluations += 1
-        backward_solver = self._backward_solver
+        backward_solver = self.backward_solver()
 
         def implicit_backward(v: Tensor) -> Tensor:
             def adjoint_map(g: Tensor) -> Tensor:

@@ -41,6 +41,8 @@ def fixed_point(
             f"gradient must be a GradientStrategy, got {type(gradient).__name__} {gradient!r}; e.g. JFB() or "
             "make_gradient('jfb')"
         )
+    if not callable(fn):
+        raise ValueError(f"fn must be a function of the iterate, got {type(fn).__name__}; e.g. lambda u: 0.5 * u + 1")
     return (gradient or JFB())(fn, u0, solver or Anderson())
 
 

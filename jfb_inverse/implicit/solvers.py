@@ -20,10 +20,12 @@ Stopping (``stop``):
   deblurring solves most samples converge well before the slowest one, which sets the batch's
   count.
 
-What a solve returns: ``f(u_k)`` for the ``u_k`` of the smallest residual ``r_k`` seen, per sample
-(never a diverged one), and ``stats.residual`` is that ``r_k``: the residual of the step that made
-the returned value, so for a map that contracts by ``rho`` the returned value's own residual is
-about ``rho r_k`` or less (the report is conservative; for a map that expands it is not). A solve
+What a solve returns: the step taken from the ``u_k`` of the smallest residual ``r_k`` seen, per
+sample (never a diverged one): ``f(u_k)``, or ``(1 - alpha) u_k + alpha f(u_k)`` for a relaxed
+Picard; ``stats.residual`` is that ``r_k``, the residual of the step that made the returned value.
+For a map that contracts by ``rho`` the returned value's own residual is then about
+``(1 - alpha + alpha rho) r_k`` or less (``rho r_k`` for ``alpha = 1``): the report is conservative
+(for a map that expands it is not). A solve
 that does not reach ``tol`` says so in ``stats.converged``.
 
 ``f`` must return a tensor of ``u``'s shape and dtype (checked on its first call); iterates are
@@ -259,6 +261,12 @@ class _Trace:
 
 
 def _validate(u0: Tensor, tol: float, max_iter: int) -> None:
+    check_iterate(u0)
+    check_bounds("the solver", tol, max_iter)  # again: a field may have been edited since __post_init__
+
+
+def check_iterate(u0: object) -> None:
+    """A starting point a solver can iterate: a non-empty floating-point tensor with a batch dimension."""
     if not isinstance(u0, Tensor):
         raise ValueError(f"u0 must be a torch.Tensor, got {type(u0).__name__}; convert with torch.as_tensor(u0)")
     if u0.dim() < 1:
@@ -267,13 +275,17 @@ def _validate(u0: Tensor, tol: float, max_iter: int) -> None:
         raise ValueError(f"u0 is an empty batch (shape {tuple(u0.shape)}); pass at least one sample")
     if not u0.is_floating_point():
         raise ValueError(f"u0 must be a floating-point tensor, got {u0.dtype}; cast it, e.g. u0.float()")
-    if tol <= 0:
-        raise ValueError(f"tol must be > 0, got {tol}")
+
+
+def check_bounds(owner: str, tol: float, max_iter: int) -> None:
+    """``tol`` finite and positive (an infinite one reports a diverged solve as converged), ``max_iter >= 1``."""
+    if not 0 < tol < float("inf"):
+        raise ValueError(f"{owner} tol must be a finite number > 0, got {tol}")
     if max_iter < 1:
-        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+        raise ValueError(f"{owner} max_iter must be >= 1, got {max_iter}")
 
 
-def _check_output(fu: Tensor, u: Tensor) -> None:
+def check_output(fu: Tensor, u: Tensor) -> None:
     """``f(u)`` must be an iterate like ``u``: a broadcast shape or another dtype would be silently
     cast or broadcast into the solver's buffers."""
     if not isinstance(fu, Tensor):
@@ -407,6 +419,7 @@ class Picard(FixedPointSolver):
 
     def __post_init__(self) -> None:
         check_settings("Picard", {"max_iter": self.max_iter}, {"alpha": self.alpha, "tol": self.tol})
+        check_bounds("Picard", self.tol, self.max_iter)
         _check_stop(self.stop)
         if not 0 < self.alpha <= 1:
             raise ValueError(f"Picard alpha must be in (0, 1], got {self.alpha}")
@@ -432,7 +445,7 @@ class Picard(FixedPointSolver):
             # With a subset, the frozen samples keep u (their update is masked out below).
             fu = f(u) if part is None else u.index_copy(0, subset.index, part)  # type: ignore[arg-type]
             if evaluations == 0:
-                _check_output(fu, u)
+                check_output(fu, u)
             evaluations += 1
             if diff is None or diff.shape != fu.shape or diff.dtype != fu.dtype:
                 diff = torch.empty_like(fu, memory_format=torch.contiguous_format)
@@ -485,6 +498,7 @@ class Anderson(FixedPointSolver):
         check_settings(
             "Anderson", {"m": self.m, "max_iter": self.max_iter}, {"beta": self.beta, "lam": self.lam, "tol": self.tol}
         )
+        check_bounds("Anderson", self.tol, self.max_iter)
         _check_stop(self.stop)
         if self.m < 1:
             raise ValueError(f"Anderson history m must be >= 1, got {self.m}")
@@ -570,7 +584,7 @@ class Anderson(FixedPointSolver):
             if part is None:
                 fu = f(X[cur].view(shape))
                 if evaluations == 0:
-                    _check_output(fu, u0)
+                    check_output(fu, u0)
                 F[cur].view(shape).copy_(fu)
             else:  # the frozen samples get a zero residual (their update is masked out anyway)
                 F[cur].copy_(X[cur])
@@ -605,6 +619,8 @@ class Anderson(FixedPointSolver):
 def make_solver(name: str, **kwargs: float | int | str) -> FixedPointSolver:
     """Build a solver by name (``"picard"`` or ``"anderson"``); keyword arguments are its fields."""
     solvers: dict[str, type[FixedPointSolver]] = {"picard": Picard, "anderson": Anderson}
+    if not isinstance(name, str):
+        raise ValueError(f"solver name must be a string, got {name!r}; choose one of {sorted(solvers)}")
     try:
         cls = solvers[name.lower()]
     except KeyError:
