@@ -118,7 +118,7 @@ def simulate(
 @user_errors
 def reconstruct(
     checkpoint: Annotated[str, typer.Option(help="model.pt from `train`, or builtin:NAME.")],
-    input: Annotated[Path, typer.Option("--input", help="Measurement file (.npy/.png/.tif) or a folder of them.")],
+    input: Annotated[Path, typer.Option("--input", help="Measurement file (.npy/.png/.tif/.jpg) or a folder of them.")],
     output: Annotated[Path, typer.Option("--output", help="Output file (.png/.tif/.npy) or folder.")],
     device: DeviceOption = "auto",
     format: Annotated[
@@ -132,7 +132,7 @@ def reconstruct(
 ) -> None:
     """Reconstruct images from measurements with a trained model (any image size).
 
-    Folder mode reconstructs every .npy/.png/.tif file into --output as NAME.FORMAT; a file that
+    Folder mode reconstructs every .npy/.png/.tif/.jpg file into --output as NAME.FORMAT; a file that
     fails is reported and skipped (exit code 1 when some were skipped, 2 when all were).
     """
     from jfb_inverse.errors import UserError

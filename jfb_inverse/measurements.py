@@ -94,7 +94,7 @@ def read_measurement(path: str | Path, channels: int, note: Callable[[str], None
     elif p.suffix.lower() in IMAGE_SUFFIXES:
         y = load_image(p, channels=channels, note=note, opaque_alpha=True)
     else:
-        raise UserError(f"{str(p)!r}: unsupported measurement file type; use .npy, .png or .tif")
+        raise UserError(f"{str(p)!r}: unsupported measurement file type; use .npy, .png, .tif or .jpg")
     if not torch.isfinite(y).all():
         raise UserError(f"{str(p)!r} contains NaN or Inf values; clean the measurement first")
     return y
@@ -106,18 +106,22 @@ def check_fits(
     """Raise a :class:`UserError` unless ``y`` (C, ...) has the shape the operator produces; return
     the physics that fits it.
 
-    The image shape comes from the operator (its ``image_shape`` or ``img_size``, else the
-    measurement's own shape); where that does not fit, ``image_shape`` (the one ``simulate``
-    recorded beside the measurement) is tried: an operator that shrinks its images, such as a
-    custom downsampling, needs it when it does not say how to invert its shape."""
-    try:
+    The image shape is ``image_shape`` (the one ``simulate`` recorded beside the measurement) when
+    the measurement fits it, else the operator's (its ``image_shape`` or ``img_size``, else the
+    measurement's own shape). The record comes first because it says which image this measurement
+    is of: a CT operator's ``img_width`` names one width, while its sinograms (with
+    ``operator.detectors`` set) also fit images of other widths. An operator that shrinks its images,
+    such as a custom downsampling, needs the record when it does not say how to invert its shape."""
+    if image_shape is None:
         return _check_fits(y, cfg, physics, source)
-    except _ShapeMismatchError:
-        # Only a shape that does not fit is retried: the scale refusal of a measurement that fits
-        # stays that refusal, whatever a (possibly stale) record says.
-        if image_shape is None:
-            raise
+    try:
         return _check_fits(y, cfg, physics, source, image_shape)
+    except _ShapeMismatchError as record_error:
+        # Only a shape that does not fit falls back (a stale record): a scale refusal stays.
+        try:
+            return _check_fits(y, cfg, physics, source)
+        except _ShapeMismatchError:
+            raise record_error from None
 
 
 class _ShapeMismatchError(UserError):

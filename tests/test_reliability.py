@@ -916,3 +916,47 @@ def test_a_bare_measurement_refusal_names_what_reconstruct_can_change():
     with pytest.raises(UserError, match="the checkpoint fixes its operator, so give a measurement") as info:
         check_fits(y, cfg, cache, "s.npy")
     assert "set operator.img_width" not in str(info.value)
+
+
+def test_a_ct_sinogram_is_reconstructed_at_the_image_size_simulate_recorded(tmp_path):
+    """With operator.detectors and img_width set, a sinogram of a 64-px image also fits the 32 px that
+    img_width names: reconstruct used to return a 32x32 image without a word."""
+    from jfb_inverse.models.build import build_model
+    from jfb_inverse.problems import resolve_config
+    from jfb_inverse.training.checkpoint import save_checkpoint
+
+    ckpt = tmp_path / "ct.pt"
+    cfg = resolve_config("ct", overrides={"operator": {"detectors": 48, "img_width": 32}, "model": {"width": 8}})
+    save_checkpoint(ckpt, cfg, build_model(cfg)[0].state_dict(), step=0)
+    clean = rand_image(tmp_path / "clean.npy", shape=(1, 64, 64))
+    sino = tmp_path / "s.npy"
+    assert cli("simulate", "--checkpoint", ckpt, "--input", clean, "--output", sino).exit_code == 0
+    assert np.load(sino).shape == (1, 48, 30)
+    out = tmp_path / "x.npy"
+    result = cli("reconstruct", "--checkpoint", ckpt, "--input", sino, "--output", out, "--max-iter", "2")
+    assert result.exit_code == 0, result.output
+    assert np.load(out).shape == (1, 64, 64)
+    (tmp_path / "s.npy.json").unlink()  # without the record, img_width decides
+    out.unlink()
+    result = cli("reconstruct", "--checkpoint", ckpt, "--input", sino, "--output", out, "--max-iter", "2")
+    assert result.exit_code == 0, result.output
+    assert np.load(out).shape == (1, 32, 32)
+
+
+def test_a_jpeg_measurement_is_reconstructed_alone_and_in_a_folder(tmp_path):
+    """A user's own blurred photo is often a JPEG: read like a PNG (the README and --help say so)."""
+    from PIL import Image
+
+    clean = rand_image(tmp_path / "clean.npy")
+    assert cli("simulate", "--problem", "deblur", "--input", clean, "--output", tmp_path / "y.png").exit_code == 0
+    folder = tmp_path / "measurements"
+    folder.mkdir()
+    Image.open(tmp_path / "y.png").save(folder / "y.jpg", quality=95)
+    result = cli(*reconstruct_args(tmp_path, folder / "y.jpg", output="x.npy"))
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "x.npy").shape == (1, 32, 32)
+    result = cli(
+        "reconstruct", "--checkpoint", "builtin:deblur", "--input", folder, "--output", tmp_path / "out", *FAST
+    )
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["y.png"]
