@@ -60,7 +60,7 @@ def _rows(s: dict[str, Any]) -> list[tuple[str, str]]:
             "training",
             f"{_progress(training)} ({_state(training)}) in {_duration(training['seconds'])}; "
             f"{training['gradient']} gradient, {_optimizer(training)}, batch {training['batch_size']} of "
-            f"{training['patch_size']} px, precision {training['precision']}, seed {training['seed']}"
+            f"{training['patch_size']} px, precision {_precision(training)}, seed {training['seed']}"
             + (f", from {training['init_from']}" if training["init_from"] else ""),
         ),
         ("data", _data(s["data"])),
@@ -94,6 +94,14 @@ def _progress(training: dict[str, Any]) -> str:
     if training["finished"]:  # the steps ran out before the budget measured the machine's speed
         return f"{done:,} of {planned:,} steps (within a {minutes:g}-minute budget)"
     return f"{done:,} step{'s' * (done != 1)} of a {minutes:g}-minute budget (not yet fitted to a step count)"
+
+
+def _precision(training: dict[str, Any]) -> str:
+    """``auto`` with what it ran as (bf16 on a CPU with native bf16, else fp32), where the run recorded it."""
+    ran = training.get("ran_on")
+    if training["precision"] != "auto" or not ran:
+        return training["precision"]
+    return f"auto ({ran['precision']} on {ran['device']})"
 
 
 def _optimizer(training: dict[str, Any]) -> str:

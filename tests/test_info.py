@@ -10,6 +10,7 @@ import torch
 from jfb_inverse.cli.app import app
 from typer.testing import CliRunner
 
+from jfb_inverse.models.precision import native_bf16_cpu
 from jfb_inverse.training.checkpoint import load_model
 from jfb_inverse.training.summary import describe_checkpoint
 
@@ -32,6 +33,7 @@ def test_info_of_the_shipped_model_reports_what_it_records(tmp_path):
     assert "8,000 of 8,000 steps (finished)" in text and "blur: kernel gaussian, sigma 2" in text
     assert "length" not in text  # a Gaussian kernel's summary leaves the motion fields out
     assert "data builtin, grey (1 channel)" in text  # an RGB checkpoint read the same before
+    assert "precision fp32," in text  # no record of where it ran: the setting as it is
     summary = json.loads((tmp_path / "info.json").read_text())
     model, cfg, _ = load_model("builtin:deblur")
     assert summary["problem"] == "deblur" and summary["model"]["equivariance"] == cfg.model.equivariance
@@ -59,6 +61,10 @@ def test_info_of_an_unfinished_run_says_it_can_be_resumed(tmp_path):
     assert held["psnr"] == psnr and held["best_baseline"] == max(("wiener", "tv"), key=psnr.get)
     assert held["gain_db"] == round(psnr["model"] - psnr[held["best_baseline"]], 4)
     assert "held out model" in " ".join(invoke("info", "--checkpoint", run).output.split())
+    # What precision auto ran as (bf16 on a CPU with native bf16 arithmetic, else fp32) is recorded.
+    ran = "bf16" if native_bf16_cpu() else "fp32"
+    assert describe_checkpoint(run)["training"]["ran_on"] == {"device": "cpu", "precision": ran}
+    assert f"precision auto ({ran} on cpu)" in " ".join(invoke("info", "--checkpoint", run).output.split())
     payload = torch.load(run / "model.pt", weights_only=True)
     payload["step"] = 2  # as a run stopped by --max-minutes after 2 of its 3 steps records itself
     torch.save(payload, run / "model.pt")

@@ -42,6 +42,7 @@ from jfb_inverse.errors import ConfigError, UserError
 from jfb_inverse.implicit import lipschitz_estimate
 from jfb_inverse.metrics import psnr
 from jfb_inverse.models.build import build_model
+from jfb_inverse.models.precision import effective_precision
 from jfb_inverse.problems.config import BUDGET_STEP_CAP, ProblemConfig
 from jfb_inverse.problems.noise import simulate
 from jfb_inverse.problems.operators import with_embedded_kernel
@@ -385,6 +386,8 @@ def train(
             skipped_steps=skipped,
             bad_in_a_row=bad_in_a_row,
             finished=final,
+            # What `auto` meant where the run last trained: info shows it (bf16 or fp32 by the CPU).
+            ran_on={"device": device.type, "precision": effective_precision(t.precision, device, training=True)},
         )
         saved_step[0] = step + 1
 

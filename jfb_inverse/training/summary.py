@@ -82,6 +82,8 @@ def describe_checkpoint(name: str | Path) -> dict[str, Any]:
             "batch_size": t.batch_size,
             "patch_size": cfg.data.patch_size,
             "precision": t.precision,
+            # Where and in which precision the run last trained (checkpoints before it: None).
+            "ran_on": payload.get("ran_on"),
             "seed": t.seed,
             "init_from": t.init_from,
             "resumable": "optimizer" in payload,
