@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -417,3 +418,38 @@ def test_a_folder_reads_gif_and_webp_and_refuses_animated_gifs(tmp_path):
     frames[0].save(tmp_path / "d.gif", save_all=True, append_images=frames[1:])
     with pytest.raises(UserError, match=r"d.gif: image has shape \(2, 24, 24, 3\).*animated.*as PNG"):
         load_folder(tmp_path)
+
+
+def _png16(path: Path, pixels: np.ndarray, colour_type: int) -> None:
+    """A 16-bit PNG written by hand (Pillow cannot write 16-bit colour)."""
+    import struct
+    import zlib
+
+    height, width = pixels.shape[:2]
+    raw = b"".join(b"\x00" + pixels[i].astype(">u2").tobytes() for i in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )
+
+
+def test_a_16_bit_colour_png_warns_once_that_it_is_read_at_8_bits(tmp_path, monkeypatch):
+    from jfb_inverse.datasets import images
+
+    monkeypatch.setattr(images, "_WARNED", set())
+    rng = np.random.default_rng(0)
+    _png16(tmp_path / "grey.png", rng.integers(0, 65536, (8, 8)), colour_type=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 16-bit grey keeps its 16 bits: nothing to say
+        grey = load_image(tmp_path / "grey.png")
+    assert not np.allclose(grey.numpy() * 255, np.round(grey.numpy() * 255))  # not 8-bit steps
+    for name in ("a.png", "b.png"):
+        _png16(tmp_path / name, rng.integers(0, 65536, (8, 8, 3)), colour_type=2)
+    with pytest.warns(UserWarning, match=r"a.png: a 16-bit PNG with colour or alpha.*16-bit TIFF") as record:
+        load_image(tmp_path / "a.png", channels=3)
+        load_image(tmp_path / "b.png", channels=3)
+    assert len([w for w in record if "16-bit PNG" in str(w.message)]) == 1  # once, not once per file
