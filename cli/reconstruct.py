@@ -271,10 +271,12 @@ def _reconstruct_one(
     import torch
 
     from jfb_inverse.measurements import (
+        UNMEASURED_SHARE_WARNING,
         check_fits,
         check_provenance,
         provenance_image_shape,
         read_measurement,
+        unmeasured_share,
         write_array,
     )
 
@@ -283,6 +285,12 @@ def _reconstruct_one(
     phys = check_fits(y, cfg, physics, str(path), provenance_image_shape(path))
     if mismatch:
         warn(mismatch)
+    share = unmeasured_share(y, phys)
+    if share > UNMEASURED_SHARE_WARNING:
+        warn(
+            f"{path.name}: {share:.0%} of the measurement's energy lies where the checkpoint's operator measures "
+            "nothing (made with another mask? MRI k-space not centred, i.e. not fftshifted?); it is ignored"
+        )
     with torch.inference_mode():
         x = model(y[None], phys)[0]
     write_array(x.clamp(0, 1) if out_path.suffix.lower() != ".npy" else x, out_path)

@@ -66,7 +66,8 @@ def read_measurement(path: str | Path, channels: int, note: Callable[[str], None
             raise UserError(
                 f"{str(p)!r} holds complex values ({arr.dtype}, shape {arr.shape}); save real arrays: k-space as "
                 "(2C, H, W), each channel's real part then its imaginary part, e.g. "
-                "numpy.concatenate([y.real, y.imag]) for y of shape (C, H, W), as `simulate` writes it"
+                "numpy.stack([y.real, y.imag], axis=1).reshape(-1, H, W) for y of shape (C, H, W), as `simulate` "
+                "writes it"
             )
         if arr.dtype.kind not in "fiu" or arr.ndim not in (2, 3):
             raise UserError(
@@ -95,9 +96,30 @@ def read_measurement(path: str | Path, channels: int, note: Callable[[str], None
         y = load_image(p, channels=channels, note=note, opaque_alpha=True)
     else:
         raise UserError(f"{str(p)!r}: unsupported measurement file type; use .npy, .png, .tif or .jpg")
+    if y.numel() == 0:
+        raise UserError(f"{str(p)!r} holds no values (shape {tuple(y.shape)}); give a measurement with data")
     if not torch.isfinite(y).all():
         raise UserError(f"{str(p)!r} contains NaN or Inf values; clean the measurement first")
     return y
+
+
+#: Above this share of a measurement's energy where the operator measures nothing, reconstruct warns.
+UNMEASURED_SHARE_WARNING = 0.01
+
+
+def unmeasured_share(y: Tensor, physics: Any) -> float:
+    """The share of ``y``'s energy (C, ...) where a masking operator (inpainting, MRI) measures
+    nothing: 0 for what ``simulate`` makes (those entries are zero) and for operators that measure
+    everywhere. ``A^T`` ignores those entries, so a large share means another mask (or an MRI
+    spectrum that is not centred) made the measurement."""
+    from jfb_inverse.problems.noise import measured_entries
+
+    measured = measured_entries(physics)
+    total = float((y.double() ** 2).sum())
+    if measured is None or total == 0:
+        return 0.0
+    outside = y.double() * (1 - measured.to(device=y.device, dtype=torch.float64)[0])
+    return float((outside**2).sum()) / total
 
 
 def check_fits(

@@ -960,3 +960,49 @@ def test_a_jpeg_measurement_is_reconstructed_alone_and_in_a_folder(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["y.png"]
+
+
+def _untrained_checkpoint(path: Path, problem: str, channels: int = 1) -> Path:
+    from jfb_inverse.models.build import build_model
+    from jfb_inverse.problems import resolve_config
+    from jfb_inverse.training.checkpoint import save_checkpoint
+
+    cfg = resolve_config(problem, overrides={"data": {"channels": channels}, "model": {"width": 8}})
+    save_checkpoint(path, cfg, build_model(cfg)[0].state_dict(), step=0)
+    return path
+
+
+def test_complex_k_space_is_refused_with_the_line_that_gives_simulates_layout(tmp_path):
+    """Colour k-space interleaves each channel's real and imaginary parts: the hint used to
+    concatenate all real parts, then all imaginary ones, which reconstructed the wrong channels."""
+    ckpt = _untrained_checkpoint(tmp_path / "mri.pt", "mri", channels=3)
+    clean = rand_image(tmp_path / "clean.npy", shape=(3, 16, 16))
+    assert cli("simulate", "--checkpoint", ckpt, "--input", clean, "--output", tmp_path / "y.npy").exit_code == 0
+    y = np.load(tmp_path / "y.npy")
+    complex_y = y[0::2] + 1j * y[1::2]
+    np.save(tmp_path / "c.npy", complex_y)
+    line = expect_refusal(tmp_path, reconstruct_args(tmp_path, tmp_path / "c.npy", str(ckpt), "x.npy"), "complex")
+    hint = re.search(r"e\.g\. (numpy\..+?) for y of shape", line).group(1)
+    rebuilt = eval(hint, {"numpy": np, "y": complex_y, "H": 16, "W": 16})  # the line exactly as the error gives it
+    assert np.array_equal(rebuilt, y)
+
+
+def test_a_measurement_with_energy_where_the_operator_measures_nothing_warns(tmp_path):
+    """Another mask, or k-space that is not centred: A^T drops those entries without a word."""
+    ckpt = _untrained_checkpoint(tmp_path / "mri.pt", "mri")
+    clean = rand_image(tmp_path / "clean.npy", shape=(1, 16, 16))
+    assert cli("simulate", "--checkpoint", ckpt, "--input", clean, "--output", tmp_path / "y.npy").exit_code == 0
+    result = cli(*reconstruct_args(tmp_path, tmp_path / "y.npy", str(ckpt), "x.npy"))
+    assert result.exit_code == 0 and "measures nothing" not in result.output, result.output
+    np.save(tmp_path / "u.npy", np.fft.ifftshift(np.load(tmp_path / "y.npy"), axes=(-2, -1)))
+    result = cli(*reconstruct_args(tmp_path, tmp_path / "u.npy", str(ckpt), "xu.npy"))
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert re.search(
+        r"u\.npy: \d+% of the measurement's energy lies where the checkpoint's operator measures nothing", text
+    )
+
+
+def test_an_empty_measurement_is_refused_in_one_line(tmp_path):
+    np.save(tmp_path / "e.npy", np.zeros((2, 0, 8), dtype=np.float32))  # torch's stride error leaked before
+    expect_refusal(tmp_path, reconstruct_args(tmp_path, tmp_path / "e.npy"), "holds no values (shape (2, 0, 8))")

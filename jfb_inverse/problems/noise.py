@@ -37,13 +37,13 @@ def simulate(x: Tensor, physics: LinearPhysics, noise: NoiseConfig, generator: t
     if noise.sigma == 0:
         return clean
     eps = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
-    measured = _measured(physics)
+    measured = measured_entries(physics)
     if measured is not None:  # drawn everywhere first, so the noise stream is the same with or without
         eps = eps * measured.to(eps.dtype)
     return clean + noise_sigma(noise, physics.A(x) if noise.kind == "poisson" else clean) * eps
 
 
-def _measured(physics: LinearPhysics) -> Tensor | None:
+def measured_entries(physics: LinearPhysics) -> Tensor | None:
     """Where a masking operator measures at all (kept pixels, sampled k-space), broadcastable to its
     measurements; ``None`` for operators that measure everywhere. Entries it does not measure stay
     zero, noise included, as deepinv's own ``Inpainting`` and ``MRI`` noise them (``A^T`` ignores

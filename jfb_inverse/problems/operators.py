@@ -411,7 +411,8 @@ def _build_mri(op: MRIOperator, img_size: ImageSize, device: torch.device) -> Li
 def _mri_image_shape(op: MRIOperator, shape: tuple[int, ...]) -> ImageSize:
     if len(shape) != 3 or shape[0] % 2:
         raise ConfigError(
-            f"MRI k-space must have shape (2C, H, W) (real and imaginary part per image channel), got {shape}"
+            f"MRI k-space must have shape (2C, H, W) (real and imaginary part per image channel, a .npy array as "
+            f"`simulate` writes it), got {shape}"
         )
     return shape[0] // 2, shape[1], shape[2]
 
