@@ -475,6 +475,17 @@ def test_a_kernel_larger_than_the_training_patches_names_the_patch_size(tmp_path
     assert not (tmp_path / "run").exists()
 
 
+def test_a_held_out_size_the_operator_refuses_is_refused_before_training(tmp_path):
+    # It used to train every step, then skip the held-out evaluation with a warning and exit 0.
+    config = tmp_path / "sr.toml"
+    config.write_text("[data]\npatch_size = 32\neval_size = 65\n[model]\nwidth = 8\n[training]\nbatch_size = 2\n")
+    result = invoke("train", "--problem", "superres", "--config", str(config), "--steps", "1",
+                    "--out", str(tmp_path / "run"))  # fmt: skip
+    one_line_error(result, "held-out images: super-resolution x2 needs image sides divisible by 2, got 65x65")
+    assert "change data.eval_size (65)" in " ".join(result.output.split())
+    assert not (tmp_path / "run").exists()
+
+
 def test_names_that_differ_only_in_case_are_refused_with_both_output_names(tmp_path):
     src = tmp_path / "in"
     src.mkdir()

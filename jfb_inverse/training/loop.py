@@ -274,6 +274,10 @@ def train(
         physics = physics_cache.for_image(img_size)
     except ConfigError as exc:  # a size the operator refuses: the image here is a training patch
         raise ConfigError(f"training patches: {exc}; or change data.patch_size ({cfg.data.patch_size})") from None
+    try:  # and the held-out size, which the final evaluation would only meet after every step
+        physics_cache.for_image((cfg.data.channels, cfg.data.eval_size, cfg.data.eval_size))
+    except ConfigError as exc:
+        raise ConfigError(f"held-out images: {exc}; or change data.eval_size ({cfg.data.eval_size})") from None
     try:  # a step that does not fit the operator (a custom one) fails here, before anything is written
         make_step(cfg.model.step, physics, img_size)
     except ValueError as exc:
