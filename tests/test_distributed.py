@@ -106,6 +106,31 @@ def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     assert torch.load(tmp_path / "run" / "model.pt", weights_only=True)["step"] == int(steps[0]) < 200
 
 
+def test_a_run_stopped_by_a_signal_mid_log_window_resumes_to_the_same_log(tmp_path, monkeypatch):
+    # The stop saves a partial log window; every rank reloads it. It used to be rank 0's alone, so the
+    # resumed run's record counted rank 0's shard twice for the steps before the stop.
+    config = tmp_path / "run.toml"
+    config.write_text(CONFIG.replace('problem = "deblur"\n', "").replace("log_every = 2", "log_every = 8")
+                      .replace("steps = 4", "steps = 8"))  # fmt: skip
+    common = ["--config", str(config), "--operator", str(ROOT / "tests" / "ops_rank_signal.py:SignalsRankZero")]
+    common += ["--trust-operator", "--nproc", "2"]
+    monkeypatch.setenv("JFB_TEST_SIGNAL", "0")
+    assert run_train([*common, "--out", str(tmp_path / "full")]).returncode == 0
+    monkeypatch.setenv("JFB_TEST_SIGNAL", "1")
+    stopped = run_train([*common, "--out", str(tmp_path / "part")])
+    assert "interrupted by signal 2 after step" in stopped.stdout + stopped.stderr, stopped.stderr[-2000:]
+    assert torch.load(tmp_path / "part" / "model.pt", weights_only=True)["step"] < 8  # mid-window
+    monkeypatch.setenv("JFB_TEST_SIGNAL", "0")
+    resumed = run_train(["--resume", "--out", str(tmp_path / "part"), "--nproc", "2", "--trust-operator"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    def record(run: str) -> dict:
+        (line,) = (tmp_path / run / "history.jsonl").read_text().splitlines()
+        return {k: v for k, v in json.loads(line).items() if k != "seconds"}
+
+    assert record("part") == pytest.approx(record("full"), rel=1e-9)
+
+
 @pytest.mark.parametrize("flag", ["--nproc=2", "--nproc"])
 def test_nproc_is_stripped_from_worker_arguments(monkeypatch, flag):
     from jfb_inverse.cli import train as train_module

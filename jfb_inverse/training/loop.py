@@ -113,6 +113,19 @@ def _reduce_record(record: dict[str, Any], not_converged: list[float], world: in
     return flags
 
 
+def _merge_window(window: list[dict[str, float]], world: int, device: torch.device) -> None:
+    """Replace each rank's entries of a partial log window by the ranks' means, in place, before a
+    checkpoint saves rank 0's: a resumed run's first record then averages every rank's shard over
+    the steps before the stop as well (each rank reloads the saved window; rank 0's alone counted
+    its shard twice). A later record averages the same merged entries on every rank: unchanged.
+    The residual is already the batch's largest per step (reduced with the stop flags)."""
+    keys = ("loss", "psnr", "iterations", "converged", "skipped")
+    values = torch.tensor([[w[k] for k in keys] for w in window], dtype=torch.float64, device=device)
+    dist.all_reduce(values)
+    for entry, row in zip(window, (values / world).tolist(), strict=True):
+        entry.update(zip(keys, row, strict=True))
+
+
 def _restore_noise_stream(gen: torch.Generator, state: Tensor, fallback_seed: int) -> None:
     """Continue the measurement-noise stream saved in a checkpoint. A state saved by a generator on
     another kind of device (a CUDA run resumed on the CPU, or the reverse) does not fit this one:
@@ -367,6 +380,8 @@ def train(
         # one stopped early (time budget, signal) keeps it, to resume exactly.
         done = final and step + 1 >= plan.planned
         pool_state = None if done or t.batch_reuse == 1 else pool.state_dict(world)
+        if world > 1 and window:
+            _merge_window(window, world, device)  # rank 0 saves it, and every rank resumes from it
         if not is_main:
             return
         if not _all_finite(model.state_dict().values()):
@@ -468,11 +483,15 @@ def train(
             signum = int(received.get("signal", 0))
             if world > 1:  # every rank stops at the same step, as for signals: one going on alone would hang
                 # float64: a plan of up to 2^53 steps survives the reduction exactly (float32: 2^24)
+                # The step's residual too: the whole batch's largest, as one process records it.
                 flags = torch.tensor(
-                    [float(out_of_time), float(signum), -float(plan.planned)], dtype=torch.float64, device=device
+                    [float(out_of_time), float(signum), -float(plan.planned), window[-1]["residual"]],
+                    dtype=torch.float64,
+                    device=device,
                 )
                 dist.all_reduce(flags, op=dist.ReduceOp.MAX)
                 out_of_time, signum, plan.planned = bool(flags[0] > 0), int(flags[1]), int(-flags[2])
+                window[-1]["residual"] = float(flags[3])
             last = step + 1 >= plan.planned
             # A run that ends (last step or time budget) logs the steps since its last record too.
             if (step + 1) % t.log_every == 0 or last or (out_of_time and window):
