@@ -366,6 +366,12 @@ def train(
     # The curves first: an interrupted evaluation (which `jfb-inverse evaluate` can redo) must not
     # cost the run its figure, which nothing else redraws.
     training_figure(result.history, None, out / "training.png")
+    if result.signal_at_end:
+        err_console.print(
+            f"interrupted by signal {result.signal_at_end} during the last step; the run is complete, the model saved "
+            f"in {escape(str(out / 'model.pt'))}; score it with: jfb-inverse evaluate --checkpoint {escape(str(out))}"
+        )
+        raise typer.Exit(code=128 + result.signal_at_end)
     payload, _ = load_checkpoint(out / "model.pt", map_location=dev)
     model, physics = build_model(cfg, dev)
     model.load_state_dict(payload["state_dict"])

@@ -1006,3 +1006,32 @@ def test_a_measurement_with_energy_where_the_operator_measures_nothing_warns(tmp
 def test_an_empty_measurement_is_refused_in_one_line(tmp_path):
     np.save(tmp_path / "e.npy", np.zeros((2, 0, 8), dtype=np.float32))  # torch's stride error leaked before
     expect_refusal(tmp_path, reconstruct_args(tmp_path, tmp_path / "e.npy"), "holds no values (shape (2, 0, 8))")
+
+
+def test_a_signal_during_the_last_step_finishes_the_run_and_skips_only_the_evaluation(tmp_path, monkeypatch):
+    """It used to say "continue with --resume", which then refused a run with no steps left, and the
+    figure was never drawn (nothing else draws it)."""
+    import jfb_inverse.training.loop as loop
+
+    train = loop.train
+
+    def signal_at_the_last_step(*args, on_step=None, **kwargs):
+        def hook(step: int) -> None:
+            if on_step is not None:
+                on_step(step)
+            if step + 1 == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+
+        return train(*args, on_step=hook, **kwargs)
+
+    monkeypatch.setattr(loop, "train", signal_at_the_last_step)
+    (tmp_path / "tiny.toml").write_text(TINY_TOML)
+    run = tmp_path / "run"
+    result = cli("train", "--problem", "deblur", "--config", tmp_path / "tiny.toml", "--steps", "3", "--out", run,
+                 "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 130, result.output
+    text = " ".join(result.output.split())
+    assert "during the last step; the run is complete" in text and "jfb-inverse evaluate --checkpoint" in text
+    payload = torch.load(run / "model.pt", weights_only=True)
+    assert payload["step"] == 3 and payload["finished"] and payload["batch_pool"] is None
+    assert (run / "training.png").is_file() and not (run / "evaluation.json").exists()

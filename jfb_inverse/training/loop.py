@@ -81,6 +81,9 @@ class TrainResult:
     #: The steps the run planned: ``training.steps``, or the count fitted to ``training.minutes``
     #: (None: stopped before the first fit). ``steps`` below it: ``max_minutes`` stopped the run.
     planned_steps: int | None = None
+    #: A SIGINT/SIGTERM that came during the last step (0: none): the run is complete all the same,
+    #: and the caller should stop after saving what needs no more work (the figure), not evaluate.
+    signal_at_end: int = 0
 
 
 def _lr_lambda(total: int | Callable[[], int], warmup: int = 20) -> Callable[[int], float]:
@@ -415,6 +418,7 @@ def train(
         with torch.no_grad():
             return x_all, simulate(x_all, physics, cfg.noise, noise_gen)
 
+    signum = 0
     with _stop_on_signals() as received:
         for step in range(first_step, t.steps):
             x, y, warm_start = pool.batch(step, draw)
@@ -520,7 +524,7 @@ def train(
                         fh.write(json.dumps(record) + "\n")
                 if on_log is not None:
                     on_log(record)
-            if signum:
+            if signum and not last:  # at the last step there is nothing left to resume: finish the run
                 checkpoint()
                 raise TrainingInterruptedError(
                     f"interrupted by signal {signum} after step {step + 1}; checkpoint written to "
@@ -534,4 +538,4 @@ def train(
     checkpoint(final=True)
     # A budgeted run stopped (max_minutes) before its first fit has no plan yet, only the cap.
     planned = plan.planned if budget is None or plan.fitted or last else None
-    return TrainResult(out, step + 1, seconds(), history, skipped, planned)
+    return TrainResult(out, step + 1, seconds(), history, skipped, planned, signal_at_end=signum)
