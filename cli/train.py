@@ -210,7 +210,7 @@ def train(
         logged_before = (last_log(out / "history.jsonl", first_step) or {}).get("step", 0)
         if cfg.training.steps <= first_step:
             raise UserError(
-                f"the run in --out is at step {first_step} of {planned}; "
+                f"the run in --out is at step {first_step}{f' of {planned}' if planned < BUDGET_STEP_CAP else ''}; "
                 f"give --steps above {first_step} to train it further, or score it with "
                 f"`jfb-inverse evaluate --checkpoint {str(out)!r}`"
             )

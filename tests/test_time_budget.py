@@ -4,6 +4,7 @@ so the learning-rate schedule ends with the budget; resumable; refused once used
 from __future__ import annotations
 
 import json
+import shutil
 import types
 
 import pytest
@@ -100,9 +101,16 @@ def test_a_run_with_a_budget_ends_with_its_schedule(tmp_path, monkeypatch):
     payload = load_checkpoint(tmp_path / "run" / "model.pt")[0]
     assert payload["step"] == 30 and payload["step_plan"]["planned"] == 30
     # Used up: a resume is refused in one line before anything is written.
-    used_up = r"has trained 0\.50 minutes \(step 30\), which leaves no step in a 0\.5-minute budget"
+    used_up = (
+        r"has done the 30 steps its 0\.5-minute budget planned \(in 0\.50 minutes\); to train it further, "
+        r"give --minutes 0\.52 or more"  # one more step at 1 s a step: 31 s, rounded up
+    )
     with pytest.raises(loop.UserError, match=used_up):
         train(cfg, tmp_path / "run", resume=True, on_step=clock.tick)
+    # A larger budget without room for one more step names the least that has (it named 0.51 here).
+    short = resolve_config("deblur", overrides={**TINY, "training": {**budget, "minutes": 0.51}})
+    with pytest.raises(loop.UserError, match=r"which leaves no step in a 0\.51-minute budget.*--minutes 0\.52 or more"):
+        train(short, tmp_path / "run", resume=True, on_step=clock.tick)
     # A larger budget continues it: 30 more seconds, 30 more steps, the schedule ending again.
     longer = resolve_config("deblur", overrides={**TINY, "training": {**budget, "minutes": 1.0}})
     more = train(longer, tmp_path / "run", resume=True, on_step=clock.tick)
@@ -144,7 +152,7 @@ def test_train_minutes_from_the_cli(tmp_path):
     assert cfg.training.minutes == 0.03 and cfg.training.steps == 1_000_000
     assert payload["step"] == records[-1]["step"] and payload["batch_pool"] is None  # finished, not resumable
     again = CliRunner().invoke(app, ["train", "--resume", "--out", str(run)])
-    assert again.exit_code == 2 and "leaves no step in a 0.03-minute budget" in " ".join(again.output.split())
+    assert again.exit_code == 2 and "steps its 0.03-minute budget planned" in " ".join(again.output.split())
     # A run planned by its budget alone keeps it when --resume gives --steps: they are only a cap
     # (the budget's last seconds, if any are left, may train a step or two more).
     cap = payload["step"] + 50
@@ -152,7 +160,7 @@ def test_train_minutes_from_the_cli(tmp_path):
     if capped.exit_code == 0:
         assert load_checkpoint(run / "model.pt")[1].training.minutes == 0.03
     else:
-        assert capped.exit_code == 2 and "leaves no step in a 0.03-minute budget" in " ".join(capped.output.split())
+        assert capped.exit_code == 2 and "steps its 0.03-minute budget planned" in " ".join(capped.output.split())
     assert _records(run)[-1]["step"] < cap  # lifted, the budget would have let it train to the cap
 
 
@@ -299,12 +307,17 @@ def test_deblurs_budget_fits_its_steps_to_a_slow_machine_from_the_cli(tmp_path, 
     again = CliRunner().invoke(app, ["train", "--resume", "--out", str(run)])
     assert again.exit_code == 2
     message = " ".join(again.output.split())
-    assert "which leaves no step in a 9-minute budget" in message
-    used = float(message.split("has trained ")[1].split()[0])
-    above = float(message.split("give --minutes above ")[1].split(" ")[0])
-    assert used <= above < used + 0.02  # rounded up, never below what the run used
-    assert "to train it further, give --minutes above" in message
-    assert f"(or --steps above {done}: exactly that many steps)" in message
+    assert f"has done the {done} steps its 9-minute budget planned" in message
+    used = float(message.split("planned (in ")[1].split()[0])
+    least = float(message.split("give --minutes ")[1].split(" ")[0])
+    assert least > used  # room for one more step at the run's speed (the time used alone left none)
+    assert f"or more (or --steps above {done}: exactly that many steps)" in message
+    # ... and that value is enough: the budget it names plans at least one more step.
+    longer = run.parent / "longer"
+    shutil.copytree(run, longer)
+    further = CliRunner().invoke(app, ["train", "--resume", "--out", str(longer), "--minutes", str(least)])
+    assert further.exit_code == 0, further.output
+    assert _records(longer)[-1]["step"] > done
 
     # --steps on --resume asks for exactly those steps too: the guard gives way.
     resumed = CliRunner().invoke(app, ["train", "--resume", "--out", str(run), "--steps", str(done + 3)])

@@ -336,14 +336,21 @@ def train(
         guard_state = (int(payload.get("skipped_steps", 0)), int(payload.get("bad_in_a_row", 0)))
         # Absent before training.minutes: the stored run planned its step count, without a budget.
         plan.load_state_dict(payload.get("step_plan") or StepPlan(cap=stored.training.steps).state_dict())
+        same_budget = plan.seconds == budget
         plan.rebudget(budget, t.steps, first_step, elapsed_before)
         if budget is not None and first_step >= plan.planned:  # rebudget left no step to plan
             more = "" if t.steps >= BUDGET_STEP_CAP else f" (or --steps above {first_step}: exactly that many steps)"
             used = elapsed_before / 60
-            above = math.ceil(used * 100) / 100  # rounded up: --minutes at the shown value must be enough
+            # Room for one more step at the run's average speed, rounded up: that value must be enough.
+            least = math.ceil((elapsed_before + elapsed_before / max(1, first_step)) / 60 * 100) / 100
+            why = (
+                f"has done the {first_step} steps its {t.minutes:g}-minute budget planned (in {used:.2f} minutes)"
+                if same_budget
+                else f"has trained {used:.2f} minutes (step {first_step}), which leaves no step in a "
+                f"{t.minutes:g}-minute budget"
+            )
             raise UserError(
-                f"the run in {str(out)!r} has trained {used:.2f} minutes (step {first_step}), which leaves no step "
-                f"in a {t.minutes:g}-minute budget; to train it further, give --minutes above {above:g}{more}"
+                f"the run in {str(out)!r} {why}; to train it further, give --minutes {least:g} or more{more}"
             )
         # The learning rate of the next step under this run's schedule: a resume with more --steps
         # stretches the schedule, and the optimiser's stored lr is the old schedule's.
