@@ -452,3 +452,32 @@ def test_problem_toml_leaves_out_the_one_invocation_stop(tmp_path):
     again = config_from_file_or_problem(None, tmp_path / "problem.toml")
     assert again.training.max_minutes is None and again.training.minutes == 3.0
     assert again == cfg.model_copy(update={"training": cfg.training.model_copy(update={"max_minutes": None})})
+
+
+def test_a_skipped_step_leaves_history_jsonl_strict_json(tmp_path, monkeypatch):
+    """A skipped step's loss is NaN, which json.dumps wrote as a bare NaN (not JSON): a record averages
+    the steps that were not skipped, and is null where every one was."""
+    real_mse, calls = loop.F.mse_loss, {"n": 0}
+
+    def nan_at_step_2(a, b):
+        calls["n"] += 1
+        return real_mse(a, b) * float("nan") if calls["n"] == 2 else real_mse(a, b)
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not JSON: {constant}")
+
+    monkeypatch.setattr(loop.F, "mse_loss", nan_at_step_2)
+    losses = {}
+    for log_every in (1, 2):
+        calls["n"] = 0
+        training = {**TINY["training"], "steps": 4, "log_every": log_every}
+        result = train(
+            resolve_config("deblur", overrides={**TINY, "training": training}), tmp_path / f"every{log_every}"
+        )
+        assert result.skipped_steps == 1
+        lines = (tmp_path / f"every{log_every}" / "history.jsonl").read_text().splitlines()
+        losses[log_every] = {r["step"]: r["loss"] for r in (json.loads(line, parse_constant=refuse) for line in lines)}
+    each, pairs = losses[1], losses[2]
+    assert each[2] is None and all(each[s] > 0 for s in (1, 3, 4))
+    assert pairs[2] == pytest.approx(each[1])  # step 2's record is step 1's loss alone: the step that trained
+    assert pairs[4] == pytest.approx((each[3] + each[4]) / 2)

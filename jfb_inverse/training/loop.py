@@ -116,6 +116,11 @@ def _reduce_record(record: dict[str, Any], not_converged: list[float], world: in
     return flags
 
 
+def _json_safe(record: dict[str, Any]) -> dict[str, Any]:
+    """``null`` for a non-finite number: ``NaN`` is not JSON, and strict readers refuse the line."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in record.items()}
+
+
 def _merge_window(window: list[dict[str, float]], world: int, device: torch.device) -> None:
     """Replace each rank's entries of a partial log window by the ranks' means, in place, before a
     checkpoint saves rank 0's: a resumed run's first record then averages every rank's shard over
@@ -508,7 +513,9 @@ def train(
             if (step + 1) % t.log_every == 0 or last or (out_of_time and window):
                 record: dict[str, Any] = {"step": step + 1, "seconds": round(seconds(), 3)}
                 for key in ("loss", "psnr", "iterations", "residual", "converged"):
-                    record[key] = sum(w[key] for w in window) / len(window)
+                    # Over the steps that were not skipped (NaN loss): NaN only if every one was.
+                    values = [w[key] for w in window if math.isfinite(w[key])]
+                    record[key] = sum(values) / len(values) if values else math.nan
                 not_converged = [float(w["converged"] < 1) for w in window]
                 if world > 1:  # the whole batch's record, not rank 0's shard
                     not_converged = _reduce_record(record, not_converged, world, device)
@@ -528,7 +535,7 @@ def train(
                 history.append(record)
                 if is_main:
                     with history_path.open("a") as fh:
-                        fh.write(json.dumps(record) + "\n")
+                        fh.write(json.dumps(_json_safe(record)) + "\n")
                 if on_log is not None:
                     on_log(record)
             if signum and not last:  # at the last step there is nothing left to resume: finish the run

@@ -24,7 +24,8 @@ def training_figure(history: list[dict[str, Any]], evaluation: Evaluation | None
         (("loss", "MSE loss"), ("psnr", "train PSNR (dB)"), ("iterations", "forward iterations"))
     ):
         ax = fig.add_subplot(rows, 3, i + 1)
-        ax.plot(steps, [h[key] for h in history])
+        # null in history.jsonl (every step of a record skipped): a gap in the curve.
+        ax.plot(steps, [float("nan") if h.get(key) is None else h[key] for h in history])
         ax.set_xlabel("step")
         ax.set_title(label, fontsize=9)
         if key == "loss":
