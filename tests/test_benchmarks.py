@@ -318,3 +318,28 @@ def test_tuning_one_baseline_keeps_the_others_search_in_the_file(tmp_path, monke
     methods = json.loads(out.read_text())["methods"]
     assert methods["wiener"] == {"best": {"nsr": 0.01}} and methods["tv"]["best"] == {"lam": 1.0}
     assert [grid["n_iter"] for grid in calls] == [[7, 9]]
+
+
+def test_tuning_another_problems_baselines_searches_its_own_methods(tmp_path, monkeypatch):
+    import json
+    import types
+
+    import tune_baselines
+
+    tuned = []
+
+    def fake_tune(method, images, make, grid):
+        tuned.append(method.__name__)
+        y, _ = make(images[:1])
+        assert y.shape == (1, 2, *images.shape[-2:])  # MRI's k-space: the problem's own measurements
+        return types.SimpleNamespace(best={"lam": 1.0}, best_psnr=1.0, table=[({"lam": 1.0}, 1.0)])
+
+    monkeypatch.setattr(tune_baselines.B, "tune", fake_tune)
+    out = tmp_path / "tune.json"
+    monkeypatch.setattr(sys, "argv", ["tune_baselines.py", "--problem", "mri", "--size", "16", "--out", str(out)])
+    tune_baselines.main()
+    assert tuned == ["tikhonov", "tv_reconstruction"]
+    assert json.loads(out.read_text())["problem"] == "mri"
+    monkeypatch.setattr(sys, "argv", ["tune_baselines.py", "--problem", "mri", "--only", "wiener"])
+    with pytest.raises(SystemExit):
+        tune_baselines.main()  # Wiener is deblurring's; argparse's one-line error, exit 2
