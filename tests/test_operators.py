@@ -110,6 +110,13 @@ def test_bad_image_sizes_are_one_line_errors(op, img_size, message):
     assert "\n" not in str(info.value)
 
 
+def test_a_too_small_super_resolution_image_is_told_the_least_size_and_that_size_works():
+    op = SuperResOperator(sigma=3.0)  # a 23x23 kernel
+    with pytest.raises(ConfigError, match=r"the least is a 12x12 px measurement, a 24x24 px image"):
+        build_physics(op, (1, 22, 22))
+    assert build_physics(op, (1, 24, 24)).A(torch.rand(1, 1, 24, 24)).shape == (1, 1, 12, 12)
+
+
 @pytest.mark.parametrize(
     ("op", "shape", "message"),
     [

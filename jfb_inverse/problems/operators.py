@@ -321,9 +321,11 @@ def _build_superres(op: SuperResOperator, img_size: ImageSize, device: torch.dev
         )
     kernel = gaussian_blur(sigma=(op.sigma, op.sigma))
     if kernel.shape[-2] > height or kernel.shape[-1] > width:
+        least = [-(-side // op.factor) for side in kernel.shape[-2:]]  # measurement sides, rounded up
         raise ConfigError(
             f"image of {height}x{width} px (for a measurement of {height // op.factor}x{width // op.factor} px at "
-            f"x{op.factor}) is smaller than the {kernel.shape[-2]}x{kernel.shape[-1]} blur kernel; "
+            f"x{op.factor}) is smaller than the {kernel.shape[-2]}x{kernel.shape[-1]} blur kernel (the least is a "
+            f"{least[0]}x{least[1]} px measurement, a {least[0] * op.factor}x{least[1] * op.factor} px image); "
             "use a larger image or a smaller operator.sigma"
         )
     # Circular padding keeps deepinv's closed-form (FFT) prox, so the proximal step needs no CG.
