@@ -110,22 +110,25 @@ def without_alpha(array: np.ndarray) -> np.ndarray:
     return array[..., :-1] if array.ndim == 3 and array.shape[-1] in (2, 4) else array
 
 
-def _png_loses_bits(path: Path) -> bool:
-    """A 16-bit PNG of colour type RGB, grey+alpha or RGBA (IHDR's bit depth and colour type bytes):
-    Pillow decodes those at 8 bits; 16-bit grey keeps 16."""
+_PNG16_WARNED = False  # once per process: a folder of such files would repeat it for each
+
+
+def _warn_if_png_loses_bits(path: Path) -> None:
+    """Warn (once) of a 16-bit PNG of colour type RGB, grey+alpha or RGBA (IHDR's bit depth and colour
+    type bytes): Pillow decodes those at 8 bits; 16-bit grey keeps 16."""
+    global _PNG16_WARNED
+    if _PNG16_WARNED:
+        return  # said already: no need to read the header again
     with open(path, "rb") as fh:
         header = fh.read(26)
-    return len(header) == 26 and header[12:16] == b"IHDR" and header[24] == 16 and header[25] in (2, 4, 6)
-
-
-_WARNED: set[str] = set()
-
-
-def _warn_once(kind: str, message: str) -> None:
-    """One warning of ``kind`` per process: a folder of such files would repeat it for each."""
-    if kind not in _WARNED:
-        _WARNED.add(kind)
-        warnings.warn(message, UserWarning, stacklevel=3)
+    if len(header) == 26 and header[12:16] == b"IHDR" and header[24] == 16 and header[25] in (2, 4, 6):
+        _PNG16_WARNED = True
+        warnings.warn(
+            f"{path}: a 16-bit PNG with colour or alpha, which Pillow decodes at 8 bits; save such images as "
+            "16-bit TIFF to keep their precision (said once)",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _equal_channels(rgb: np.ndarray) -> bool:
@@ -302,12 +305,8 @@ def load_image(
                 array = skimage.io.imread(path)
         except Exception:  # the imageio/PIL/tifffile backends raise many unrelated types
             raise UserError(f"{path}: not a readable image; check the file is a valid {path.suffix} image") from None
-        if path.suffix.lower() == ".png" and _png_loses_bits(path):
-            _warn_once(
-                "png16",
-                f"{path}: a 16-bit PNG with colour or alpha, which Pillow decodes at 8 bits; save such images as "
-                "16-bit TIFF to keep their precision (said once)",
-            )
+        if path.suffix.lower() == ".png":
+            _warn_if_png_loses_bits(path)
         if array.ndim == 4 and array.shape[0] == 1:  # imageio reads a GIF as (frames, H, W, C)
             array = array[0]
         if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] > 4):

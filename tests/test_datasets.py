@@ -440,7 +440,7 @@ def _png16(path: Path, pixels: np.ndarray, colour_type: int) -> None:
 def test_a_16_bit_colour_png_warns_once_that_it_is_read_at_8_bits(tmp_path, monkeypatch):
     from jfb_inverse.datasets import images
 
-    monkeypatch.setattr(images, "_WARNED", set())
+    monkeypatch.setattr(images, "_PNG16_WARNED", False)
     rng = np.random.default_rng(0)
     _png16(tmp_path / "grey.png", rng.integers(0, 65536, (8, 8)), colour_type=0)
     with warnings.catch_warnings():
