@@ -23,9 +23,10 @@ class StepPlan:
     """The number of steps a run plans: ``cap`` (``training.steps``), or fewer under a budget.
 
     ``update(steps_done, elapsed)`` after every step refits ``planned`` once ``elapsed`` passes
-    the next fraction of ``seconds`` (:data:`FIT_AT`): the steps done so far plus as many as the
-    remaining time holds at the speed measured since the previous fit, at most ``cap``. Without
-    a budget ``planned`` stays ``cap``.
+    the next fraction of ``seconds`` (:data:`FIT_AT`), or when the steps it planned are done
+    before the last of them: the steps done so far plus as many as the remaining time holds at the
+    speed measured since the previous fit (the first fit: since the first step), at most ``cap``.
+    Without a budget ``planned`` stays ``cap``.
     """
 
     cap: int
@@ -43,10 +44,19 @@ class StepPlan:
         """Refit ``planned`` if ``elapsed`` (seconds of training) has passed the next fit point."""
         if self.seconds is None:
             return
+        if self.fits_done == 0 and self.mark_step == 0 and steps_done == 1:
+            # The first step builds the convolutions' kernels and solves cold: several times a later
+            # step's time. The first fit measures the speed from the end of it, or a short budget
+            # plans too few steps and ends early.
+            self.mark_step, self.mark_seconds = 1, elapsed
+            return
         due = self.fits_done
         while due < len(FIT_AT) and elapsed >= FIT_AT[due] * self.seconds:
             due += 1
-        if due == self.fits_done or steps_done <= self.mark_step:
+        # A plan used up before the last fit point (its speed measured on slower steps) is refitted
+        # at once: ending it would leave the rest of the budget unused.
+        used_up = self.planned <= steps_done and self.planned < self.cap and due < len(FIT_AT)
+        if (due == self.fits_done and not used_up) or steps_done <= self.mark_step:
             return
         self._fit(steps_done, elapsed, (elapsed - self.mark_seconds) / (steps_done - self.mark_step), due)
 
