@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import pathlib
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -129,6 +131,49 @@ def test_a_run_stopped_by_a_signal_mid_log_window_resumes_to_the_same_log(tmp_pa
         return {k: v for k, v in json.loads(line).items() if k != "seconds"}
 
     assert record("part") == pytest.approx(record("full"), rel=1e-9)
+
+
+def processes_writing_to(run: pathlib.Path) -> list[str]:
+    """Command lines of the running processes that name ``run``."""
+    found = []
+    for cmdline in pathlib.Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # the process has ended
+            continue
+        if str(run) in text:
+            found.append(text)
+    return found
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc").is_dir(), reason="reads /proc to find the workers")
+def test_a_signal_to_the_launcher_alone_stops_every_worker_before_it_exits(tmp_path):
+    # kill PID, docker stop or a pipeline's terminate() signal the launching process only. It used to
+    # die at once, leaving torchrun and the workers training on with nobody waiting for them.
+    config = tmp_path / "run.toml"
+    config.write_text(config_text(FRESH).replace("steps = 4", "steps = 100000"))
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "jfb_inverse.cli", "train", "--config", str(config), "--out", str(run),
+           "--nproc", "2", "--device", "cpu"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 180
+        history = run / "history.jsonl"
+        while not (history.is_file() and history.read_text().strip()):  # a first record: training has started
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        proc.terminate()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert processes_writing_to(run) == []  # the workers ended before the launcher
+    stop = re.findall(r"interrupted by signal 15 after step (\d+)", " ".join((out + err).split()))
+    assert len(stop) == 1, (out + err)[-3000:]
+    assert torch.load(run / "model.pt", weights_only=True)["step"] == int(stop[0]) > 0
+    # torchrun's own lines are left out: its thread-count banner, its per-worker warnings, and the
+    # traceback of the signal it received.
+    assert not any(text in err for text in ("OMP_NUM_THREADS", "closing signal", "Traceback")), err[-3000:]
 
 
 @pytest.mark.parametrize("flag", ["--nproc=2", "--nproc"])

@@ -2,7 +2,8 @@
 
 Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) each process joins the process group
 (NCCL on CUDA, gloo on CPU) and takes the device of its ``LOCAL_RANK``. ``jfb-inverse train
---nproc N`` re-launches itself through ``torch.distributed.run``, which also handles multi-node
+--nproc N`` re-launches itself through ``torch.distributed.run`` (its noise left out by
+:mod:`jfb_inverse.training.torchrun`), which also handles multi-node
 rendezvous (``--nnodes``, ``--node-rank``, ``--rdzv-endpoint``) and stops every worker as soon as
 one fails, so a failing rank never leaves the others hanging.
 """
@@ -10,8 +11,10 @@ one fails, so a failing rank never leaves the others hanging.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 from datetime import timedelta
 
 import torch
@@ -57,11 +60,17 @@ def is_main_process() -> bool:
 
 
 def launch(nproc: int, train_args: list[str], torchrun_args: list[str] | None = None) -> int:
-    """Run ``jfb-inverse train TRAIN_ARGS`` on ``nproc`` processes via torch.distributed.run."""
+    """Run ``jfb-inverse train TRAIN_ARGS`` on ``nproc`` processes via torch.distributed.run; its
+    exit status (128 + the signal when a signal stopped it).
+
+    torchrun runs in a session of its own, and SIGINT, SIGTERM and SIGHUP that reach this process
+    are passed on to it (SIGHUP as SIGTERM, which the workers checkpoint on), so it gets each once
+    whether it came from the terminal or to this process alone (``kill``, ``docker stop``, a
+    pipeline's ``terminate()``); this process then waits until the workers have checkpointed."""
     cmd = [
         sys.executable,
         "-m",
-        "torch.distributed.run",
+        "jfb_inverse.training.torchrun",
         f"--nproc-per-node={nproc}",
         *(torchrun_args or ["--standalone"]),
         "-m",
@@ -69,4 +78,17 @@ def launch(nproc: int, train_args: list[str], torchrun_args: list[str] | None = 
         "train",
         *train_args,
     ]
-    return subprocess.call(cmd)
+    proc = subprocess.Popen(cmd, start_new_session=True)
+
+    def forward(signum: int, _frame: object) -> None:
+        proc.send_signal(signal.SIGTERM if signum == signal.SIGHUP else signum)
+
+    passed_on = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    main_thread = threading.current_thread() is threading.main_thread()  # handlers live there only
+    previous = {sig: signal.signal(sig, forward) for sig in passed_on} if main_thread else {}
+    try:
+        code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 128 - code if code < 0 else code
