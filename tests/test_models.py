@@ -359,3 +359,30 @@ def test_auto_precision_is_bf16_only_for_training_on_a_native_bf16_cpu(monkeypat
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert precision.effective_precision("auto", cuda, training=True) == "fp32"
     assert precision.effective_precision("bf16", cpu, training=False) == "bf16"  # asked for: always
+
+
+@pytest.mark.parametrize("depth", [3, 5, 7])
+def test_the_residual_net_in_tiles_is_the_whole_image_net(monkeypatch, depth):
+    # Large images are reconstructed with N run tile by tile (less memory): exact when each tile
+    # reads N's receptive radius (halo) around it, at the image's edges as inside.
+    import jfb_inverse.models.regularizers as regularizers
+
+    torch.manual_seed(0)
+    reg = SmoothingResidualCNN(width=6, depth=depth).double().eval()
+    for conv in reg.net.modules():
+        if isinstance(conv, torch.nn.Conv2d):
+            torch.nn.init.normal_(conv.weight, std=0.3)  # the last layer starts at zero: no signal
+    assert reg.halo == {3: 3, 5: 6, 7: 12}[depth]
+    x = torch.rand(2, 1, 45, 61, dtype=torch.float64)
+    with torch.no_grad():
+        whole = reg(x)
+        monkeypatch.setattr(regularizers, "TILE", 16)  # 3 x 4 tiles, the last ones partial
+        tiled = reg(x)
+        short = regularizers.in_tiles(reg.net, x, reg.halo - 1, 16)  # one row of halo too few
+    torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-12)
+    assert (short - reg.net(x)).abs().max() > 1e-6  # ... is not exact: the test can tell
+    # With autograd, or in training mode, the whole image as before.
+    monkeypatch.setattr(regularizers, "in_tiles", lambda *_: pytest.fail("tiled"))
+    reg(x.requires_grad_()).sum().backward()
+    with torch.no_grad():
+        reg.train()(x)
