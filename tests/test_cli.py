@@ -342,3 +342,21 @@ def test_the_console_script_shows_python_warnings_as_one_line(capsys):
     err = capsys.readouterr().err
     assert "warning: 3 of 5 images are smaller than data.patch_size" in err
     assert "UserWarning" not in err and "warnings.warn" not in err
+
+
+@pytest.mark.parametrize("equivariance", ["none", "rotations", "dihedral"])
+def test_the_iteration_count_shown_while_a_large_image_reconstructs_is_the_solves(equivariance):
+    from jfb_inverse.cli.reconstruct import solve_counting_iterations
+
+    from jfb_inverse.training.checkpoint import load_model
+
+    model, _, operators = load_model("builtin:deblur")
+    model.equivariance = equivariance
+    x = load_builtin("camera", size=48)[None]
+    physics = operators.for_image(x.shape[1:])
+    shown: list[int] = []
+    with torch.inference_mode():
+        solve_counting_iterations(model, physics.A(x), physics, shown.append)
+    stats = model.last_stats
+    assert shown == list(range(1, stats.evaluations + 1)) and stats.evaluations == int(stats.iterations.max()) > 5
+    assert not model.regularizer._forward_hooks  # the counter is removed afterwards
