@@ -16,10 +16,10 @@ import sys
 
 
 def quiet_elastic_loggers() -> None:
-    """Raise torch.distributed's loggers to ERROR: those created with a level of their own at
-    import, and their parent for those that inherit one."""
-    for name, logger in [*logging.Logger.manager.loggerDict.items(), ("torch.distributed", None)]:
-        if name.startswith("torch.distributed") and not isinstance(logger, logging.PlaceHolder):
+    """Raise torch.distributed's loggers to ERROR: those its modules created with a level of their
+    own at import, and the parent of those that inherit one."""
+    for name in [*logging.Logger.manager.loggerDict, "torch.distributed"]:
+        if name.startswith("torch.distributed"):
             logging.getLogger(name).setLevel(logging.ERROR)
 
 
