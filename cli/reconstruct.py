@@ -258,11 +258,6 @@ def _check_folder_targets(files: list[Path], output: Path, format: str) -> None:
             )
 
 
-#: On a terminal, a reconstruction of at least this many pixels shows its iteration count as it goes:
-#: a 2048 x 2048 image takes a minute and a half on a 2-core CPU.
-LARGE_IMAGE_PIXELS = 512 * 512
-
-
 def solve_counting_iterations(model, y, physics, on_iteration: Callable[[int], None]):
     """``model(y, physics)``, calling ``on_iteration(k)`` after the solve's ``k``-th application of
     ``T`` (counted by the regulariser's calls: one per group element of its averaging)."""
@@ -318,11 +313,17 @@ def _reconstruct_one(
             f"{path.name}: {share:.0%} of the measurement's energy lies where the checkpoint's operator measures "
             "nothing (made with another mask? MRI k-space not centred, i.e. not fftshifted?); it is ignored"
         )
+    # One file on a terminal shows its iteration count as it goes (a folder shows a bar over its
+    # files). Not with CUDA graphs: a replayed graph calls no forward hook.
+    graphed = y.is_cuda and getattr(model.eval_solver, "cuda_graph", False)
     with torch.inference_mode():
-        if stdout_is_terminal() and y[0].numel() >= LARGE_IMAGE_PIXELS:
-            line = f"{escape(path.name)}: fixed-point iteration {{}} (at most {model.eval_solver.max_iter})"
-            with console.status(line.format(0)) as status:
-                x = solve_counting_iterations(model, y[None], phys, lambda k: status.update(line.format(k)))[0]
+        if verbose and stdout_is_terminal() and not graphed:
+
+            def line(k: int) -> str:
+                return f"{escape(path.name)}: fixed-point iteration {k} (at most {model.eval_solver.max_iter})"
+
+            with console.status(line(0)) as status:
+                x = solve_counting_iterations(model, y[None], phys, lambda k: status.update(line(k)))[0]
         else:
             x = model(y[None], phys)[0]
     write_array(x.clamp(0, 1) if out_path.suffix.lower() != ".npy" else x, out_path)

@@ -344,8 +344,28 @@ def test_the_console_script_shows_python_warnings_as_one_line(capsys):
     assert "UserWarning" not in err and "warnings.warn" not in err
 
 
+def test_one_reconstruction_on_a_terminal_shows_its_iterations_whatever_its_file_name(tmp_path, monkeypatch):
+    import jfb_inverse.cli.reconstruct as reconstruct_cli
+
+    # The status line took the file name as a format string: braces in it raised an IndexError.
+    shown: list[int] = []
+    counting = reconstruct_cli.solve_counting_iterations
+    monkeypatch.setattr(reconstruct_cli, "stdout_is_terminal", lambda: True)
+    monkeypatch.setattr(
+        reconstruct_cli, "solve_counting_iterations", lambda m, y, p, _: counting(m, y, p, shown.append)
+    )
+    save_image(load_builtin("camera", size=None)[:, 100:140, 200:264], tmp_path / "clean.png")
+    measured = tmp_path / "scan{1}.npy"
+    assert invoke("simulate", "--checkpoint", "builtin:deblur", "--input", str(tmp_path / "clean.png"),
+                  "--output", str(measured)).exit_code == 0  # fmt: skip
+    result = invoke("reconstruct", "--checkpoint", "builtin:deblur", "--input", str(measured),
+                    "--output", str(tmp_path / "x{}.png"), "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "x{}.png").is_file() and shown and f"{shown[-1]} fixed-point iterations" in result.output
+
+
 @pytest.mark.parametrize("equivariance", ["none", "rotations", "dihedral"])
-def test_the_iteration_count_shown_while_a_large_image_reconstructs_is_the_solves(equivariance):
+def test_the_iteration_count_shown_while_an_image_reconstructs_is_the_solves(equivariance):
     from jfb_inverse.cli.reconstruct import solve_counting_iterations
 
     from jfb_inverse.training.checkpoint import load_model

@@ -64,25 +64,6 @@ def test_a_slow_first_step_does_not_end_a_short_budget_early():
     assert step == plan.planned and elapsed == pytest.approx(20.0, abs=0.15)  # one step's rounding
 
 
-def test_a_plan_used_up_before_the_last_fit_point_is_refitted():
-    # 1 s a step up to the first fit (5 s: 100 steps planned), then 0.1 s a step: the 100 steps end
-    # at 14.5 s, before the 25% point. They are refitted there instead of ending the run.
-    plan = StepPlan(cap=10**6, seconds=100.0)
-    for step in range(1, 6):
-        plan.update(step, float(step))
-    assert plan.planned == 5 + 95
-    elapsed = 5.0
-    for step in range(6, 101):
-        elapsed += 0.1
-        plan.update(step, elapsed)
-    assert plan.planned == 100 + int((100.0 - 14.5) / 0.1 + 1e-9) and plan.fits_done == 1
-    capped = StepPlan(cap=100, seconds=100.0)  # ... but a plan at its cap ends there
-    for step in range(1, 6):
-        capped.update(step, float(step))
-    capped.update(100, 14.5)
-    assert capped.planned == 100
-
-
 def test_a_state_dict_round_trip_and_a_new_budget_refit():
     plan = StepPlan(cap=1000, seconds=100.0)
     plan.update(10, 10.0)

@@ -23,10 +23,9 @@ class StepPlan:
     """The number of steps a run plans: ``cap`` (``training.steps``), or fewer under a budget.
 
     ``update(steps_done, elapsed)`` after every step refits ``planned`` once ``elapsed`` passes
-    the next fraction of ``seconds`` (:data:`FIT_AT`), or when the steps it planned are done
-    before the last of them: the steps done so far plus as many as the remaining time holds at the
-    speed measured since the previous fit (the first fit: since the first step), at most ``cap``.
-    Without a budget ``planned`` stays ``cap``.
+    the next fraction of ``seconds`` (:data:`FIT_AT`): the steps done so far plus as many as the
+    remaining time holds at the speed measured since the previous fit (the first fit: since the
+    end of the first step), at most ``cap``. Without a budget ``planned`` stays ``cap``.
     """
 
     cap: int
@@ -53,10 +52,7 @@ class StepPlan:
         due = self.fits_done
         while due < len(FIT_AT) and elapsed >= FIT_AT[due] * self.seconds:
             due += 1
-        # A plan used up before the last fit point (its speed measured on slower steps) is refitted
-        # at once: ending it would leave the rest of the budget unused.
-        used_up = self.planned <= steps_done and self.planned < self.cap and due < len(FIT_AT)
-        if (due == self.fits_done and not used_up) or steps_done <= self.mark_step:
+        if due == self.fits_done or steps_done <= self.mark_step:
             return
         self._fit(steps_done, elapsed, (elapsed - self.mark_seconds) / (steps_done - self.mark_step), due)
 

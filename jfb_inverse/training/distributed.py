@@ -61,12 +61,14 @@ def is_main_process() -> bool:
 
 def launch(nproc: int, train_args: list[str], torchrun_args: list[str] | None = None) -> int:
     """Run ``jfb-inverse train TRAIN_ARGS`` on ``nproc`` processes via torch.distributed.run; its
-    exit status (128 + the signal when a signal stopped it).
+    exit status (128 + the signal when a signal stopped it; SIGHUP is passed on as SIGTERM, 143).
 
-    torchrun runs in a session of its own, and SIGINT, SIGTERM and SIGHUP that reach this process
-    are passed on to it (SIGHUP as SIGTERM, which the workers checkpoint on), so it gets each once
-    whether it came from the terminal or to this process alone (``kill``, ``docker stop``, a
-    pipeline's ``terminate()``); this process then waits until the workers have checkpointed."""
+    torchrun runs in a session of its own, and the first SIGINT, SIGTERM, SIGHUP or SIGQUIT that
+    reaches this process is passed on to it (SIGHUP as SIGTERM, which the workers checkpoint on),
+    so it gets one whether it came from the terminal or to this process alone (``kill``, ``docker
+    stop``, a pipeline's ``terminate()``); this process then waits until the workers have
+    checkpointed. Later signals are not passed on: a second one used to interrupt torchrun's own
+    shutdown, and this process returned while the workers were still training."""
     cmd = [
         sys.executable,
         "-m",
@@ -78,15 +80,29 @@ def launch(nproc: int, train_args: list[str], torchrun_args: list[str] | None = 
         "train",
         *train_args,
     ]
-    proc = subprocess.Popen(cmd, start_new_session=True)
+    received: list[int] = []
+    proc: subprocess.Popen | None = None
+    passed = False
+
+    def pass_on() -> None:
+        nonlocal passed
+        if received and proc is not None and not passed:
+            passed = True
+            proc.send_signal(signal.SIGTERM if received[0] == signal.SIGHUP else received[0])
 
     def forward(signum: int, _frame: object) -> None:
-        proc.send_signal(signal.SIGTERM if signum == signal.SIGHUP else signum)
+        received.append(signum)
+        if len(received) == 2:
+            print("stopping: the workers checkpoint after their current step", file=sys.stderr, flush=True)
+        pass_on()
 
-    passed_on = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    passed_on = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
     main_thread = threading.current_thread() is threading.main_thread()  # handlers live there only
+    # Installed before torchrun starts: a signal in between is passed on as soon as it has.
     previous = {sig: signal.signal(sig, forward) for sig in passed_on} if main_thread else {}
     try:
+        proc = subprocess.Popen(cmd, start_new_session=True)
+        pass_on()
         code = proc.wait()
     finally:
         for sig, handler in previous.items():
