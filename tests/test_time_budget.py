@@ -52,7 +52,7 @@ def test_the_plan_follows_a_change_of_speed_and_keeps_to_the_cap():
 
 
 def test_a_slow_first_step_does_not_end_a_short_budget_early():
-    # A first step of 3 s (kernel set-up, a cold solve; seconds on a GPU), then 0.1 s a step, in a
+    # A first step of 3 s (kernel set-up, a cold solve; CUDA's start-up on a GPU), then 0.1 s a step, in a
     # 20 s budget. Fitted from the first step's speed the plan was 6 steps, and the run ended at
     # 3.5 s: every later fit point lay beyond it.
     plan = StepPlan(cap=10**6, seconds=20.0)

@@ -44,9 +44,9 @@ class StepPlan:
         if self.seconds is None:
             return
         if self.fits_done == 0 and self.mark_step == 0 and steps_done == 1:
-            # The first step builds the convolutions' kernels and solves cold: several times a later
-            # step's time. The first fit measures the speed from the end of it, or a short budget
-            # plans too few steps and ends early.
+            # The first step builds the convolutions' kernels and solves cold, so it can take several
+            # times as long as a later one (on a GPU, CUDA's start-up too). The first fit measures
+            # the speed from the end of it, or a short budget could plan too few steps and end early.
             self.mark_step, self.mark_seconds = 1, elapsed
             return
         due = self.fits_done
