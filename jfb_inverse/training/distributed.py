@@ -96,10 +96,10 @@ def launch(nproc: int, train_args: list[str], torchrun_args: list[str] | None = 
             print("stopping: the workers checkpoint after their current step", file=sys.stderr, flush=True)
         pass_on()
 
-    passed_on = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+    stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
     main_thread = threading.current_thread() is threading.main_thread()  # handlers live there only
     # Installed before torchrun starts: a signal in between is passed on as soon as it has.
-    previous = {sig: signal.signal(sig, forward) for sig in passed_on} if main_thread else {}
+    previous = {sig: signal.signal(sig, forward) for sig in stop_signals} if main_thread else {}
     try:
         proc = subprocess.Popen(cmd, start_new_session=True)
         pass_on()
