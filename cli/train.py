@@ -15,7 +15,9 @@ from jfb_inverse.cli.common import (
     check_config_file,
     check_writable_folder,
     console,
+    debug_enabled,
     err_console,
+    error,
     unconverged_note,
     user_errors,
     warn,
@@ -131,6 +133,7 @@ def train(
     from jfb_inverse.training.loop import train as run_training
     from jfb_inverse.training.report import training_figure
     from jfb_inverse.training.summary import EVALUATION_FILE, last_log
+    from jfb_inverse.training.torchrun import PEER_LOST
 
     if resume and init_from is not None:
         raise UserError("--init-from starts a new run from other weights; drop it to --resume this one")
@@ -328,6 +331,15 @@ def train(
         if not main_process:  # every rank stops at the same step; rank 0 says so, once for the run
             raise typer.Exit(code=exc.exit_code) from None
         raise
+    except Exception as exc:
+        # A collective that failed because another rank failed: that rank prints its error, and a
+        # second traceback here would only bury it.
+        lost = distributed.lost_a_peer(exc)
+        if lost is None or debug_enabled():
+            raise
+        rank = os.environ.get("RANK", "?")
+        error(f"rank {rank}: stopped, another rank's process ended or stopped answering ({lost})")
+        raise typer.Exit(code=PEER_LOST) from None
     finally:
         if progress.live.is_started:  # stopping a bar never started prints a blank line before the error
             progress.stop()

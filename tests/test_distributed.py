@@ -13,6 +13,9 @@ import time
 
 import pytest
 import torch
+from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+from jfb_inverse.training.torchrun import PEER_LOST, report_failure
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = """
@@ -93,8 +96,14 @@ def run_custom_operator_on_two_ranks(tmp_path: pathlib.Path, operator: str, *ext
 
 def test_a_failing_rank_stops_the_whole_run(tmp_path):
     result = run_custom_operator_on_two_ranks(tmp_path, "ops_rank_failure.py:FailsOnRankOne")
-    assert result.returncode != 0
+    assert result.returncode == 1, result.stderr[-3000:]
     assert "simulated failure on rank 1" in result.stderr
+    # The failing rank's traceback is the only one: rank 0, whose collective failed with it, says so
+    # in a line, and torchrun's traceback and table of exits are one line naming the rank (they were
+    # about 200 lines in all).
+    assert result.stderr.count("Traceback") == 1, result.stderr[-3000:]
+    assert "error: rank 1 failed with exit status 1 (its error is above)" in result.stderr, result.stderr[-3000:]
+    assert "ChildFailedError" not in result.stderr and "Root Cause" not in result.stderr
 
 
 def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
@@ -104,7 +113,8 @@ def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
     result = run_custom_operator_on_two_ranks(tmp_path, "ops_rank_signal.py:SignalsRankZero", "--trust-operator")
     output = result.stdout + result.stderr
     steps = re.findall(r"interrupted by signal 2 after step (\d+)", output)
-    assert len(steps) == 1 and result.returncode != 0, (result.returncode, output[-3000:])
+    assert len(steps) == 1 and result.returncode == 130, (result.returncode, output[-3000:])  # as one process
+    assert "Traceback" not in result.stderr and "FAILED" not in result.stderr, result.stderr[-3000:]
     assert torch.load(tmp_path / "run" / "model.pt", weights_only=True)["step"] == int(steps[0]) < 200
 
 
@@ -246,3 +256,33 @@ def test_what_every_worker_would_refuse_is_said_once_before_launching(tmp_path, 
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.output
     assert not (tmp_path / "run").exists()
+
+
+def failure(exitcode: int, timestamp: int) -> ProcessFailure:
+    """torchrun's record of a worker's exit (no error file)."""
+    record = ProcessFailure(local_rank=0, pid=1, exitcode=exitcode, error_file="<N/A>")
+    record.timestamp = timestamp
+    return record
+
+
+@pytest.mark.parametrize(
+    ("exits", "status", "line"),
+    [
+        # rank 1 failed; rank 0 lost its connection to it a second earlier, then torchrun stopped rank 2
+        ({0: (PEER_LOST, 10), 1: (1, 11), 2: (-signal.SIGTERM, 11)}, 1, "rank 1 failed with exit status 1"),
+        ({0: (-signal.SIGTERM, 11), 1: (-signal.SIGKILL, 11)}, 137, "rank 1 was killed by SIGKILL (out of memory?)"),
+        ({0: (PEER_LOST, 12), 1: (PEER_LOST, 11)}, PEER_LOST, "the ranks lost their connection to each other"),
+        ({0: (1, 12), 1: (1, 11)}, 1, "rank 1 failed"),  # the first to fail
+        ({0: (130, 11), 1: (130, 11)}, 130, None),  # stopped by SIGINT: rank 0 said where the checkpoint is
+        ({0: (2, 11), 1: (-signal.SIGTERM, 11)}, 2, None),  # a user error: the rank printed it
+    ],
+)
+def test_a_failed_run_is_reported_in_one_line_naming_the_rank_that_failed(capsys, exits, status, line):
+    failures = {rank: failure(*exit) for rank, exit in exits.items()}
+    assert report_failure(failures) == status
+    printed = capsys.readouterr().err
+    if line is None:
+        assert printed == ""
+    else:
+        assert printed.startswith(f"error: {line}") and printed.count("\n") == 1, printed
+        assert printed.rstrip().endswith("the other ranks were stopped")

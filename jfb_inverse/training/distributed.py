@@ -59,6 +59,24 @@ def is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
+# How gloo words a collective whose peer has gone (a plain RuntimeError); NCCL raises DistError.
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+def lost_a_peer(exc: BaseException) -> str | None:
+    """When ``exc`` is a collective that failed because another rank's process ended or stopped
+    answering (not this rank's own error), its message in one short line; otherwise None."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    text = str(exc)
+    if not (isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and any(s in text for s in PEER_GONE))):
+        return None
+    line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    if line.startswith("[") and "] " in line:  # gloo's "[path/pair.cc:561] Connection closed by peer ..."
+        line = line.split("] ", 1)[1]
+    return line.split(". ")[0][:120]  # its first sentence: the rest is advice about the other rank's log
+
+
 def launch(nproc: int, train_args: list[str], torchrun_args: list[str] | None = None) -> int:
     """Run ``jfb-inverse train TRAIN_ARGS`` on ``nproc`` processes via torch.distributed.run; its
     exit status (128 + the signal when a signal stopped it; SIGHUP is passed on as SIGTERM, 143).
