@@ -55,12 +55,13 @@ def report_failure(failures: dict[int, Any]) -> int:
     signal (128 + the signal, after rank 0 said where the checkpoint is)."""
     causes = {r: f for r, f in failures.items() if f.exitcode not in (PEER_LOST, -signal.SIGTERM)} or failures
     rank = min(causes, key=lambda r: (causes[r].timestamp, r))
-    code = causes[rank].exitcode
+    first = causes[rank]
+    code = first.exitcode
     status = 128 - code if code < 0 else code
     others = "; the other ranks were stopped" if len(failures) > 1 else ""
     if code < 0:
         memory = " (out of memory?)" if code == -signal.SIGKILL else ""
-        say(f"rank {rank} was killed by {signal.Signals(-code).name}{memory}{others}")
+        say(f"rank {rank} was killed by {first.signal_name()}{memory}{others}")
     elif code == PEER_LOST:
         say(f"the ranks lost their connection to each other (their lines above say how){others}")
     elif code != 2 and code <= 128:
