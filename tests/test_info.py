@@ -40,7 +40,7 @@ def test_info_of_the_shipped_model_reports_what_it_records(tmp_path):
     assert summary["model"]["parameters"] == sum(p.numel() for p in model.regularizer.parameters())
     assert (
         summary["model"]["eta"] == float(model.eta.detach())
-        or abs(summary["model"]["eta"] / float(model.eta) - 1) < 1e-5
+        or abs(summary["model"]["eta"] / float(model.eta.detach()) - 1) < 1e-5
     )
     assert summary["solver"]["reconstruction"] == {"name": "anderson", "tol": 1e-4, "max_iter": 100}
     assert summary["training"]["steps_done"] == 8000 and summary["last_log"] is None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
@@ -427,3 +429,15 @@ def test_definitions_are_strict_about_types_but_take_pythons_own_spellings():
         overrides={"data": {"scales": (1.0, 0.5), "path": Path("imgs")}, "training": {"steps": np.int64(3), "lr": 1}},
     )
     assert (cfg.data.scales, cfg.data.path, cfg.training.steps, cfg.training.lr) == ([1.0, 0.5], "imgs", 3, 1.0)
+
+
+def test_listing_and_validating_problems_imports_neither_torch_nor_deepinv():
+    # `jfb-inverse problems` and a config error used to wait 3-4 s for deepinv and torch to import.
+    code = (
+        "import sys; from jfb_inverse.problems import list_problems, resolve_config; list_problems(); "
+        "resolve_config('deblur', overrides={'noise': {'sigma': 0.02}}); "
+        "print(sorted(m for m in ('torch', 'deepinv') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"

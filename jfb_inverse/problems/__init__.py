@@ -20,8 +20,6 @@ from jfb_inverse.problems.config import (
     TomographyOperator,
     TrainingConfig,
 )
-from jfb_inverse.problems.noise import simulate
-from jfb_inverse.problems.operators import build_physics, image_shape_for, register_operator
 from jfb_inverse.problems.registry import (
     Problem,
     config_from_file_or_problem,
@@ -31,6 +29,24 @@ from jfb_inverse.problems.registry import (
     register_problem,
     resolve_config,
 )
+
+# Loaded on first use (PEP 562): they import deepinv (3 s here), which listing or validating
+# problems does not need.
+_LAZY = {
+    "simulate": "jfb_inverse.problems.noise",
+    "build_physics": "jfb_inverse.problems.operators",
+    "image_shape_for": "jfb_inverse.problems.operators",
+    "register_operator": "jfb_inverse.problems.operators",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BlurOperator",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jfb_inverse.problems.custom import PLACEHOLDER_TARGET
+from jfb_inverse.problems.config import PLACEHOLDER_TARGET
 from jfb_inverse.problems.registry import register_problem
 
 # DEBLUR-G, the reference deblurring task: Gaussian blur sigma 2 px, circular boundary,

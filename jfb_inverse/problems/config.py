@@ -21,6 +21,9 @@ from pydantic import (
     model_validator,
 )
 
+# The registered problem "custom" names this placeholder until the user gives an operator.
+PLACEHOLDER_TARGET = "path/to/ops.py:ClassName"
+
 
 def _require_finite(value: Any, where: str) -> None:
     """Raise ``ValueError`` for an inf/NaN or a null anywhere inside ``value`` (nested dicts and

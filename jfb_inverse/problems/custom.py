@@ -42,11 +42,9 @@ from deepinv.physics import LinearPhysics
 from torch import Tensor
 
 from jfb_inverse.errors import OperatorError, UserError
-from jfb_inverse.problems.config import CustomOperator, ProblemConfig
+from jfb_inverse.problems.config import PLACEHOLDER_TARGET, CustomOperator, ProblemConfig
 from jfb_inverse.problems.registry import deep_merge, resolve_config
 
-# The registered problem "custom" names this placeholder until the user gives an operator.
-PLACEHOLDER_TARGET = "path/to/ops.py:ClassName"
 # Relative mismatch |<Ax, y> - <x, A^T y>| / max(|.|, |.|) tolerated by the adjointness test. An exact
 # float32 adjoint pair measures about 1e-6; an adjoint that is off by 0.1% would bias every
 # gradient step, and interpolation-based "approximate adjoints" (1e-2 and more) are refused.
