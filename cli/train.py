@@ -120,18 +120,13 @@ def train(
 ) -> None:
     """Train an implicit network with JFB (or another gradient strategy) and evaluate it on held-out images."""
     from jfb_inverse.errors import UserError
-    from jfb_inverse.evaluation import evaluate
     from jfb_inverse.problems import config_from_file_or_problem
     from jfb_inverse.problems.config import BUDGET_STEP_CAP
     from jfb_inverse.problems.custom import ensure_trusted
     from jfb_inverse.problems.registry import deep_merge, validate_definition
     from jfb_inverse.training import distributed
     from jfb_inverse.training.checkpoint import load_checkpoint
-    from jfb_inverse.training.data import evaluation_images
     from jfb_inverse.training.device import resolve_device
-    from jfb_inverse.training.loop import TrainingInterruptedError
-    from jfb_inverse.training.loop import train as run_training
-    from jfb_inverse.training.report import training_figure
     from jfb_inverse.training.summary import EVALUATION_FILE, last_log
     from jfb_inverse.training.torchrun import PEER_LOST
 
@@ -229,6 +224,14 @@ def train(
         # workers would each print the error inside a multi-screen failure report.
         _check_before_launch(cfg, nproc)
         raise typer.Exit(code=distributed.launch(nproc, _argv_without_nproc()))
+    # Imported once the definition has been checked: they load deepinv (3 s here), and a mistyped
+    # option or config key should not wait for it.
+    from jfb_inverse.evaluation import evaluate
+    from jfb_inverse.training.data import evaluation_images
+    from jfb_inverse.training.loop import TrainingInterruptedError
+    from jfb_inverse.training.loop import train as run_training
+    from jfb_inverse.training.report import training_figure
+
     dev = distributed.init_distributed(wanted_device)
     main_process = distributed.is_main_process()
     if cfg.operator.kind == "custom":

@@ -161,7 +161,8 @@ def test_adjointness_check_accepts_exact_and_refuses_wrong_adjoint():
 
 def test_adjointness_check_reports_shape_errors():
     from jfb_inverse.errors import OperatorError
-    from jfb_inverse.problems.custom import OperatorAdapter, check_adjoint
+    from jfb_inverse.problems.adapter import OperatorAdapter
+    from jfb_inverse.problems.custom import check_adjoint
 
     class Cropping:
         def A(self, x):

@@ -4,9 +4,9 @@ A user's operator is named by a *target*: ``path/to/ops.py:ClassName`` (the file
 module under a unique name) or ``package.module:ClassName``. The class is constructed with the
 definition's ``args`` as keywords, plus ``img_size=(C, H, W)`` and ``device=`` when its constructor
 names those parameters. It may be a deepinv ``LinearPhysics`` or any object with ``A`` and
-``A_adjoint`` methods (wrapped in :class:`OperatorAdapter`, so deepinv's conjugate-gradient prox and
-the rest work). Every build runs a dot-product test (:func:`check_adjoint`, tolerance
-:data:`ADJOINT_TOL`).
+``A_adjoint`` methods (wrapped in :class:`~jfb_inverse.problems.adapter.OperatorAdapter`, so
+deepinv's conjugate-gradient prox and the rest work). Every build runs a dot-product test
+(:func:`check_adjoint`, tolerance :data:`ADJOINT_TOL`).
 
 Measurements may have another shape than the image. To reconstruct such measurements, the image
 shape is taken from ``operator.img_size`` when set, else from an optional ``image_shape`` static or
@@ -35,15 +35,17 @@ import json
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from deepinv.physics import LinearPhysics
 from torch import Tensor
 
 from jfb_inverse.errors import OperatorError, UserError
 from jfb_inverse.problems.config import PLACEHOLDER_TARGET, CustomOperator, ProblemConfig
 from jfb_inverse.problems.registry import deep_merge, resolve_config
+
+if TYPE_CHECKING:  # deepinv loads only when an operator is built (3 s here)
+    from deepinv.physics import LinearPhysics
 
 # Relative mismatch |<Ax, y> - <x, A^T y>| / max(|.|, |.|) tolerated by the adjointness test. An exact
 # float32 adjoint pair measures about 1e-6; an adjoint that is off by 0.1% would bias every
@@ -156,22 +158,6 @@ def load_operator_class(target: str) -> Callable[..., Any]:
     return obj
 
 
-class OperatorAdapter(LinearPhysics):
-    """A deepinv ``LinearPhysics`` around any object with ``A(x)`` and ``A_adjoint(y)`` methods."""
-
-    def __init__(self, operator: Any, img_size: tuple[int, int, int]) -> None:
-        super().__init__(img_size=img_size)
-        self.operator = operator
-
-    def A(self, x: Tensor, **kwargs: Any) -> Tensor:  # noqa: N802 - deepinv's name
-        """The user's forward operator."""
-        return self.operator.A(x)
-
-    def A_adjoint(self, y: Tensor, **kwargs: Any) -> Tensor:  # noqa: N802 - deepinv's name
-        """The user's adjoint."""
-        return self.operator.A_adjoint(y)
-
-
 def _accepted_keywords(fn: Callable[..., Any], values: Mapping[str, Any]) -> dict[str, Any]:
     """The entries of ``values`` that ``fn`` names as parameters (all of them if it takes ``**kwargs``)."""
     try:
@@ -223,6 +209,10 @@ def _a_value_of(instance: Any) -> str:
 
 def as_linear_physics(instance: Any, img_size: tuple[int, int, int], name: str) -> LinearPhysics:
     """``instance`` as a deepinv ``LinearPhysics`` (wrapped when it only has ``A`` and ``A_adjoint``)."""
+    from deepinv.physics import LinearPhysics
+
+    from jfb_inverse.problems.adapter import OperatorAdapter
+
     if isinstance(instance, LinearPhysics):
         if getattr(instance, "img_size", None) is None:
             instance.img_size = tuple(img_size)  # lets deepinv's autograd adjoint work when none is given
