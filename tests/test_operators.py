@@ -163,6 +163,32 @@ def test_no_noise_where_a_masking_operator_measures_nothing(op, img_size):
     torch.testing.assert_close(noise[measured], 0.05 * eps[measured])
 
 
+@pytest.mark.parametrize(
+    ("problem", "noise"),
+    [
+        ("ct", None),  # relative Gaussian: 1.5% of each sinogram's maximum
+        ("deblur", {"kind": "poisson", "gain": 100.0, "sigma": 0.01}),
+        ("mri", None),  # absolute Gaussian (deepinv's GaussianNoise), zero on the k-space not sampled
+        ("inpainting", None),
+    ],
+)
+def test_physics_of_a_problem_adds_the_noise_that_simulate_draws(problem, noise):
+    # deepinv pipelines (dinv.test, a Trainer with online measurements) call physics(x). CT's relative
+    # noise and Poisson noise used to be left out there: clean measurements, and inflated PSNRs.
+    from jfb_inverse.models.build import PhysicsCache
+    from jfb_inverse.problems import simulate
+
+    cfg = resolve_config(problem, overrides={"noise": noise} if noise else None)
+    physics = PhysicsCache(cfg, torch.device("cpu")).for_image((1, 32, 32))
+    x = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(5)
+    y = physics(x)
+    torch.manual_seed(5)
+    expected = simulate(x, physics, cfg.noise)
+    assert not torch.equal(y, physics.A(x))
+    torch.testing.assert_close(y, expected, rtol=0, atol=0)
+
+
 def test_an_operator_that_measures_nothing_is_refused_in_one_line():
     from jfb_inverse.consistency.norm import operator_norm_squared
     from jfb_inverse.errors import OperatorError

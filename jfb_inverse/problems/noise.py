@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from deepinv.physics import GaussianNoise, Inpainting, LinearPhysics
+from deepinv.physics.noise import NoiseModel
 from torch import Tensor
 
 from jfb_inverse.problems.config import NoiseConfig
@@ -30,17 +31,39 @@ def noise_std_bound(noise: NoiseConfig, y: Tensor) -> float:
 
 def simulate(x: Tensor, physics: LinearPhysics, noise: NoiseConfig, generator: torch.Generator | None = None) -> Tensor:
     """Measurements of the clean images ``x`` (B, C, H, W): ``A x`` plus noise drawn from ``generator``."""
-    clean = physics.A(x)
+    return add_noise(physics.A(x), noise, generator, measured_entries(physics))
+
+
+def add_noise(
+    clean: Tensor, noise: NoiseConfig, generator: torch.Generator | None = None, measured: Tensor | None = None
+) -> Tensor:
+    """Clean measurements ``A x`` with the noise of ``noise`` drawn from ``generator``, zero where
+    ``measured`` (broadcastable) is 0."""
+    noisy = clean
     if noise.kind == "poisson":
-        counts = torch.poisson(clean.clamp_min(0) * noise.gain, generator=generator)
-        clean = counts / noise.gain
+        noisy = torch.poisson(clean.clamp_min(0) * noise.gain, generator=generator) / noise.gain
     if noise.sigma == 0:
-        return clean
+        return noisy
     eps = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
-    measured = measured_entries(physics)
     if measured is not None:  # drawn everywhere first, so the noise stream is the same with or without
         eps = eps * measured.to(eps.dtype)
-    return clean + noise_sigma(noise, physics.A(x) if noise.kind == "poisson" else clean) * eps
+    return noisy + noise_sigma(noise, clean) * eps
+
+
+class ProblemNoise(NoiseModel):
+    """A problem's noise (relative Gaussian, Poisson) as a deepinv ``NoiseModel``, so that
+    ``physics(x)`` in a deepinv pipeline draws the noise that :func:`simulate` draws: the same
+    values from the same random state. deepinv's ``GaussianNoise`` covers absolute Gaussian noise.
+    The physics masks the entries it does not measure (``LinearPhysics.noise``)."""
+
+    def __init__(self, noise: NoiseConfig) -> None:
+        super().__init__()
+        self.config = noise
+
+    def forward(self, y: Tensor, seed: int | None = None, **kwargs: object) -> Tensor:
+        """``y`` (clean measurements) with noise; ``seed`` seeds the generator, as in deepinv."""
+        self.rng_manual_seed(seed)
+        return add_noise(y, self.config, self.rng)
 
 
 def measured_entries(physics: LinearPhysics) -> Tensor | None:
@@ -54,7 +77,8 @@ def measured_entries(physics: LinearPhysics) -> Tensor | None:
 
 
 def attach_noise_model(physics: LinearPhysics, noise: NoiseConfig) -> LinearPhysics:
-    """Set deepinv's ``noise_model`` (absolute Gaussian) so ``physics(x)`` works in deepinv pipelines."""
-    if noise.kind == "gaussian" and not noise.relative:
-        physics.noise_model = GaussianNoise(sigma=noise.sigma)
+    """Set deepinv's ``noise_model`` so that ``physics(x)`` in a deepinv pipeline adds the problem's
+    noise (deepinv's ``GaussianNoise`` for absolute Gaussian noise, :class:`ProblemNoise` otherwise)."""
+    absolute = noise.kind == "gaussian" and not noise.relative
+    physics.noise_model = GaussianNoise(sigma=noise.sigma) if absolute else ProblemNoise(noise)
     return physics

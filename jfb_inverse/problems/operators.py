@@ -387,6 +387,11 @@ class CartesianMRI(LinearPhysics):
         """(1, 1, H, W): 1 where k-space is sampled (the same in every channel, real and imaginary)."""
         return self.mri.mask[:, :1]
 
+    def noise(self, x: Tensor, **kwargs: Any) -> Tensor:
+        """``physics(x)``'s noise, zero on the k-space not sampled (as :func:`~jfb_inverse.problems.noise.simulate`
+        and deepinv's ``MRI`` draw it)."""
+        return self.measured * self.noise_model(x, **kwargs)
+
     def A(self, x: Tensor, **kwargs: Any) -> Tensor:  # noqa: N802 - deepinv's name
         """Masked k-space (B, 2C, H, W) of real images (B, C, H, W)."""
         b, c, h, w = x.shape
