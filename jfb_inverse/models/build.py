@@ -96,6 +96,14 @@ class PhysicsCache:
         self.device = torch.device(device)
         self._build = lru_cache(maxsize=16)(self._make)
 
+    def __getstate__(self) -> dict[str, object]:
+        # The cache is the instance's own lru_cache wrapper, which pickle cannot store (torch.save of a
+        # whole model failed on it); the physics are rebuilt on first use after loading.
+        return {"cfg": self.cfg, "device": self.device}
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__init__(state["cfg"], state["device"])  # type: ignore[misc, arg-type]
+
     def _make(self, img_size: tuple[int, int, int], device: torch.device) -> LinearPhysics:
         return attach_noise_model(build_physics(self.cfg.operator, img_size, device), self.cfg.noise)
 
