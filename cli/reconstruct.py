@@ -154,9 +154,12 @@ def reconstruct(
                 f"--output {str(output)!r} names a file, but --input is a folder: give a folder for the results "
                 "(--format sets their type)"
             )
-        files = sorted(p for p in input.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES | {".npy"})
+        # Hidden files are left out as the training and evaluation folders leave them out: a macOS
+        # copy's "._name.npy" resource forks are not measurements.
+        readable = IMAGE_SUFFIXES | {".npy"}
+        files = sorted(p for p in input.iterdir() if p.suffix.lower() in readable and not p.name.startswith("."))
         if not files:
-            raise UserError(f"folder {str(input)!r} holds no .npy/.png/.tif measurements")
+            raise UserError(f"folder {str(input)!r} holds no measurements ({', '.join(sorted(readable))})")
         _check_folder_targets(files, output, folder_format)
     else:
         if format is not None and output.suffix.lower().replace(".tiff", ".tif") != f".{format}":

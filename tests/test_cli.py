@@ -113,6 +113,18 @@ def test_reconstruct_folder_skips_bad_files(trained, tmp_path):
     assert "NaN" in result.output
 
 
+def test_reconstruct_folder_leaves_hidden_files_out(trained, tmp_path):
+    # A folder copied from macOS holds "._a.npy" resource forks: they made the run exit 1.
+    src = tmp_path / "in"
+    src.mkdir()
+    np.save(src / "a.npy", np.random.default_rng(0).random((1, 40, 40)).astype(np.float32))
+    (src / "._a.npy").write_bytes(b"\x00\x05\x16\x07 resource fork")
+    out = tmp_path / "out"
+    result = invoke("reconstruct", "--checkpoint", str(trained), "--input", str(src), "--output", str(out))
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["a.png"] and "._a" not in result.output
+
+
 def test_evaluate_json_schema_and_figure(trained, tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
