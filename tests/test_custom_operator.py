@@ -74,6 +74,17 @@ class OneImageOnly(ShiftBlur):
         return super().A(x).reshape(1, *x.shape[1:])
 
 
+class ComplexFourier:
+    """An exact pair (the orthonormal FFT; the real part of its inverse for real images), but with
+    complex measurements, which the models do not take."""
+
+    def A(self, x: Tensor) -> Tensor:
+        return torch.fft.fft2(x, norm="ortho")
+
+    def A_adjoint(self, y: Tensor) -> Tensor:
+        return torch.fft.ifft2(y, norm="ortho").real
+
+
 NOT_A_CLASS = 3
 
 
@@ -316,6 +327,8 @@ def test_cli_plain_object_operator_with_img_size(tmp_path):
         (["--operator", target("ShiftBlur"), "--problem", "deblur"], "drop --problem deblur"),
         (["--operator", target("Nope")], "has no class 'Nope'"),
         (["--operator", target("Exploding")], "could not be constructed"),
+        # It passed the dot-product test, then failed on the first batch advising a cast to float32.
+        (["--operator", target("ComplexFourier")], "returns complex measurements (torch.complex64)"),
         (["--operator", "missing_dir/ops.py:Op"], "operator file 'missing_dir/ops.py' not found"),
         (["--problem", "custom"], "problem 'custom' needs your operator: pass --operator"),
     ],

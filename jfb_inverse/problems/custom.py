@@ -291,6 +291,14 @@ def build_custom(op: CustomOperator, img_size: tuple[int, int, int], device: tor
     """The builder of operator kind ``custom``: load, construct, wrap, then pass the adjointness test."""
     physics = as_linear_physics(construct_operator(op, img_size, device), img_size, op.target)
     check_adjoint(physics, img_size, device, name=op.target)
+    with torch.no_grad():
+        measured = physics.A(torch.zeros((1, *img_size), device=device))
+    if measured.is_complex():  # the dot-product test takes them; the models and measurement files do not
+        raise OperatorError(
+            f"operator {op.target!r} returns complex measurements ({measured.dtype}); the models take real "
+            "ones: return the real and imaginary parts as channels, as the mri problem does (B, 2C, H, W), "
+            "with an A_adjoint that takes them"
+        )
     return physics
 
 
