@@ -134,15 +134,21 @@ class ImplicitReconstructor(Reconstructor):
         except ValueError:
             raise
         except Exception as exc:
+            # An image-shaped measurement without its batch dimension is (C, H, W): 3 dimensions.
+            unbatched = "; y[None] adds the batch dimension of one measurement" if y.dim() <= 3 else ""
             raise ValueError(
                 f"measurements of shape {tuple(y.shape)} do not fit the physics ({first_line(exc)}); "
-                "pass y as (B, *measurement shape): y[None] adds the batch dimension of one measurement"
+                f"pass y as (B, *measurement shape) for this physics{unbatched}"
             ) from None
         if made != shape:
+            hint = (
+                ": y[None] adds the batch dimension of one measurement"
+                if y.dim() <= len(made)  # no batch dimension (or fewer still)
+                else ", or the physics of these measurements"
+            )
             raise ValueError(
                 f"measurements of shape {tuple(y.shape)} do not fit the physics, which makes {made} per image of "
-                f"{tuple(img_size)}; pass y of shape (B, {', '.join(map(str, made))}): y[None] adds the batch "
-                "dimension of one measurement"
+                f"{tuple(img_size)}; pass y of shape (B, {', '.join(map(str, made))}){hint}"
             )
         channels = getattr(self.regularizer, "channels", None)
         if isinstance(channels, int) and img_size[0] != channels:
@@ -168,6 +174,12 @@ class ImplicitReconstructor(Reconstructor):
         if y.numel() == 0:
             raise ValueError(f"the batch of measurements is empty (shape {tuple(y.shape)}); pass at least one")
         ref = self.log_eta  # a parameter or a buffer: every model has it, and it moves with the model
+        if ref.dtype not in (torch.float32, torch.float64):
+            # The physics (FFTs, CG) and Anderson's small solve need them; failing there read as a shape error.
+            raise ValueError(
+                f"the model's weights are {ref.dtype}; it runs in float32 or float64: call model.float(), and for "
+                "a faster regulariser set model.precision = 'bf16' (or 'fp16'; it then runs under autocast)"
+            )
         if y.dtype != ref.dtype or y.device != ref.device:
             raise ValueError(
                 f"measurements are {y.dtype} on {y.device}, the model's weights {ref.dtype} on {ref.device}; "
