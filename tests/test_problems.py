@@ -7,7 +7,9 @@ import sys
 from importlib.metadata import EntryPoint
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from jfb_inverse.errors import ConfigError
 from jfb_inverse.problems import (
@@ -441,3 +443,32 @@ def test_listing_and_validating_problems_imports_neither_torch_nor_deepinv():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"presets": {"fast": 3}}, "presets must map each preset's name to definition sections"),  # was a TypeError
+        ({"presets": ["fast"]}, "presets must map each preset's name to definition sections"),
+        ({"description": 123}, "the description must be a string, got int"),  # was stored as an int
+        (
+            {"defaults": {"operator": {"kind": "blur", "kernel": "file", "values": np.ones((3, 3, 3))}}},
+            r"operator.values.0.0: Input should be a valid number \(got \[1.0, 1.0, 1.0\]\);.*; and 4 more$",
+        ),
+    ],
+)
+def test_register_problem_refuses_bad_arguments_in_one_line(kwargs, message):
+    arguments = {"description": "a test", "defaults": {"operator": {"kind": "blur"}}, **kwargs}
+    with pytest.raises(ConfigError, match=message) as caught:
+        register_problem("bad-arguments", overwrite=True, **arguments)
+    assert "\n" not in str(caught.value)
+    assert "bad-arguments" not in list_problems()
+
+
+@pytest.mark.parametrize("array", [np.full((3, 3), 1 / 9), torch.full((3, 3), 1 / 9)], ids=["numpy", "torch"])
+def test_register_problem_takes_a_kernel_as_an_array(array, monkeypatch):
+    # An array was refused, with its multi-line repr inside the "one-line" error.
+    monkeypatch.setattr(registry_module, "_REGISTRY", dict(registry_module._REGISTRY))  # it goes with the test
+    defaults = {"operator": {"kind": "blur", "kernel": "file", "values": array}}
+    register_problem("array-kernel", "d", defaults, overwrite=True)
+    np.testing.assert_allclose(resolve_config("array-kernel").operator.values, np.full((3, 3), 1 / 9), rtol=1e-6)

@@ -68,6 +68,13 @@ def register_problem(
             # The name is typed after --problem and written into files: no spaces, and no ':' (which
             # would read as builtin:NAME or path:Class).
             raise ConfigError(f"problem name {name!r}: use letters, digits, '-', '_' and '.' (e.g. 'my-blur')")
+        if not isinstance(description, str):
+            raise ConfigError(f"problem {name!r}: the description must be a string, got {type(description).__name__}")
+        if not isinstance(presets or {}, Mapping) or not all(isinstance(v, Mapping) for v in (presets or {}).values()):
+            raise ConfigError(
+                f"problem {name!r}: presets must map each preset's name to definition sections, like the defaults "
+                "(e.g. {'quick': {'training': {'steps': 200}}})"
+            )
         if not isinstance(values, Mapping | ProblemConfig):
             raise ConfigError(
                 f"problem {name!r}: the defaults must be a mapping of definition sections or a ProblemConfig, "
@@ -194,14 +201,22 @@ def format_validation_error(exc: ValidationError) -> str:
         keys, fields = _known_keys(ProblemConfig, path)
         loc = ".".join(str(p) for p in keys)  # without a union's tag: operator.length, not operator.blur.length
         got = err.get("input")
-        shown = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {got!r})"
+        shown = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {_short_repr(got)})"
         msg = err["msg"]
         if err["type"] == "value_error":  # our own validators' messages name their fields already
             msg = msg.removeprefix("Value error, ")
         if err["type"] == "extra_forbidden" and keys:
             msg += _misplaced_or_misspelt(str(keys[-1]), keys[:-1], fields)
         parts.append(f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}")
+    if len(parts) > 5:  # every entry of a wrong array would be one
+        parts[5:] = [f"and {len(parts) - 5} more"]
     return "; ".join(parts)
+
+
+def _short_repr(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` on one line, cut at ``limit`` characters (an array's repr spans lines)."""
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _misplaced_or_misspelt(key: str, section: list[Any], fields: list[str]) -> str:
@@ -366,6 +381,8 @@ def _plain(value: Any) -> Any:
         return str(value)
     if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # a numpy or torch scalar
         return value.item()
+    if hasattr(value, "tolist") and isinstance(getattr(value, "ndim", None), int):  # a numpy array or tensor
+        return value.tolist()
     return value
 
 
