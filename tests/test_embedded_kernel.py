@@ -89,7 +89,8 @@ def test_measurement_sidecars_compare_kernels_briefly(tmp_path) -> None:
     # The same kernel written unnormalised is the same operator, and so is one with an unused sigma.
     assert check_provenance(sidecar(definition(values=(kernel * 11.5).tolist())), ckpt, "ckpt") is None
     motion = resolve_config("deblur", overrides={"operator": {"kernel": "motion", "length": 7}})
-    unused_sigma = resolve_config("deblur", overrides={"operator": {"kernel": "motion", "length": 7, "sigma": 1.0}})
+    # A definition can no longer set it (it does nothing), but a record from before could hold one.
+    unused_sigma = motion.model_copy(update={"operator": motion.operator.model_copy(update={"sigma": 1.0})})
     assert check_provenance(sidecar(unused_sigma), motion, "ckpt") is None  # both used to warn
     assert "length 9 vs 7" in check_provenance(sidecar(definition(kernel="motion")), motion, "ckpt")
 

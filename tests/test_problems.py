@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from importlib.metadata import EntryPoint
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tomli_w
 import torch
 
 from jfb_inverse.errors import ConfigError
@@ -104,6 +106,36 @@ def test_operator_kind_change_replaces_the_section():
     assert cfg.operator.kernel == "box"
     cfg = resolve_config("deblur", overrides={"operator": {"kind": "inpainting", "missing": 0.3}})
     assert cfg.operator.kind == "inpainting" and cfg.operator.missing == 0.3
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        # The kernel stayed Gaussian and the length went unused, silently.
+        ({"operator": {"kernel": "gaussian", "length": 11}}, "operator.length = 11 does nothing with operator kernel "
+         "'gaussian'; set kernel = 'motion' to use it, or drop length"),
+        ({"operator": {"length": 11, "angle": 30.0}}, "operator.length = 11 does nothing"),
+        ({"operator": {"kind": "blur", "kernel": "box", "sigma": 3.0}}, "set kernel = 'gaussian' to use it"),
+        ({"noise": {"gain": 50.0}}, "noise.gain = 50.0 does nothing with noise kind 'gaussian'; set kind = 'poisson'"),
+    ],
+)  # fmt: skip
+def test_a_setting_that_the_chosen_kernel_or_noise_does_not_use_is_an_error(section, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        resolve_config("deblur", config=section)
+
+
+def test_a_runs_own_problem_toml_with_every_field_is_still_a_valid_config(tmp_path):
+    # problem.toml holds the fields of every kernel: the unused ones at the values the problem had.
+    motion = resolve_config("deblur", config={"operator": {"kernel": "motion", "length": 11, "angle": 30.0}})
+    assert motion.operator.sigma == 2.0 and motion.operator.size == 5  # unused, and kept
+    path = tmp_path / "problem.toml"
+    path.write_text(tomli_w.dumps(motion.model_dump(mode="json", exclude_none=True)))
+    assert config_from_file_or_problem(None, path, {}, None) == motion
+    poisson = resolve_config("deblur", config={"noise": {"kind": "poisson", "gain": 50.0}})
+    assert resolve_config("deblur", config={"noise": poisson.noise.model_dump()}).noise.gain == 50.0
+    # Back to Gaussian noise from a Poisson problem.toml is a change of kind: its gain then does nothing.
+    with pytest.raises(ConfigError, match=re.escape("noise.gain = 50.0 does nothing")):
+        resolve_config("deblur", config={"noise": {**poisson.noise.model_dump(), "kind": "gaussian"}})
 
 
 @pytest.mark.parametrize(

@@ -410,12 +410,26 @@ _UNUSED_FIELDS = {
 }
 
 
-def used_fields(section: dict[str, Any]) -> dict[str, Any]:
-    """A dumped operator or noise section without the fields its variant does not use (by the blur
-    ``kernel``, else by ``kind``) and without unset (``None``) ones: what ``info`` shows and what a
-    measurement's record is compared by."""
+def unused_fields(section: dict[str, Any]) -> tuple[str, ...]:
+    """The fields of a dumped operator or noise section that its variant (the blur ``kernel``, else
+    the ``kind``) does not use."""
     variant = section.get("kernel", section.get("kind"))
     if variant == "gaussian":  # a kernel kind and a noise kind share the name
         variant = "gaussian_kernel" if "kernel" in section else "gaussian_noise"
-    drop = _UNUSED_FIELDS.get(str(variant), ())
+    return _UNUSED_FIELDS.get(str(variant), ())
+
+
+def variants_using(field: str, section: dict[str, Any]) -> list[str]:
+    """The blur kernels (for a blur operator) or noise kinds that use ``field``."""
+    if "kernel" in section:
+        return [
+            k for k in ("gaussian", "motion", "box", "file") if field not in unused_fields({**section, "kernel": k})
+        ]
+    return [k for k in ("gaussian", "poisson") if field not in unused_fields({**section, "kind": k})]
+
+
+def used_fields(section: dict[str, Any]) -> dict[str, Any]:
+    """A dumped operator or noise section without the fields its variant does not use and without
+    unset (``None``) ones: what ``info`` shows and what a measurement's record is compared by."""
+    drop = unused_fields(section)
     return {k: v for k, v in section.items() if k not in drop and v is not None}

@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from jfb_inverse.errors import ConfigError, UserError
-from jfb_inverse.problems.config import BUDGET_STEP_CAP, ModelConfig, ProblemConfig
+from jfb_inverse.problems.config import BUDGET_STEP_CAP, ModelConfig, ProblemConfig, unused_fields, variants_using
 
 ENTRY_POINT_GROUP = "jfb_inverse.problems"
 
@@ -317,6 +317,7 @@ def resolve_config(
             # whatever this problem's default is now.
             inherited = {f: ModelConfig.model_fields[f].default for f in unset}
         values = deep_merge(values, {"model": inherited})
+    before_layers = copy.deepcopy(values)
     for layer in (config or {}, overrides or {}):
         layer = dict(layer)
         if "problem" in layer and layer["problem"] != prob.name:
@@ -339,7 +340,37 @@ def resolve_config(
     budget = _budget_and_steps(prob.defaults, preset_layer, config, overrides)
     if budget and isinstance(values.get("training"), Mapping):  # any other value: validation names it
         values["training"] = {**values["training"], **budget}
-    return validate_definition(values)
+    cfg = validate_definition(values)
+    _refuse_settings_without_effect(cfg, before_layers, (config or {}, overrides or {}))
+    return cfg
+
+
+def _refuse_settings_without_effect(
+    cfg: ProblemConfig, before: Mapping[str, Any], layers: tuple[Mapping[str, Any], ...]
+) -> None:
+    """A ConfigError for a setting that a config or the command line changed but the definition's
+    own variant does not use: a motion ``length`` with a Gaussian kernel (the kernel's default), a
+    photon ``gain`` with Gaussian noise. Values equal to what the problem had stay allowed, so a
+    run's own problem.toml, which holds every field, is still a valid --config."""
+    for name in ("operator", "noise"):
+        final = getattr(cfg, name).model_dump()
+        unused = unused_fields(final)
+        base = before.get(name) if isinstance(before.get(name), Mapping) else {}
+        if base.get("kind", final["kind"]) != final["kind"]:
+            base = {}  # another kind replaced the section: its fields start from their defaults
+        model = type(getattr(cfg, name))
+        for layer in layers:
+            section = layer.get(name)
+            for key in unused if isinstance(section, Mapping) else ():
+                if key not in section or section[key] == base.get(key, model.model_fields[key].default):
+                    continue
+                variant = f"kernel {final['kernel']!r}" if "kernel" in final else f"kind {final['kind']!r}"
+                users = " or ".join(repr(v) for v in variants_using(key, final))
+                setting = "kernel" if "kernel" in final else "kind"
+                raise ConfigError(
+                    f"{name}.{key} = {section[key]!r} does nothing with {name} {variant}; set {setting} = {users} "
+                    f"to use it, or drop {key}"
+                )
 
 
 def _budget_and_steps(
