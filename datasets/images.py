@@ -135,6 +135,15 @@ def _equal_channels(rgb: np.ndarray) -> bool:
     return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
 
 
+#: How far apart the colour channels of a grey image saved in a lossy format may be: lossy WebP's
+#: YUV rounding leaves them 1/255 apart (measured on `camera`, qualities 50 and 80).
+GREY_SLACK = 2 / 255
+
+
+def _nearly_equal_channels(rgb: np.ndarray) -> bool:
+    return bool(np.abs(rgb[..., :3] - rgb[..., [1, 2, 0]]).max() <= GREY_SLACK)
+
+
 def _to_channels(
     array: np.ndarray,
     channels: int,
@@ -164,7 +173,7 @@ def _to_channels(
     elif channels == 1 and have in (3, 4):
         # Luminance (ITU-R 709 weights) of the colour channels; an alpha channel is dropped.
         out = rgb2gray(array[..., :3])[..., None]
-        if note is not None:
+        if note is not None and not _nearly_equal_channels(array[..., :3]):  # a grey lossy WebP: no note
             note(f"{source}: colour image converted to grey (luminance); this problem's images are grey")
     elif channels == 1 and have == 2:
         out = array[..., :1]  # grey + alpha

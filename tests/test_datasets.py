@@ -420,6 +420,25 @@ def test_a_folder_reads_gif_and_webp_and_refuses_animated_gifs(tmp_path):
         load_folder(tmp_path)
 
 
+def test_a_grey_lossy_webp_is_not_reported_as_a_colour_image(tmp_path):
+    # Lossy WebP's YUV rounding leaves a grey image's channels 1/255 apart: it was reported as a colour
+    # image converted to grey. A colour photo still is.
+    from PIL import Image
+
+    grey = (load_builtin("camera", size=64)[0].numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(grey).save(tmp_path / "grey.webp", quality=80)
+    colour = (load_builtin("astronaut", size=64, channels=3).permute(1, 2, 0).numpy() * 255).round()
+    Image.fromarray(colour.astype(np.uint8)).save(tmp_path / "colour.webp", quality=80)
+    decoded = np.asarray(Image.open(tmp_path / "grey.webp").convert("RGB")).astype(int)
+    assert 0 < np.abs(decoded - decoded[..., [1, 2, 0]]).max() <= 2  # unequal, as the format leaves them
+    notes: list[str] = []
+    image = load_image(tmp_path / "grey.webp", channels=1, note=notes.append)
+    assert notes == [] and image.shape == (1, 64, 64)
+    assert (image[0] - torch.from_numpy(grey / 255)).abs().mean() < 0.02  # lossy, but the same picture
+    load_image(tmp_path / "colour.webp", channels=1, note=notes.append)
+    assert len(notes) == 1 and "colour image converted to grey" in notes[0]
+
+
 def _png16(path: Path, pixels: np.ndarray, colour_type: int) -> None:
     """A 16-bit PNG written by hand (Pillow cannot write 16-bit colour)."""
     import struct
