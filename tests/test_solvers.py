@@ -314,3 +314,20 @@ def test_half_precision_norms_that_sum_past_the_range_still_converge(make):
     u, stats = make(tol=1e-2, max_iter=50).solve(lambda u: 0.4 * u + 0.6 * target, torch.zeros_like(target))
     assert bool(stats.converged.all()) and stats.evaluations > 1
     assert torch.allclose(u.float(), target.float(), rtol=2e-2)
+
+
+@pytest.mark.parametrize("make", [Picard, Anderson])
+def test_the_batch_stops_once_every_sample_has_been_under_tol(make):
+    # Residuals that bounce near float32's floor: each sample is under tol in another iteration. The
+    # solve used to wait for an iteration with both under at once, ran to max_iter, and reported both
+    # converged (by their best iterates) all the same.
+    steps = iter([[1e-2, 1e-2], [1e-9, 1e-2], [1e-2, 1e-9]] + [[1e-2, 1e-2]] * 100)
+
+    def bouncing(u: torch.Tensor) -> torch.Tensor:  # residual f(u) - u: this iteration's step, whatever u is
+        return u + torch.tensor(next(steps))[:, None]
+
+    u, stats = make(tol=1e-6, max_iter=50).solve(bouncing, torch.ones(2, 4))
+    assert stats.evaluations == 3 and stats.iterations.tolist() == [3, 3]
+    assert stats.converged.tolist() == [True, True] and float(stats.residual.max()) < 1e-8
+    if make is Picard:  # each sample's iterate of the iteration it was under tol: 1 + 1e-2, 1 + 2e-2
+        torch.testing.assert_close(u, torch.tensor([[1.01], [1.02]]).expand(2, 4))

@@ -457,8 +457,8 @@ class Picard(FixedPointSolver):
                 res = torch.where(active, res, best.residual)
                 iterations += active
             trace.append(res)
-            finished = _finished(res, self.tol)
             best.update(nxt, res, active if per_sample else None)
+            finished = _finished(res, self.tol) | (best.residual <= self.tol)  # see Anderson
             u = nxt
             if per_sample:
                 # Stop once every sample is frozen: a frozen sample's reported residual is its best
@@ -602,8 +602,11 @@ class Anderson(FixedPointSolver):
                 iterations += active
             trace.append(res)
             prev = cur
-            finished = _finished(res, self.tol)
             best.update(F[cur].view(shape), res, active if per_sample else None)
+            # A sample that has been under tol is done: its best iterate is what the solve returns.
+            # Waiting for every sample to be under tol in the same iteration ran to max_iter where
+            # residuals bounce near float32's floor (each sample under tol at another iteration).
+            finished = _finished(res, self.tol) | (best.residual <= self.tol)
             if per_sample:
                 active = active & ~finished
                 finished = ~active  # as in Picard
