@@ -57,7 +57,8 @@ def test_deblur_reference_defaults():
         ),
         (
             {"operator": {"kernel": "box", "values": [[1.0]]}},
-            "operator.values is a 'file' kernel's numbers; kernel is 'box'",
+            # Said before validation would say "operator.values is a 'file' kernel's numbers".
+            "operator.values = [[1.0]] does nothing with operator kernel 'box'; set kernel = 'file' to use it",
         ),
         ({"operator": {"kernel": "file", "values": [[1.0, 2.0], [1.0]]}}, "rows of equal, non-zero length"),
         ({"operator": {"kernel": "file", "values": [[1.0, -1.0]]}}, "finite numbers with a positive sum"),
@@ -136,6 +137,23 @@ def test_a_runs_own_problem_toml_with_every_field_is_still_a_valid_config(tmp_pa
     # Back to Gaussian noise from a Poisson problem.toml is a change of kind: its gain then does nothing.
     with pytest.raises(ConfigError, match=re.escape("noise.gain = 50.0 does nothing")):
         resolve_config("deblur", config={"noise": {**poisson.noise.model_dump(), "kind": "gaussian"}})
+    # A layer whose kernel a later one changes: the file's motion length was used where it was written.
+    gaussian = resolve_config("deblur", config=motion.model_dump(), overrides={"operator": {"kernel": "gaussian"}})
+    assert gaussian.operator.kernel == "gaussian"
+
+
+def test_the_problem_toml_of_a_run_that_changed_its_problems_noise_kind_is_a_valid_config(monkeypatch):
+    # The problem's Poisson gain stays in a Gaussian run's definition (the noise section is merged,
+    # not replaced): it was refused when that run's problem.toml came back as a --config.
+    monkeypatch.setattr(registry_module, "_REGISTRY", dict(registry_module._REGISTRY))
+    noise = {"kind": "poisson", "gain": 50.0, "sigma": 0.0}
+    register_problem("poisson-blur", "d", {"operator": {"kind": "blur"}, "noise": noise})
+    run = resolve_config("poisson-blur", config={"noise": {"kind": "gaussian", "sigma": 0.01}})
+    assert run.noise.gain == 50.0
+    assert resolve_config("poisson-blur", config=run.model_dump()) == run
+    # A preset is checked like a config, at registration.
+    with pytest.raises(ConfigError, match=re.escape("operator.length = 15 does nothing with operator kernel")):
+        register_problem("bad-preset", "d", {"operator": {"kind": "blur"}}, presets={"p": {"operator": {"length": 15}}})
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,15 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from jfb_inverse.errors import ConfigError, UserError
-from jfb_inverse.problems.config import BUDGET_STEP_CAP, ModelConfig, ProblemConfig, unused_fields, variants_using
+from jfb_inverse.problems.config import (
+    BUDGET_STEP_CAP,
+    BlurOperator,
+    ModelConfig,
+    NoiseConfig,
+    ProblemConfig,
+    unused_fields,
+    variants_using,
+)
 
 ENTRY_POINT_GROUP = "jfb_inverse.problems"
 
@@ -298,7 +306,9 @@ def resolve_config(
         if preset not in prob.presets:
             choices = ", ".join(sorted(prob.presets)) or "none"
             raise ConfigError(f"problem {prob.name!r} has no preset {preset!r}; presets: {choices}")
-        values = deep_merge(values, prob.presets[preset])
+        merged = deep_merge(values, prob.presets[preset])
+        _refuse_settings_without_effect(prob.presets[preset], values, merged)
+        values = merged
     source = _init_from(config, overrides)
     unset = [f for f in NETWORK_FIELDS if not any(f in _section(layer, "model") for layer in (config, overrides))]
     if source is not None and unset:
@@ -317,7 +327,6 @@ def resolve_config(
             # whatever this problem's default is now.
             inherited = {f: ModelConfig.model_fields[f].default for f in unset}
         values = deep_merge(values, {"model": inherited})
-    before_layers = copy.deepcopy(values)
     for layer in (config or {}, overrides or {}):
         layer = dict(layer)
         if "problem" in layer and layer["problem"] != prob.name:
@@ -335,41 +344,40 @@ def resolve_config(
                 # Another class does not take the previous one's constructor arguments; the rest
                 # of the section (img_size, say) still applies.
                 values["operator"] = {k: v for k, v in values["operator"].items() if k != "args"}
-        values = deep_merge(values, layer)
+        merged = deep_merge(values, layer)
+        _refuse_settings_without_effect(layer, values, merged)
+        values = merged
     preset_layer = prob.presets[preset] if preset is not None else None
     budget = _budget_and_steps(prob.defaults, preset_layer, config, overrides)
     if budget and isinstance(values.get("training"), Mapping):  # any other value: validation names it
         values["training"] = {**values["training"], **budget}
-    cfg = validate_definition(values)
-    _refuse_settings_without_effect(cfg, before_layers, (config or {}, overrides or {}))
-    return cfg
+    return validate_definition(values)
 
 
 def _refuse_settings_without_effect(
-    cfg: ProblemConfig, before: Mapping[str, Any], layers: tuple[Mapping[str, Any], ...]
+    layer: Mapping[str, Any], before: Mapping[str, Any], after: Mapping[str, Any]
 ) -> None:
-    """A ConfigError for a setting that a config or the command line changed but the definition's
-    own variant does not use: a motion ``length`` with a Gaussian kernel (the kernel's default), a
-    photon ``gain`` with Gaussian noise. Values equal to what the problem had stay allowed, so a
-    run's own problem.toml, which holds every field, is still a valid --config."""
-    for name in ("operator", "noise"):
-        final = getattr(cfg, name).model_dump()
-        unused = unused_fields(final)
+    """A ConfigError for a setting that ``layer`` (a preset, a config, the command line) gives but
+    that the kernel or noise kind in effect once it is merged (``after``) does not use: a motion
+    ``length`` with the default Gaussian kernel, a photon ``gain`` with Gaussian noise. A value equal
+    to the one it replaces (``before``) is no change and passes, so a run's own problem.toml, which
+    holds every field, stays a valid --config; and so does a layer whose kernel a later one changes."""
+    for name, model in (("operator", BlurOperator), ("noise", NoiseConfig)):
+        section, merged = layer.get(name), after.get(name)
+        if not isinstance(section, Mapping) or not isinstance(merged, Mapping):
+            continue  # validation names a section of the wrong type
+        if name == "operator" and merged.get("kind", "blur") != "blur":
+            continue  # only blur kernels carry other variants' fields
+        fields = model.model_fields
+        full = {key: field.default for key, field in fields.items()} | dict(merged)
         base = before.get(name) if isinstance(before.get(name), Mapping) else {}
-        if base.get("kind", final["kind"]) != final["kind"]:
-            base = {}  # another kind replaced the section: its fields start from their defaults
-        model = type(getattr(cfg, name))
-        for layer in layers:
-            section = layer.get(name)
-            for key in unused if isinstance(section, Mapping) else ():
-                if key not in section or section[key] == base.get(key, model.model_fields[key].default):
-                    continue
-                variant = f"kernel {final['kernel']!r}" if "kernel" in final else f"kind {final['kind']!r}"
-                users = " or ".join(repr(v) for v in variants_using(key, final))
-                setting = "kernel" if "kernel" in final else "kind"
+        for key in unused_fields(full):
+            if key in section and section[key] != base.get(key, fields[key].default):
+                setting = "kernel" if name == "operator" else "kind"
+                users = " or ".join(repr(v) for v in variants_using(key, full))
                 raise ConfigError(
-                    f"{name}.{key} = {section[key]!r} does nothing with {name} {variant}; set {setting} = {users} "
-                    f"to use it, or drop {key}"
+                    f"{name}.{key} = {section[key]!r} does nothing with {name} {setting} {full[setting]!r}; set "
+                    f"{setting} = {users} to use it, or drop {key}"
                 )
 
 
