@@ -286,3 +286,26 @@ def test_a_failed_run_is_reported_in_one_line_naming_the_rank_that_failed(capsys
     else:
         assert printed.startswith(f"error: {line}") and printed.count("\n") == 1, printed
         assert printed.rstrip().endswith("the other ranks were stopped")
+
+
+def test_only_a_collective_that_lost_its_peer_is_told_in_one_line(tmp_path):
+    import torch.distributed as dist
+
+    from jfb_inverse.training.distributed import lost_a_peer
+
+    gloo = RuntimeError(
+        "[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:54145. "
+        "This is typically caused by a remote worker crashing."
+    )
+    assert lost_a_peer(gloo) is None  # not in a process group: no peer to lose
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert lost_a_peer(gloo) == "Connection closed by peer [127.0.0.1]:54145"
+        assert lost_a_peer(dist.DistBackendError("NCCL error: remote process exited or there was a network error"))
+        # This rank's own failures keep their traceback, a DistError too (NCCL's out of memory).
+        own = dist.DistBackendError("NCCL error: unhandled cuda error, Cuda failure 'out of memory'")
+        assert lost_a_peer(own) is None
+        assert lost_a_peer(RuntimeError("simulated failure on rank 1")) is None
+        assert lost_a_peer(ValueError("Connection closed by peer")) is None  # not a collective's error
+    finally:
+        dist.destroy_process_group()

@@ -59,8 +59,18 @@ def is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
-# How gloo words a collective whose peer has gone (a plain RuntimeError); NCCL raises DistError.
-PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+# How gloo and NCCL word a collective whose peer has gone or stopped answering. Matched on the
+# message, not on the class: a DistError is also this rank's own NCCL or CUDA failure (out of
+# memory, say), which must keep its traceback.
+PEER_GONE = (
+    "Connection closed by peer",  # gloo
+    "Connection reset by peer",
+    "Broken pipe",
+    "Timed out waiting",  # gloo, a peer that hangs past the collective timeout
+    "Connection closed by remote peer",  # NCCL
+    "remote process exited",
+    "NCCL communicator was aborted",
+)
 
 
 def lost_a_peer(exc: BaseException) -> str | None:
@@ -69,7 +79,7 @@ def lost_a_peer(exc: BaseException) -> str | None:
     if not (dist.is_available() and dist.is_initialized()):
         return None
     text = str(exc)
-    if not (isinstance(exc, dist.DistError) or (isinstance(exc, RuntimeError) and any(s in text for s in PEER_GONE))):
+    if not (isinstance(exc, RuntimeError) and any(s in text for s in PEER_GONE)):
         return None
     line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     if line.startswith("[") and "] " in line:  # gloo's "[path/pair.cc:561] Connection closed by peer ..."
