@@ -500,6 +500,7 @@ def test_listing_and_validating_problems_imports_neither_torch_nor_deepinv():
     [
         ({"presets": {"fast": 3}}, "presets must map each preset's name to definition sections"),  # was a TypeError
         ({"presets": ["fast"]}, "presets must map each preset's name to definition sections"),
+        ({"presets": {1: {"training": {"steps": 5}}}}, "presets must map each preset's name to definition sections"),
         ({"description": 123}, "the description must be a string, got int"),  # was stored as an int
         (
             {"defaults": {"operator": {"kind": "blur", "kernel": "file", "values": np.ones((3, 3, 3))}}},

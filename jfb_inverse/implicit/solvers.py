@@ -8,8 +8,9 @@ Residual: ``r_k = ||f(u_k) - u_k|| / ||f(u_k)||`` per sample. For Picard with ``
 the fixed point and stays defined for a zero start.
 
 Stopping (``stop``):
-- ``"batch"`` (default): the whole batch iterates until every sample has ``r_k <= tol`` (the
-  batch maximum), or ``max_iter``.
+- ``"batch"`` (default): the whole batch iterates until every sample has had ``r_k <= tol`` in
+  some iteration, or ``max_iter``; each sample returns its best iterate (residuals near float32's
+  floor bounce, so an iteration with every sample under ``tol`` at once may never come).
 - ``"auto"``: ``"sample"`` where the stop flags are read at once (the CPU), else ``"batch"``.
 - ``"sample"``: a sample that reaches ``tol`` is frozen (no further updates, its iteration count
   stops) while the others go on. The map is evaluated on the full batch, unless it can be applied

@@ -6,6 +6,8 @@
 ('gaussian', 0.02)
 """
 
+from typing import TYPE_CHECKING, Any
+
 from jfb_inverse.problems.config import (
     BlurOperator,
     CustomOperator,
@@ -40,11 +42,21 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> object:
-    if name in _LAZY:
-        import importlib
+if TYPE_CHECKING:
+    from jfb_inverse.problems.noise import simulate
+    from jfb_inverse.problems.operators import build_physics, image_shape_for, register_operator
 
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    try:  # a submodule, as an attribute of the package (problems.operators, problems.noise, ...)
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__name__}.{name}":
+            raise
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

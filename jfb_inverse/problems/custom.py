@@ -47,6 +47,16 @@ from jfb_inverse.problems.registry import deep_merge, resolve_config
 if TYPE_CHECKING:  # deepinv loads only when an operator is built (3 s here)
     from deepinv.physics import LinearPhysics
 
+
+def __getattr__(name: str) -> Any:
+    # OperatorAdapter lived here: still importable from this module, without loading deepinv early.
+    if name == "OperatorAdapter":
+        from jfb_inverse.problems.adapter import OperatorAdapter
+
+        return OperatorAdapter
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # Relative mismatch |<Ax, y> - <x, A^T y>| / max(|.|, |.|) tolerated by the adjointness test. An exact
 # float32 adjoint pair measures about 1e-6; an adjoint that is off by 0.1% would bias every
 # gradient step, and interpolation-based "approximate adjoints" (1e-2 and more) are refused.

@@ -78,7 +78,8 @@ def register_problem(
             raise ConfigError(f"problem name {name!r}: use letters, digits, '-', '_' and '.' (e.g. 'my-blur')")
         if not isinstance(description, str):
             raise ConfigError(f"problem {name!r}: the description must be a string, got {type(description).__name__}")
-        if not isinstance(presets or {}, Mapping) or not all(isinstance(v, Mapping) for v in (presets or {}).values()):
+        preset_items = (presets or {}).items() if isinstance(presets or {}, Mapping) else None
+        if preset_items is None or not all(isinstance(k, str) and isinstance(v, Mapping) for k, v in preset_items):
             raise ConfigError(
                 f"problem {name!r}: presets must map each preset's name to definition sections, like the defaults "
                 "(e.g. {'quick': {'training': {'steps': 200}}})"
