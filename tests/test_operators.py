@@ -312,3 +312,18 @@ def test_reconstruction_under_inference_mode(name):
         y = physics.A(x)
         out = model(y)  # the physics for y's shape, from the model's own cache
     assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_the_problem_noise_takes_deepinvs_seed_and_new_parameters():
+    # deepinv's Trainer calls physics.update(**params) and physics(x, seed=...): both were ignored.
+    from jfb_inverse.models.build import PhysicsCache
+
+    physics = PhysicsCache(resolve_config("ct"), torch.device("cpu")).for_image((1, 32, 32))
+    x = torch.rand(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    clean = physics.A(x)
+    first = physics(x, seed=3)
+    assert torch.equal(physics(x, seed=3), first) and not torch.equal(physics(x, seed=4), first)
+    physics.update(sigma=torch.tensor(0.15))  # ten times the problem's 1.5% of each sinogram's maximum
+    torch.testing.assert_close(physics(x, seed=3) - clean, 10 * (first - clean), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"one sigma for the batch, got a tensor of shape \(2,\)"):
+        physics(x, sigma=torch.tensor([0.1, 0.2]))

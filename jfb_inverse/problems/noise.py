@@ -54,16 +54,41 @@ class ProblemNoise(NoiseModel):
     """A problem's noise (relative Gaussian, Poisson) as a deepinv ``NoiseModel``, so that
     ``physics(x)`` in a deepinv pipeline draws the noise that :func:`simulate` draws: the same
     values from the same random state. deepinv's ``GaussianNoise`` covers absolute Gaussian noise.
-    The physics masks the entries it does not measure (``LinearPhysics.noise``)."""
+    The built-in physics mask the entries they do not measure (``LinearPhysics.noise``).
 
-    def __init__(self, noise: NoiseConfig) -> None:
-        super().__init__()
+    As deepinv's noise models do, it takes ``seed=`` (reproducible draws) and new parameters
+    (``sigma=``, ``gain=``: one value for the batch) through ``forward`` and
+    ``update_parameters``, which ``physics.update(...)`` calls."""
+
+    def __init__(self, noise: NoiseConfig, rng: torch.Generator | None = None) -> None:
+        super().__init__(rng=rng)
         self.config = noise
 
+    def update_parameters(
+        self, sigma: float | Tensor | None = None, gain: float | Tensor | None = None, **_: object
+    ) -> None:
+        """Set ``sigma`` and ``gain`` (validated as a definition's noise section)."""
+        new = {k: v for k, v in (("sigma", sigma), ("gain", gain)) if v is not None}
+        for key, value in new.items():
+            if isinstance(value, Tensor):
+                if value.numel() != 1:
+                    raise ValueError(
+                        f"ProblemNoise takes one {key} for the batch, got a tensor of shape {tuple(value.shape)}; "
+                        "use deepinv's GaussianNoise for a sigma per sample"
+                    )
+                new[key] = float(value)
+        if new:
+            self.config = NoiseConfig.model_validate({**self.config.model_dump(), **new})
+
     def forward(self, y: Tensor, seed: int | None = None, **kwargs: object) -> Tensor:
-        """``y`` (clean measurements) with noise; ``seed`` seeds the generator, as in deepinv."""
-        self.rng_manual_seed(seed)
-        return add_noise(y, self.config, self.rng)
+        """``y`` (clean measurements) with noise; ``seed`` makes the draw reproducible."""
+        self.update_parameters(**kwargs)  # type: ignore[arg-type]
+        generator = self.rng
+        if seed is not None:
+            if generator is None:  # deepinv would ignore the seed (with a warning)
+                generator = torch.Generator(y.device)
+            generator.manual_seed(seed)
+        return add_noise(y, self.config, generator)
 
 
 def measured_entries(physics: LinearPhysics) -> Tensor | None:
