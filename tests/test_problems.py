@@ -118,6 +118,8 @@ def test_operator_kind_change_replaces_the_section():
         ({"operator": {"length": 11, "angle": 30.0}}, "operator.length = 11 does nothing"),
         ({"operator": {"kind": "blur", "kernel": "box", "sigma": 3.0}}, "set kernel = 'gaussian' to use it"),
         ({"noise": {"gain": 50.0}}, "noise.gain = 50.0 does nothing with noise kind 'gaussian'; set kind = 'poisson'"),
+        # From Python, an array: compared as a list (an array's == is no yes or no).
+        ({"operator": {"kernel": "box", "values": np.ones((2, 2))}}, "operator.values = [[1.0, 1.0], [1.0, 1.0]] does"),
     ],
 )  # fmt: skip
 def test_a_setting_that_the_chosen_kernel_or_noise_does_not_use_is_an_error(section, message):

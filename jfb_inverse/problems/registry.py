@@ -373,12 +373,13 @@ def _refuse_settings_without_effect(
         full = {key: field.default for key, field in fields.items()} | dict(merged)
         base = before.get(name) if isinstance(before.get(name), Mapping) else {}
         for key in unused_fields(full):
-            if key in section and section[key] != base.get(key, fields[key].default):
+            if key in section and _plain(section[key]) != _plain(base.get(key, fields[key].default)):
                 setting = "kernel" if name == "operator" else "kind"
                 users = " or ".join(repr(v) for v in variants_using(key, full))
+                value = _short_repr(_plain(section[key]))
                 raise ConfigError(
-                    f"{name}.{key} = {section[key]!r} does nothing with {name} {setting} {full[setting]!r}; set "
-                    f"{setting} = {users} to use it, or drop {key}"
+                    f"{name}.{key} = {value} does nothing with {name} {setting} {full[setting]!r}; set {setting} = "
+                    f"{users} to use it, or drop {key}"
                 )
 
 
