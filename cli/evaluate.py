@@ -48,11 +48,6 @@ def evaluate(
     from jfb_inverse.datasets import load_folder
 
     from jfb_inverse.errors import UserError
-    from jfb_inverse.evaluation import comparison_figure
-    from jfb_inverse.evaluation import evaluate as run_evaluation
-    from jfb_inverse.training.checkpoint import load_model
-    from jfb_inverse.training.data import evaluation_images
-    from jfb_inverse.training.device import resolve_device
 
     # Every output is checked before the evaluation runs: a bad name must not cost minutes of work
     # and leave half of the outputs written.
@@ -74,6 +69,13 @@ def evaluate(
         for option, target in (("--json", json_path), ("--figure", figure)):
             if target is not None and target.resolve() in inputs:
                 raise UserError(f"{option} {str(target)!r} is one of the --images inputs; write it to another file")
+    # Loaded once the outputs are checked: they import deepinv (3 s here).
+    from jfb_inverse.evaluation import comparison_figure
+    from jfb_inverse.evaluation import evaluate as run_evaluation
+    from jfb_inverse.training.checkpoint import load_model
+    from jfb_inverse.training.data import evaluation_images
+    from jfb_inverse.training.device import resolve_device
+
     dev = resolve_device(device)
     model, cfg, physics = load_model(checkpoint, dev, trust_operator, operator)
     override_evaluation(model, tol, max_iter, equivariance)

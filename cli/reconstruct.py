@@ -51,12 +51,7 @@ def simulate(
 
     from jfb_inverse.errors import UserError
     from jfb_inverse.measurements import check_output_path, provenance, provenance_path, write_array, write_json
-    from jfb_inverse.models.build import PhysicsCache
     from jfb_inverse.problems import config_from_file_or_problem
-    from jfb_inverse.problems import simulate as simulate_measurements
-    from jfb_inverse.problems.custom import ensure_trusted, relocate_operator
-    from jfb_inverse.problems.noise import noise_std_bound
-    from jfb_inverse.problems.operators import with_embedded_kernel
     from jfb_inverse.problems.registry import resolve_config
 
     check_output_path(output)
@@ -76,6 +71,13 @@ def simulate(
             'without a checkpoint, give --config FILE with an [operator] table (kind = "custom", target = ...)'
         )
     _one_definition_source(problem, config, checkpoint)
+    # Loaded once the paths are checked: they import deepinv (3 s here).
+    from jfb_inverse.models.build import PhysicsCache
+    from jfb_inverse.problems import simulate as simulate_measurements
+    from jfb_inverse.problems.custom import ensure_trusted, relocate_operator
+    from jfb_inverse.problems.noise import noise_std_bound
+    from jfb_inverse.problems.operators import with_embedded_kernel
+
     overrides = {"noise": {"sigma": noise_sigma}} if noise_sigma is not None else {}
     if checkpoint is not None:
         from jfb_inverse.training.checkpoint import load_checkpoint

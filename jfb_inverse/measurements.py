@@ -22,7 +22,7 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,8 +32,10 @@ from jfb_inverse.atomic import atomic_path, atomic_write_bytes
 from jfb_inverse.datasets import load_image, save_image
 from jfb_inverse.datasets.images import UNIT_RANGE_SLACK
 from jfb_inverse.errors import UserError
-from jfb_inverse.models.build import PhysicsCache
 from jfb_inverse.problems.config import ProblemConfig, used_fields
+
+if TYPE_CHECKING:  # an annotation only: the models load deepinv (3 s here)
+    from jfb_inverse.models.build import PhysicsCache
 
 IMAGE_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg"}
 #: Types ``write_array`` writes (JPEG is lossy: not offered for outputs).

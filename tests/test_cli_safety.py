@@ -4,6 +4,9 @@ stored in a run, and usage errors in the one-line ``error:`` format."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -573,3 +576,22 @@ def test_a_command_whose_output_reader_goes_away_finishes_its_work(tmp_path):
     proc.stdout.close()  # the reader goes away before the first line
     assert proc.wait(timeout=120) == 0
     assert proc.stderr.read() == b"" and (tmp_path / "done.txt").read_text() == "done"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "--problem", "nosuch"],
+        ["train", "--problem", "deblur", "--config", "missing.toml"],
+        ["reconstruct", "--checkpoint", "builtin:deblur", "--input", "missing.png", "--output", "y.png"],
+        ["simulate", "--problem", "deblur", "--input", "missing.png", "--output", "y.npy"],
+        ["evaluate", "--checkpoint", "builtin:deblur", "--json", "missing-folder/report.json"],
+    ],
+    ids=["train-problem", "train-config", "reconstruct", "simulate", "evaluate"],
+)
+def test_a_mistyped_command_is_refused_before_deepinv_is_imported(tmp_path, args):
+    # deepinv takes about 3 s to import: a typo used to wait 4-5 s for its one-line error.
+    code = f"import sys; from jfb_inverse.cli.app import run_app; print(run_app({args!r}), 'deepinv' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.stdout.split()[-2:] == ["2", "False"], (result.stdout, result.stderr[-2000:])
+    assert "error:" in result.stdout + result.stderr
