@@ -317,6 +317,8 @@ def load_image(
             raise UserError(f"{path}: not a readable image; check the file is a valid {path.suffix} image") from None
         if path.suffix.lower() == ".png":
             _warn_if_png_loses_bits(path)
+        if path.suffix.lower() in (".tif", ".tiff"):
+            array = _single_tiff_page(path, array)
         if array.ndim == 4 and array.shape[0] == 1:  # imageio reads a GIF as (frames, H, W, C)
             array = array[0]
         if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] > 4):
@@ -331,6 +333,28 @@ def load_image(
         _check_unit_range(without_alpha(array), source)
     array = _to_channels(array, channels, source, note, opaque_alpha)
     return torch.from_numpy(array if size is None else _center_square_resize(array, size))
+
+
+def _single_tiff_page(path: Path, array: np.ndarray) -> np.ndarray:
+    """``array`` as read from the TIFF ``path``, refused if the file holds several pages. imageio
+    returns 3 or 4 grey pages as (H, W, 3) or (H, W, 4), which would pass as colour or RGBA and be
+    silently turned grey or lose a page as alpha. A one-page file that tifffile saved from a
+    (1, H, W) array reads as (1, H, W): that is one grey image."""
+    import tifffile  # a dependency of scikit-image
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            pages = len(tif.series[0].pages) if tif.series else 1
+    except Exception:  # imageio read it; the shape checks below judge it
+        pages = 1
+    if pages > 1:
+        raise UserError(
+            f"{path}: a TIFF with {pages} pages; multi-page, animated or volume files "
+            "are not supported; save the one image as PNG or as a one-page TIFF"
+        )
+    if array.ndim == 3 and array.shape[0] == 1 and array.shape[-1] > 4:
+        return array[0]
+    return array
 
 
 def _check_unit_range(array: np.ndarray, source: str) -> None:

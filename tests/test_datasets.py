@@ -420,6 +420,29 @@ def test_a_folder_reads_gif_and_webp_and_refuses_animated_gifs(tmp_path):
         load_folder(tmp_path)
 
 
+@pytest.mark.parametrize("pages", [2, 3, 4])
+def test_a_multi_page_tiff_is_refused_not_read_as_colour(tmp_path, pages):
+    import tifffile
+
+    frames = (np.random.default_rng(0).random((pages, 16, 20)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "stack.tif", frames, photometric="minisblack")
+    # imageio returns 3 and 4 grey pages as (16, 20, 3) and (16, 20, 4): they became one image turned
+    # grey by luminance, or three pages with the fourth dropped as alpha, without a word.
+    with pytest.raises(UserError, match=rf"stack.tif: a TIFF with {pages} pages; multi-page.*one-page TIFF"):
+        load_image(tmp_path / "stack.tif")
+
+
+def test_a_one_page_tiff_saved_from_a_channel_first_array_is_one_grey_image(tmp_path):
+    import tifffile
+
+    x = np.random.default_rng(0).random((1, 16, 20)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "x.tif", x, photometric="minisblack")  # as torch's (1, H, W) saves
+    assert torch.equal(load_image(tmp_path / "x.tif"), torch.from_numpy(x))  # it was refused as multi-page
+    rgba = (np.random.default_rng(1).random((4, 16, 20)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "planar.tif", rgba)  # one page, planar RGB + alpha: still read as RGBA
+    assert load_image(tmp_path / "planar.tif", channels=3).shape == (3, 16, 20)
+
+
 def test_a_grey_lossy_webp_is_not_reported_as_a_colour_image(tmp_path):
     # Lossy WebP's YUV rounding leaves a grey image's channels 1/255 apart: it was reported as a colour
     # image converted to grey. A colour photo still is.
