@@ -322,6 +322,14 @@ def check_provenance(
         differ = [k for k in differ if k != "values"]
     if "kernel" in differ:  # another blur kernel kind: its parameters (length, sigma, ...) say nothing more
         differ = ["kernel"]
+    if "factor" in differ:
+        # Another scale is another image size: the reconstruction would fit the measurement at the
+        # checkpoint's scale and come out the wrong size, not merely degraded as with another blur.
+        raise UserError(
+            f"{name} was simulated at x{made.get('factor')} super-resolution, but checkpoint {checkpoint!r} "
+            f"reconstructs at x{have.get('factor')}; use a checkpoint trained at x{made.get('factor')} "
+            f"(operator.factor = {made.get('factor')})"
+        )
     if differ:
         shown = ", ".join(f"{k} {_brief(made.get(k))} vs {_brief(have.get(k))}" for k in differ)
         return f"{name} was simulated with other operator parameters than the checkpoint's ({shown})"

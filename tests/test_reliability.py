@@ -247,6 +247,27 @@ def test_same_operator_kind_other_parameters_warns(tmp_path):
     assert (tmp_path / "x.npy").is_file()
 
 
+def test_a_measurement_at_another_super_resolution_factor_is_refused(tmp_path):
+    """An x2 model reconstructed an x4 measurement of a 64-px image as a 32-px image, with a warning."""
+    from jfb_inverse.models.build import build_model
+    from jfb_inverse.problems import resolve_config
+    from jfb_inverse.training.checkpoint import save_checkpoint
+
+    ckpt = tmp_path / "x2.pt"
+    cfg = resolve_config("superres", overrides={"model": {"width": 8}})
+    save_checkpoint(ckpt, cfg, build_model(cfg)[0].state_dict(), step=0)
+    (tmp_path / "x4.toml").write_text('problem = "superres"\n[operator]\nfactor = 4\n')
+    clean = rand_image(tmp_path / "clean.npy", shape=(1, 64, 64))
+    for name, how in (("y4.npy", ("--config", tmp_path / "x4.toml")), ("y2.npy", ("--checkpoint", ckpt))):
+        assert cli("simulate", *how, "--input", clean, "--output", tmp_path / name).exit_code == 0
+    args = reconstruct_args(tmp_path, tmp_path / "y4.npy", checkpoint=str(ckpt), output="x.npy")
+    expect_refusal(tmp_path, args, "y4.npy was simulated at x4 super-resolution", "reconstructs at x2",
+                   "operator.factor = 4")  # fmt: skip
+    result = cli(*reconstruct_args(tmp_path, tmp_path / "y2.npy", checkpoint=str(ckpt), output="x.npy"))
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "x.npy").shape == (1, 64, 64)
+
+
 def test_same_operator_other_noise_warns(tmp_path):
     save_image(load_builtin("camera", size=32), tmp_path / "clean.png")
     result = cli("simulate", "--problem", "deblur", "--noise-sigma", "0.05", "--input", tmp_path / "clean.png",
