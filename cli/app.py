@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import sys
 from typing import Annotated
 
@@ -138,6 +139,10 @@ def run_app(args: list[str] | None = None) -> int:
     except click_exceptions.UsageError as exc:
         # Typer converts Literal options with pydantic, whose messages start "Value error, ".
         message = exc.format_message().replace(": Value error, ", ": ")
+        if isinstance(exc, click_exceptions.NoSuchOption) and exc.possibilities:
+            # click lists every option within difflib's cutoff (--problme: "--nproc, --problem"): name the closest.
+            closest = difflib.get_close_matches(exc.option_name, exc.possibilities, n=1, cutoff=0.0)
+            message = f"No such option: {exc.option_name}; did you mean {closest[0]}?"
         if not message:  # no arguments at all: the help was printed
             return 2
         if isinstance(exc, click_exceptions.NoSuchOption) and exc.option_name == "--debug":
