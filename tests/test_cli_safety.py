@@ -161,9 +161,9 @@ def test_a_run_stores_absolute_paths_and_is_never_overwritten_silently(tmp_path,
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["train", "--bogus", "1"], "No such option: --bogus (see: jfb-inverse train --help)"),
+        (["train", "--bogus", "1"], "No such option: --bogus"),
         # click listed "--nproc, --problem": only the closest option is named.
-        (["train", "--problme", "deblur"], "No such option: --problme; did you mean --problem? (see"),
+        (["train", "--problme", "deblur"], "No such option: --problme; did you mean --problem? (see:"),
         (["train", "--steps", "0"], "Invalid value for '--steps'"),
         (["reconstruct", "--checkpoint", "builtin:deblur"], "Missing option '--input'"),
         (["train", "--debug"], "--debug goes before the command"),
