@@ -336,18 +336,20 @@ def load_image(
 
 
 def _single_tiff_page(path: Path, array: np.ndarray) -> np.ndarray:
-    """``array`` as read from the TIFF ``path``, refused if the file holds several pages. imageio
-    returns 3 or 4 grey pages as (H, W, 3) or (H, W, 4), which would pass as colour or RGBA and be
-    silently turned grey or lose a page as alpha. A one-page file that tifffile saved from a
-    (1, H, W) array reads as (1, H, W): that is one grey image."""
+    """``array`` as read from the TIFF ``path``, refused if it stacks several pages on its last axis.
+    imageio returns 3 or 4 grey pages as (H, W, 3) or (H, W, 4), which would pass as colour or RGBA
+    and be silently turned grey or lose a page as alpha. Stacks it returns as they are stored, such
+    as (pages, H, W), or an (H, W, 2) array that tifffile stores as H pages, are left to the shape
+    checks. A one-page file saved from a (1, H, W) array reads as (1, H, W): one grey image."""
     import tifffile  # a dependency of scikit-image
 
     try:
         with tifffile.TiffFile(path) as tif:
+            stored = tuple(tif.series[0].shape) if tif.series else array.shape
             pages = len(tif.series[0].pages) if tif.series else 1
     except Exception:  # imageio read it; the shape checks below judge it
-        pages = 1
-    if pages > 1:
+        stored, pages = array.shape, 1
+    if pages > 1 and array.shape != stored:
         raise UserError(
             f"{path}: a TIFF with {pages} pages; multi-page, animated or volume files "
             "are not supported; save the one image as PNG or as a one-page TIFF"
