@@ -219,6 +219,29 @@ def test_custom_config_from_a_class_and_trust():
     ensure_trusted(resolve_config("deblur"))  # built-in operators need no trust
 
 
+class FlaggedSensor(ShiftBlur):
+    """An operator with an attribute of its own called ``measured``, which has nothing to do with masks."""
+
+    measured = True
+
+
+def test_an_operators_own_measured_attribute_is_not_taken_for_a_mask():
+    # simulate took any `measured` attribute for a mask of the measured entries: this one raised
+    # "'bool' object has no attribute 'to'", and a tensor one masked simulate's noise but not physics(x)'s.
+    from jfb_inverse.models.build import PhysicsCache
+    from jfb_inverse.problems import simulate
+    from jfb_inverse.problems.custom import custom_config
+
+    cfg = custom_config(FlaggedSensor)
+    physics = PhysicsCache(cfg, torch.device("cpu")).for_image((1, 16, 16))
+    x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(3)
+    y = simulate(x, physics, cfg.noise)
+    torch.manual_seed(3)
+    torch.testing.assert_close(physics(x), y, rtol=0, atol=0)
+    assert bool(((y - physics.A(x)) != 0).all())  # noise everywhere
+
+
 # --- the CLI end to end ------------------------------------------------------------------------
 
 runner = CliRunner()

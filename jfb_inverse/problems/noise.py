@@ -8,6 +8,7 @@ from deepinv.physics.noise import NoiseModel
 from torch import Tensor
 
 from jfb_inverse.problems.config import NoiseConfig
+from jfb_inverse.problems.operators import CartesianMRI
 
 
 def noise_sigma(noise: NoiseConfig, clean: Tensor) -> Tensor:
@@ -95,10 +96,14 @@ def measured_entries(physics: LinearPhysics) -> Tensor | None:
     """Where a masking operator measures at all (kept pixels, sampled k-space), broadcastable to its
     measurements; ``None`` for operators that measure everywhere. Entries it does not measure stay
     zero, noise included, as deepinv's own ``Inpainting`` and ``MRI`` noise them (``A^T`` ignores
-    them either way, so reconstructions are the same)."""
+    them either way, so reconstructions are the same). A user's operator measures everywhere, as
+    its own ``physics(x)`` does: an attribute of its that happens to be called ``measured`` means
+    nothing here."""
     if isinstance(physics, Inpainting):
         return physics.mask
-    return getattr(physics, "measured", None)
+    if isinstance(physics, CartesianMRI):
+        return physics.measured
+    return None
 
 
 def attach_noise_model(physics: LinearPhysics, noise: NoiseConfig) -> LinearPhysics:
