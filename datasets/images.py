@@ -431,5 +431,7 @@ def image_files(path: str | Path) -> list[Path]:
         raise UserError(f"{folder}: broken link(s) {', '.join(broken[:3])}; fix or remove them")
     files = sorted(p for p in named if p.is_file())
     if not files:
-        raise UserError(f"{folder}: folder has no images; add files of type {', '.join(IMAGE_SUFFIXES)}")
+        subfolders = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        hint = f" (its {len(subfolders)} subfolder(s) are not searched: give one of them)" if subfolders else ""
+        raise UserError(f"{folder}: folder has no images{hint}; add files of type {', '.join(IMAGE_SUFFIXES)}")
     return files

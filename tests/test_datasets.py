@@ -174,7 +174,10 @@ def test_load_folder_sorted_and_errors(tmp_path: Path) -> None:
     assert all(x.shape == (3, 8, 8) for _, x in items)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ValueError, match="folder has no images"):
+    with pytest.raises(ValueError, match="folder has no images; add files"):
+        load_folder(empty)
+    (empty / "2024").mkdir()  # images one level down are not read: the error says where to look
+    with pytest.raises(ValueError, match=r"folder has no images \(its 1 subfolder\(s\) are not searched: give one"):
         load_folder(empty)
     with pytest.raises(FileNotFoundError, match="no such folder"):
         load_folder(tmp_path / "nowhere")

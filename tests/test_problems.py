@@ -120,11 +120,22 @@ def test_operator_kind_change_replaces_the_section():
         ({"noise": {"gain": 50.0}}, "noise.gain = 50.0 does nothing with noise kind 'gaussian'; set kind = 'poisson'"),
         # From Python, an array: compared as a list (an array's == is no yes or no).
         ({"operator": {"kernel": "box", "values": np.ones((2, 2))}}, "operator.values = [[1.0, 1.0], [1.0, 1.0]] does"),
+        ({"data": {"source": "builtin", "path": "photos"}}, "data.path = 'photos' does nothing with data source "
+         "'builtin'; set source = 'folder' to train on it, or drop path"),
+        ({"data": {"source": "mixed", "path": "photos"}}, "data.path = 'photos' does nothing with data source 'mixed'"),
     ],
 )  # fmt: skip
 def test_a_setting_that_the_chosen_kernel_or_noise_does_not_use_is_an_error(section, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         resolve_config("deblur", config=section)
+
+
+def test_a_data_path_given_alone_means_a_folder_of_images():
+    # It was ignored: the run trained on the bundled images (source 'builtin', the default) without a word.
+    cfg = resolve_config("deblur", config={"data": {"path": "photos"}})
+    assert cfg.data.source == "folder" and cfg.data.path == "photos"
+    assert resolve_config("deblur", overrides={"data": {"path": "photos"}}).data.source == "folder"
+    assert resolve_config("deblur", config=cfg.model_dump()) == cfg  # its problem.toml comes back the same
 
 
 def test_a_runs_own_problem_toml_with_every_field_is_still_a_valid_config(tmp_path):

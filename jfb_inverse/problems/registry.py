@@ -330,6 +330,11 @@ def resolve_config(
         values = deep_merge(values, {"model": inherited})
     for layer in (config or {}, overrides or {}):
         layer = dict(layer)
+        data = layer.get("data")
+        if isinstance(data, Mapping) and data.get("path") is not None and "source" not in data:
+            # A folder of images given alone says where to train: it was ignored with the default
+            # source 'builtin', which trained on the bundled images instead without a word.
+            layer["data"] = {**data, "source": "folder"}
         if "problem" in layer and layer["problem"] != prob.name:
             # --operator asks for the problem 'custom' without a --problem: say where it came from.
             why = " (--operator trains problem 'custom')" if prob.name == "custom" else ""
@@ -362,7 +367,15 @@ def _refuse_settings_without_effect(
     that the kernel or noise kind in effect once it is merged (``after``) does not use: a motion
     ``length`` with the default Gaussian kernel, a photon ``gain`` with Gaussian noise. A value equal
     to the one it replaces (``before``) is no change and passes, so a run's own problem.toml, which
-    holds every field, stays a valid --config; and so does a layer whose kernel a later one changes."""
+    holds every field, stays a valid --config; and so does a layer whose kernel a later one changes.
+    A ``data.path`` is refused the same way unless the data source in effect is ``folder``."""
+    data = _section(layer, "data")
+    if data.get("path") is not None and _section(after, "data").get("source") != "folder":
+        if _plain(data["path"]) != _plain(_section(before, "data").get("path")):
+            raise ConfigError(
+                f"data.path = {_short_repr(data['path'])} does nothing with data source "
+                f"{_section(after, 'data').get('source')!r}; set source = 'folder' to train on it, or drop path"
+            )
     for name, model in (("operator", BlurOperator), ("noise", NoiseConfig)):
         section, merged = layer.get(name), after.get(name)
         if not isinstance(section, Mapping) or not isinstance(merged, Mapping):
