@@ -319,6 +319,8 @@ def load_image(
             _warn_if_png_loses_bits(path)
         if path.suffix.lower() in (".tif", ".tiff"):
             array = _single_tiff_page(path, array)
+        if array.ndim == 3 and array.shape[-1] == 4:
+            array = _rgb_if_cmyk(path, array)
         if array.ndim == 4 and array.shape[0] == 1:  # imageio reads a GIF as (frames, H, W, C)
             array = array[0]
         if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] > 4):
@@ -333,6 +335,20 @@ def load_image(
         _check_unit_range(without_alpha(array), source)
     array = _to_channels(array, channels, source, note, opaque_alpha)
     return torch.from_numpy(array if size is None else _center_square_resize(array, size))
+
+
+def _rgb_if_cmyk(path: Path, array: np.ndarray) -> np.ndarray:
+    """A CMYK file (JPEG, TIFF) as RGB, by Pillow's conversion; any other 4-channel array as it is.
+    imageio returns CMYK's four inks, which would pass as RGB plus an alpha channel."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            if image.mode == "CMYK":
+                return np.asarray(image.convert("RGB"))
+    except Exception:  # imageio read it and Pillow cannot: not CMYK as far as Pillow knows
+        pass
+    return array
 
 
 def _single_tiff_page(path: Path, array: np.ndarray) -> np.ndarray:

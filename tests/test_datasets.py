@@ -453,6 +453,18 @@ def test_a_one_page_tiff_saved_from_a_channel_first_array_is_one_grey_image(tmp_
     assert load_image(tmp_path / "planar.tif", channels=3).shape == (3, 16, 20)
 
 
+@pytest.mark.parametrize("suffix", [".jpg", ".tif"])
+def test_a_cmyk_file_is_read_as_its_rgb_colours(tmp_path, suffix):
+    from PIL import Image
+
+    rgb = Image.fromarray((np.random.default_rng(0).random((24, 32, 3)) * 255).astype(np.uint8))
+    rgb.convert("CMYK").save(tmp_path / f"print{suffix}")
+    expected = np.asarray(Image.open(tmp_path / f"print{suffix}").convert("RGB"), dtype=np.float32) / 255
+    # Its four inks were read as R, G, B and an alpha channel to drop: colours off by 0.5 on average.
+    image = load_image(tmp_path / f"print{suffix}", channels=3)
+    torch.testing.assert_close(image, torch.from_numpy(expected).permute(2, 0, 1), rtol=0, atol=1e-6)
+
+
 def test_a_grey_lossy_webp_is_not_reported_as_a_colour_image(tmp_path):
     # Lossy WebP's YUV rounding leaves a grey image's channels 1/255 apart: it was reported as a colour
     # image converted to grey. A colour photo still is.

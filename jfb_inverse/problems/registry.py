@@ -369,13 +369,13 @@ def _refuse_settings_without_effect(
     to the one it replaces (``before``) is no change and passes, so a run's own problem.toml, which
     holds every field, stays a valid --config; and so does a layer whose kernel a later one changes.
     A ``data.path`` is refused the same way unless the data source in effect is ``folder``."""
-    data = _section(layer, "data")
-    if data.get("path") is not None and _section(after, "data").get("source") != "folder":
-        if _plain(data["path"]) != _plain(_section(before, "data").get("path")):
-            raise ConfigError(
-                f"data.path = {_short_repr(data['path'])} does nothing with data source "
-                f"{_section(after, 'data').get('source')!r}; set source = 'folder' to train on it, or drop path"
-            )
+    data, source = _section(layer, "data"), _section(after, "data").get("source")
+    path = data.get("path")
+    if path is not None and source != "folder" and _plain(path) != _plain(_section(before, "data").get("path")):
+        raise ConfigError(
+            f"data.path = {_short_repr(path)} does nothing with data source {source!r}; set source = 'folder' "
+            "to train on it, or drop path"
+        )
     for name, model in (("operator", BlurOperator), ("noise", NoiseConfig)):
         section, merged = layer.get(name), after.get(name)
         if not isinstance(section, Mapping) or not isinstance(merged, Mapping):
