@@ -209,6 +209,25 @@ def test_benchmark_command_refuses_unknown_problems_and_missing_checkpoints(tmp_
     assert result.exit_code == 2 and "is a file; give a folder" in result.output
 
 
+def test_benchmark_command_writes_to_the_current_folder_not_the_checkouts_saved_results(tmp_path, monkeypatch):
+    # Its default was benchmarks/results: run in the repository, a quick run replaced the saved results.
+    import run_all
+    from jfb_inverse.cli.app import app
+    from typer.testing import CliRunner
+
+    seen = {}
+
+    def fake_run_all(out, **kwargs):
+        seen["out"] = out
+        return {"errors": []}
+
+    monkeypatch.setattr(run_all, "run_all", fake_run_all)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["benchmark", "--quick", "--only", "solver"])
+    assert result.exit_code == 0, result.output
+    assert seen["out"] == Path("benchmark-results") and "results in benchmark-results/" in result.output
+
+
 def test_benchmark_command_refuses_selections_that_run_nothing_before_writing(tmp_path, monkeypatch):
     from jfb_inverse.cli.app import app
     from typer.testing import CliRunner
