@@ -159,7 +159,6 @@ def train(
             ("problem", problem),
             ("config", config),
             ("preset", preset),
-            ("data", data),
             ("operator_args", operator_args),
         )
         changing = [name for name, value in named if value is not None]
@@ -189,7 +188,7 @@ def train(
                 f"{str(out / 'model.pt')!r} holds weights but no training state ({', '.join(missing)} missing), "
                 "so it cannot be resumed; start a new run with another --out"
             )
-        cfg = _resumed_operator(cfg, operator)
+        cfg = _resumed_data(_resumed_operator(cfg, operator), data, out)
         ensure_trusted(cfg, trust_operator or ([operator] if operator else []))
         # The time budget belongs to one invocation, not to the definition: --max-minutes again if wanted.
         run_control: dict[str, Any] = {"max_minutes": max_minutes}
@@ -234,6 +233,11 @@ def train(
 
     dev = distributed.init_distributed(wanted_device)
     main_process = distributed.is_main_process()
+    if not main_process:
+        import warnings
+
+        # Every rank loads the same data under the same definition: rank 0 says what they warn of, once.
+        warnings.simplefilter("ignore")
     if cfg.operator.kind == "custom":
         _check_custom_operator(cfg, dev)
     if cfg.training.precision == "fp16" and dev.type == "cpu" and main_process:
@@ -544,6 +548,31 @@ def _resumed_operator(cfg: Any, operator: str | None) -> Any:
     raise UserError(
         f"--resume continues the run in --out with its own operator ({own or cfg.operator.kind}), so "
         f"--operator {operator} would be ignored; drop it (--trust-operator trusts the run's operator)"
+    )
+
+
+def _resumed_data(cfg: Any, data: Path | None, out: Path) -> Any:
+    """The resumed run's definition: --data on --resume may name the run's own folder again or, when
+    the recorded folder is gone, where it is now (the run goes on with its images)."""
+    from jfb_inverse.errors import UserError
+    from jfb_inverse.problems.registry import deep_merge, validate_definition
+
+    own = cfg.data.path if cfg.data.source == "folder" else None
+    gone = own is not None and not Path(own).is_dir()
+    if data is None:
+        if gone:
+            raise UserError(
+                f"the run's training folder {own!r} is gone; if it moved, give its new place: "
+                f"jfb-inverse train --resume --out {str(out)!r} --data NEW/FOLDER"
+            )
+        return cfg
+    if own is not None and data.resolve() == Path(own).resolve():
+        return cfg
+    if gone:
+        return validate_definition(deep_merge(cfg.model_dump(), {"data": {"path": str(data.resolve())}}))
+    raise UserError(
+        f"--resume continues the run in --out on its own data ({own or cfg.data.source}), so --data {str(data)!r} "
+        "would be ignored; drop it, or start a new run with another --out (--init-from its model.pt to fine-tune)"
     )
 
 

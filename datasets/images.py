@@ -430,7 +430,18 @@ def load_folder(
     [0, 1] are refused unless ``check_range=False``. ``note`` hears of each colour change, as in
     :func:`load_image`.
     """
-    return [(p.name, load_image(p, channels, check_range=check_range, note=note)) for p in image_files(path)]
+    images, failed = [], []
+    for p in image_files(path):
+        try:
+            images.append((p.name, load_image(p, channels, check_range=check_range, note=note)))
+        except UserError as exc:  # read on: one run should name every file to fix, not one at a time
+            failed.append((p.name, exc))
+    if len(failed) == 1:
+        raise failed[0][1]
+    if failed:
+        names = ", ".join(name for name, _ in failed[:5]) + (", ..." if len(failed) > 5 else "")
+        raise UserError(f"{len(failed)} files in {path} cannot be used ({names}); the first: {failed[0][1]}")
+    return images
 
 
 def image_files(path: str | Path) -> list[Path]:

@@ -4,6 +4,7 @@ stored in a run, and usage errors in the one-line ``error:`` format."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -187,6 +188,35 @@ def test_help_and_version_exit_0_and_no_arguments_prints_the_help(capsys):
     assert run_app([]) == 2  # click's convention for a bare command: help, exit 2
     captured = capsys.readouterr()
     assert "Usage" in captured.out and "error" not in captured.err
+
+
+def test_resume_follows_a_moved_training_folder_and_says_when_it_changed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "imgs").mkdir()
+    for name in ("camera", "coins"):
+        save_image(load_builtin(name, size=48), tmp_path / "imgs" / f"{name}.png")
+    (tmp_path / "tiny.toml").write_text(TINY)
+    result = invoke("train", "--problem", "deblur", "--config", "tiny.toml", "--data", "imgs", "--steps", "1",
+                    "--out", "run", "--device", "cpu")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    # The run's own folder named again is no change (it was refused as "--data would be ignored").
+    result = invoke("train", "--resume", "--out", "run", "--steps", "2", "--data", "imgs")
+    assert result.exit_code == 0 and "has changed" not in result.output, result.output
+    one_line_error(invoke("train", "--resume", "--out", "run", "--steps", "3", "--data", "run"),
+                   "on its own data (" + str(tmp_path / "imgs") + "), so --data 'run' would be ignored")  # fmt: skip
+    # Moved: the error names the way on (it advised --data, which --resume refused).
+    (tmp_path / "imgs").rename(tmp_path / "photos")
+    gone = f"the run's training folder '{tmp_path / 'imgs'}' is gone; if it moved, give its new place"
+    one_line_error(invoke("train", "--resume", "--out", "run", "--steps", "3"), gone)
+    save_image(load_builtin("rocket", size=48), tmp_path / "photos" / "rocket.png")
+    with pytest.warns(
+        UserWarning,
+        match=re.escape("has changed since the run's last checkpoint (1 image(s) added, 0 gone: +rocket.png)"),
+    ):
+        result = invoke("train", "--resume", "--out", "run", "--steps", "3", "--data", "photos")
+    assert result.exit_code == 0, result.output
+    assert load_config_file(tmp_path / "run" / "problem.toml")["data"]["path"] == str(tmp_path / "photos")
+    assert torch.load(tmp_path / "run" / "model.pt", weights_only=True)["step"] == 3
 
 
 def test_overwrite_removes_the_old_run_before_training(tmp_path, monkeypatch):

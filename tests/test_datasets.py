@@ -135,6 +135,20 @@ def test_load_image_size_crops_and_resizes_like_load_builtin(tmp_path: Path) -> 
         load_image(tmp_path / "coffee.npy", size=0)
 
 
+def test_a_folder_names_every_file_it_cannot_use_in_one_error(tmp_path: Path) -> None:
+    save_image(torch.full((1, 8, 8), 0.5), tmp_path / "a.png")
+    (tmp_path / "b.png").write_text("not an image")
+    with pytest.raises(UserError, match=r"b\.png: not a readable image"):  # one: its own message, as before
+        load_folder(tmp_path)
+    (tmp_path / "c.png").write_bytes(b"")
+    np.save(tmp_path / "d.npy", np.full((8, 8), 255.0, dtype=np.float32))  # 0-255 floats: refused
+    # It stopped at the first, so a folder with several bad files took a run to find each.
+    with pytest.raises(
+        UserError, match=r"^3 files in .* cannot be used \(b\.png, c\.png, d\.npy\); the first: .*b\.png"
+    ):
+        load_folder(tmp_path)
+
+
 def test_load_image_errors_are_clear(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"no such image file.*missing\.png"):
         load_image(tmp_path / "missing.png")

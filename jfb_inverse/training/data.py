@@ -53,6 +53,7 @@ class TrainingSource:
         self.seed = seed
         self.device = device
         self.draws = 0
+        self.files: list[str] | None = None  # a folder's images trained on, by name (a resume compares them)
         self.sampler: PatchSampler | None = None
         self.synthetic: PatchSampler | None = None
         n_synthetic = round(data.dead_leaves * batch_size)
@@ -102,6 +103,7 @@ class TrainingSource:
                         stacklevel=2,
                     )
                 images = usable
+                self.files = [name for name, x in named if min(x.shape[-2:]) >= data.patch_size]
             else:
                 images = [load_builtin(n, channels=data.channels) for n in BUILTIN_TRAIN]
                 images = [x for x in images if min(x.shape[-2:]) >= data.patch_size]
@@ -135,11 +137,23 @@ class TrainingSource:
             "draws": self.draws,
             "sampler": self.sampler.state_dict() if self.sampler else None,
             "synthetic": self.synthetic.state_dict() if self.synthetic else None,
+            "files": self.files,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume the data stream saved by :meth:`state_dict`."""
         self.draws = int(state["draws"])
+        before = state.get("files")  # absent from checkpoints of earlier versions
+        if self.files is not None and before is not None and before != self.files:
+            added, gone = sorted(set(self.files) - set(before)), sorted(set(before) - set(self.files))
+            shown = ", ".join([f"+{n}" for n in added[:3]] + [f"-{n}" for n in gone[:3]])
+            warnings.warn(
+                f"the training folder {self.data.path!r} has changed since the run's last checkpoint "
+                f"({len(added)} image(s) added, {len(gone)} gone: {shown}); training goes on with its images "
+                "now, so the run will differ from one that was not interrupted",
+                UserWarning,
+                stacklevel=2,
+            )
         if self.sampler is not None and state.get("sampler") is not None:
             self.sampler.load_state_dict(state["sampler"])
         if self.synthetic is not None and state.get("synthetic") is not None:

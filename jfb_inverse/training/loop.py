@@ -246,6 +246,8 @@ def _check_same_definition(cfg: ProblemConfig, stored: ProblemConfig) -> None:
     allowed = {f"training.{name}" for name in RESUMABLE_CHANGES}
     if _operator_moved(cfg, stored):  # the same class, read from where its file is now
         allowed.add("operator.target")
+    if cfg.data.source == stored.data.source == "folder" and not Path(stored.data.path or "").is_dir():
+        allowed.add("data.path")  # the training folder moved (``--resume --data NEW``)
     changed = [key for key in sorted(set(new) | set(old)) if new.get(key) != old.get(key) and key not in allowed]
     if changed:
         key = changed[0]
