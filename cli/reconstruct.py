@@ -303,11 +303,13 @@ def _reconstruct_one(
         check_provenance,
         provenance_image_shape,
         read_measurement,
+        recorded_measurement_shape,
         unmeasured_share,
         write_array,
     )
 
-    y = read_measurement(path, cfg.data.channels, note=warn).to(dev)
+    # simulate's record tells a flat (C, m) measurement from a grey (H, W) image in a 2-D .npy array.
+    y = read_measurement(path, cfg.data.channels, note=warn, shape=recorded_measurement_shape(path, physics)).to(dev)
     mismatch = check_provenance(path, cfg, checkpoint, moved_from)  # raises for another operator kind
     phys = check_fits(y, cfg, physics, str(path), provenance_image_shape(path))
     if mismatch:

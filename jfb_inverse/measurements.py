@@ -43,14 +43,17 @@ OUTPUT_SUFFIXES = {".npy", ".png", ".tif", ".tiff"}
 PROVENANCE_FORMAT = "jfb-inverse-measurement/1"
 
 
-def read_measurement(path: str | Path, channels: int, note: Callable[[str], None] | None = None) -> Tensor:
+def read_measurement(
+    path: str | Path, channels: int, note: Callable[[str], None] | None = None, shape: tuple[int, ...] | None = None
+) -> Tensor:
     """A measurement (C, ...) from ``.npy`` or an image file; NaN/Inf and bad files are :class:`UserError`.
 
     An image file's colour is converted to ``channels`` (``note`` hears of it); a ``.npy`` array is
     taken as it is (its channel count is checked against the operator by :func:`check_fits`), except
-    that a 3-D array with more than 4 entries first and at most 4 last is read as (H, W, C), and
-    that uint8/uint16 values are scaled to [0, 1] by their type's range as an image file's are
-    (other integer types are refused)."""
+    that a 3-D array with more than 4 entries first and at most 4 last is read as (H, W, C), that
+    a 2-D array is a grey (1, H, W) one unless it has ``shape`` (the operator's measurement shape,
+    where known: a flat (C, m) measurement), and that uint8/uint16 values are scaled to [0, 1] by
+    their type's range as an image file's are (other integer types are refused)."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"input {str(p)!r} not found; give an existing .npy or image file")
@@ -93,7 +96,7 @@ def read_measurement(path: str | Path, channels: int, note: Callable[[str], None
                 note(f"{p.name}: {arr.dtype} values read as pixels, scaled to [0, 1] by {np.iinfo(arr.dtype).max}")
             arr = arr / np.float32(np.iinfo(arr.dtype).max)
         y = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
-        y = y[None] if y.ndim == 2 else y
+        y = y[None] if y.ndim == 2 and tuple(y.shape) != shape else y
     elif p.suffix.lower() in IMAGE_SUFFIXES:
         y = load_image(p, channels=channels, note=note, opaque_alpha=True)
     else:
@@ -276,6 +279,19 @@ def provenance_image_shape(path: str | Path) -> tuple[int, ...] | None:
     if not isinstance(shape, list) or len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape):
         return None
     return tuple(shape)
+
+
+def recorded_measurement_shape(path: str | Path, physics: PhysicsCache) -> tuple[int, ...] | None:
+    """The shape (C, ...) of the measurement the operator makes of the image shape that ``simulate``
+    recorded beside ``path``; ``None`` without a record."""
+    image_shape = provenance_image_shape(path)
+    if image_shape is None:
+        return None
+    try:
+        physics_for = physics.for_image(image_shape)
+        return tuple(physics_for.A(torch.zeros((1, *image_shape), device=physics.device)).shape[1:])
+    except Exception:  # a stale record, or an operator that fails there: check_fits says what is wrong
+        return None
 
 
 def check_provenance(

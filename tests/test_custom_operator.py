@@ -91,6 +91,22 @@ NOT_A_CLASS = 3
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+class FlatMatrix(LinearPhysics):
+    """A fixed random matrix on the flattened pixels: (B, C, H, W) -> (B, C, m), a 2-D measurement."""
+
+    def __init__(self, img_size: tuple[int, int, int] | None = None, device: Any = "cpu") -> None:
+        super().__init__(img_size=img_size, device=device)
+        self.hw = tuple(img_size[1:])
+        n = self.hw[0] * self.hw[1]
+        self.register_buffer("M", torch.randn(n // 2, n, generator=torch.Generator().manual_seed(0)) / n**0.5)
+
+    def A(self, x: Tensor, **kwargs: Any) -> Tensor:
+        return x.reshape(*x.shape[:2], -1) @ self.M.T
+
+    def A_adjoint(self, y: Tensor, **kwargs: Any) -> Tensor:
+        return (y @ self.M).reshape(*y.shape[:2], *self.hw)
+
+
 def target(name: str) -> str:
     return f"{THIS}:{name}"
 
@@ -243,6 +259,26 @@ def test_an_operators_own_measured_attribute_is_not_taken_for_a_mask():
 
 
 # --- the CLI end to end ------------------------------------------------------------------------
+
+
+def test_cli_reconstructs_a_flat_measurement_that_simulate_wrote(tmp_path):
+    # simulate wrote (1, 128) for a 16x16 image; reconstruct read the 2-D array as a grey (1, 1, 128)
+    # image and refused it although simulate's .json record was beside it.
+    from jfb_inverse.models.build import build_model
+    from jfb_inverse.problems.custom import custom_config
+    from jfb_inverse.training.checkpoint import save_checkpoint
+
+    cfg = custom_config(target("FlatMatrix"), overrides={"model": {"width": 8, "depth": 3}})
+    save_checkpoint(tmp_path / "flat.pt", cfg, build_model(cfg)[0].state_dict(), step=0)
+    np.save(tmp_path / "clean.npy", np.random.default_rng(0).random((1, 16, 16)).astype(np.float32))
+    common = ["--checkpoint", str(tmp_path / "flat.pt"), "--trust-operator"]
+    result = invoke("simulate", *common, "--input", str(tmp_path / "clean.npy"), "--output", str(tmp_path / "y.npy"))
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "y.npy").shape == (1, 128)
+    result = invoke("reconstruct", *common, "--input", str(tmp_path / "y.npy"), "--output", str(tmp_path / "x.npy"))
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "x.npy").shape == (1, 16, 16)
+
 
 runner = CliRunner()
 TINY_TOML = (
