@@ -107,6 +107,16 @@ class FlatMatrix(LinearPhysics):
         return (y @ self.M).reshape(*y.shape[:2], *self.hw)
 
 
+class DoublePool:
+    """2x2 average pooling computed (and returned) in float64 whatever the input's dtype."""
+
+    def A(self, x: Tensor) -> Tensor:
+        return torch.nn.functional.avg_pool2d(x.double(), 2)
+
+    def A_adjoint(self, y: Tensor) -> Tensor:
+        return torch.nn.functional.interpolate(y, scale_factor=2, mode="nearest") / 4
+
+
 def target(name: str) -> str:
     return f"{THIS}:{name}"
 
@@ -388,6 +398,8 @@ def test_cli_plain_object_operator_with_img_size(tmp_path):
         (["--operator", target("Exploding")], "could not be constructed"),
         # It passed the dot-product test, then failed on the first batch advising a cast to float32.
         (["--operator", target("ComplexFourier")], "returns complex measurements (torch.complex64)"),
+        # It failed on the first batch, blaming batches and advising to move the model.
+        (["--operator", target("DoublePool")], "A returns torch.float64 for torch.float32 input; return the input's"),
         (["--operator", "missing_dir/ops.py:Op"], "operator file 'missing_dir/ops.py' not found"),
         (["--problem", "custom"], "problem 'custom' needs your operator: pass --operator"),
     ],

@@ -309,6 +309,14 @@ def build_custom(op: CustomOperator, img_size: tuple[int, int, int], device: tor
             "ones: return the real and imaginary parts as channels, as the mri problem does (B, 2C, H, W), "
             "with an A_adjoint that takes them"
         )
+    with torch.no_grad():
+        back = physics.A_adjoint(measured)
+    for name, out in (("A", measured), ("A_adjoint", back)):
+        if out.dtype != torch.float32:  # the model runs in its weights' dtype, float32 here
+            raise OperatorError(
+                f"operator {op.target!r}: {name} returns {out.dtype} for torch.float32 input; return the "
+                "input's dtype (e.g. `.to(x.dtype)`)"
+            )
     return physics
 
 
