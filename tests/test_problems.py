@@ -155,6 +155,24 @@ def test_a_runs_own_problem_toml_with_every_field_is_still_a_valid_config(tmp_pa
     assert gaussian.operator.kernel == "gaussian"
 
 
+def test_a_whole_problem_toml_trains_again_where_its_problem_is_not_registered(tmp_path, monkeypatch):
+    # A problem registered from Python (or by a plugin since uninstalled) is unknown to a new process:
+    # its run's problem.toml, which the README says can be passed back with --config, was refused.
+    monkeypatch.setattr(registry_module, "_REGISTRY", dict(registry_module._REGISTRY))
+    register_problem("myblur", "box blur", {"operator": {"kind": "blur", "kernel": "box", "size": 7}})
+    run = resolve_config("myblur", overrides={"training": {"steps": 5}})
+    path = tmp_path / "problem.toml"
+    path.write_text(tomli_w.dumps(run.model_dump(mode="json", exclude_none=True)))
+    del registry_module._REGISTRY["myblur"]
+    with pytest.warns(UserWarning, match="problem 'myblur' is not registered here; problem.toml defines it whole"):
+        again = config_from_file_or_problem(None, path, {"training": {"steps": 9}})
+    assert again == run.model_copy(update={"training": run.training.model_copy(update={"steps": 9})})
+    # A partial file still needs its problem.
+    (tmp_path / "part.toml").write_text('problem = "myblur"\n[training]\nsteps = 3\n')
+    with pytest.raises(ConfigError, match="unknown problem 'myblur'"):
+        config_from_file_or_problem(None, tmp_path / "part.toml")
+
+
 def test_the_problem_toml_of_a_run_that_changed_its_problems_noise_kind_is_a_valid_config(monkeypatch):
     # The problem's Poisson gain stays in a Gaussian run's definition (the noise section is merged,
     # not replaced): it was refused when that run's problem.toml came back as a --config.

@@ -13,6 +13,7 @@ import json
 import re
 import tomllib
 import typing
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -34,6 +35,8 @@ from jfb_inverse.problems.config import (
 )
 
 ENTRY_POINT_GROUP = "jfb_inverse.problems"
+#: The sections of a whole definition, as a run's problem.toml holds them.
+DEFINITION_SECTIONS = tuple(name for name in ProblemConfig.model_fields if name != "problem")
 
 
 @dataclass(frozen=True)
@@ -560,4 +563,16 @@ def config_from_file_or_problem(
     name = problem or file_values.get("problem")
     if not name:
         raise ConfigError('no problem given; pass --problem NAME or set `problem = "NAME"` in the config file')
+    _ensure_loaded()
+    whole = all(isinstance(file_values.get(section), Mapping) for section in DEFINITION_SECTIONS)
+    if problem is None and str(name) not in _REGISTRY and whole:
+        # A run's own problem.toml holds its whole definition: it is a valid --config even where its
+        # problem (registered from Python, or by a plugin since uninstalled) is not registered.
+        warnings.warn(
+            f"problem {name!r} is not registered here; {Path(str(config_path)).name} defines it whole, "
+            "so it is trained as written",
+            UserWarning,
+            stacklevel=2,
+        )
+        return resolve_config(Problem(str(name), "a whole definition file", file_values), None, overrides, preset)
     return resolve_config(str(name), file_values, overrides, preset)
