@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import runpy
 import sys
 from pathlib import Path
@@ -112,6 +113,16 @@ class DoublePool:
 
     def A(self, x: Tensor) -> Tensor:
         return torch.nn.functional.avg_pool2d(x.double(), 2)
+
+    def A_adjoint(self, y: Tensor) -> Tensor:
+        return torch.nn.functional.interpolate(y, scale_factor=2, mode="nearest") / 4
+
+
+class HalvingPool:
+    """2x2 average pooling, without image_shape: its measurements do not say their images' shape."""
+
+    def A(self, x: Tensor) -> Tensor:
+        return torch.nn.functional.avg_pool2d(x, 2)
 
     def A_adjoint(self, y: Tensor) -> Tensor:
         return torch.nn.functional.interpolate(y, scale_factor=2, mode="nearest") / 4
@@ -266,6 +277,22 @@ def test_an_operators_own_measured_attribute_is_not_taken_for_a_mask():
     torch.manual_seed(3)
     torch.testing.assert_close(physics(x), y, rtol=0, atol=0)
     assert bool(((y - physics.A(x)) != 0).all())  # noise everywhere
+
+
+def test_measurements_of_an_operator_that_shrinks_images_need_their_physics_from_python():
+    from jfb_inverse.models.build import build_model
+    from jfb_inverse.problems.custom import custom_config
+
+    model, cache = build_model(custom_config(target("HalvingPool"), overrides={"model": {"width": 8, "depth": 3}}))
+    model.eval()
+    physics = cache.for_image((1, 32, 32))
+    y = physics.A(torch.rand(2, 1, 32, 32))
+    # The message advised reshaping y only; the measurements were right and the physics missing.
+    expected = "at the image shape taken from them, (1, 16, 16), where it makes (1, 8, 8); pass the physics of these"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        model(y)
+    with torch.no_grad():
+        assert model(y, physics).shape == (2, 1, 32, 32)
 
 
 # --- the CLI end to end ------------------------------------------------------------------------

@@ -113,6 +113,7 @@ class ImplicitReconstructor(Reconstructor):
     def _physics_for(self, y: Tensor, physics: LinearPhysics | None) -> tuple[LinearPhysics, tuple[int, ...]]:
         """The physics for ``y`` and its image shape, checked to produce measurements of ``y``'s shape."""
         shape = tuple(y.shape[1:])
+        guessed = physics is None  # the image shape comes from the factory's reading of the measurement's
         try:
             if physics is not None:
                 if not isinstance(physics, LinearPhysics):
@@ -146,6 +147,12 @@ class ImplicitReconstructor(Reconstructor):
                 if y.dim() <= len(made)  # no batch dimension (or fewer still)
                 else ", or the physics of these measurements"
             )
+            if guessed and y.dim() > len(made):
+                raise ValueError(
+                    f"measurements of shape {tuple(y.shape)} do not fit the model's operator at the image shape "
+                    f"taken from them, {tuple(img_size)}, where it makes {made}; pass the physics of these "
+                    f"measurements, model(y, physics), or measurements of shape (B, {', '.join(map(str, made))})"
+                )
             raise ValueError(
                 f"measurements of shape {tuple(y.shape)} do not fit the physics, which makes {made} per image of "
                 f"{tuple(img_size)}; pass y of shape (B, {', '.join(map(str, made))}){hint}"
