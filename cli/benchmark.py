@@ -46,7 +46,7 @@ def benchmark(
     out: Annotated[Path, typer.Option(help="Output folder for the JSON files, plots and summary.")] = Path(
         "benchmark-results"
     ),
-    device: Annotated[Device, typer.Option(help="cpu, or cuda (uses synchronize and max_memory_allocated).")] = "cpu",
+    device: Annotated[Device, typer.Option(help="cpu, or cuda (synchronized timings, CUDA peak memory).")] = "cpu",
     quick: Annotated[bool, typer.Option("--quick", help="Tiny sizes and few repeats: a smoke run of minutes.")] = False,
     only: Annotated[str | None, typer.Option(help=f"Comma-separated subset of: {', '.join(ITEMS)}.")] = None,
     problems: Annotated[
@@ -58,7 +58,7 @@ def benchmark(
     ] = None,
     threads: Annotated[int, typer.Option(min=1, help="Torch intra-op threads for the timings.")] = 1,
     malloc_tuning: Annotated[
-        bool, typer.Option(help="Tune glibc's allocator thresholds (jfb_inverse.runtime.tune_malloc).")
+        bool, typer.Option(help="Tune glibc's allocator thresholds (as the CLI does).")
     ] = True,
     repeats: Annotated[
         int | None, typer.Option(min=1, help="Timed repeats per contender (default per benchmark).")

@@ -43,7 +43,7 @@ MovedOperatorOption = Annotated[
     str | None,
     typer.Option(
         "--operator",
-        help="Where the checkpoint's custom operator is now (path/to/ops.py:ClassName, the same class), "
+        help="Where the checkpoint's custom operator is now (ops.py:ClassName, the same class), "
         "when its file moved since training; trusts it.",
     ),
 ]

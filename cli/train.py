@@ -55,7 +55,7 @@ def train(
     config: Annotated[Path | None, typer.Option(help="TOML/JSON file with any definition field.")] = None,
     preset: Annotated[str | None, typer.Option(help="Named preset of the problem, e.g. `full`.")] = None,
     data: Annotated[
-        Path | None, typer.Option(help="Folder of training images (PNG/JPEG/TIFF/BMP/GIF/WebP/npy).")
+        Path | None, typer.Option(help="Folder of training images (PNG, JPEG, TIFF, BMP, GIF, WebP, npy).")
     ] = None,
     steps: Annotated[
         int | None, typer.Option(min=1, help="Training steps (exactly these: lifts a problem's own time budget).")
