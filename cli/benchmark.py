@@ -57,9 +57,7 @@ def benchmark(
         str | None, typer.Option(help="Trained deblur model (default: builtin:deblur, else a short training run).")
     ] = None,
     threads: Annotated[int, typer.Option(min=1, help="Torch intra-op threads for the timings.")] = 1,
-    malloc_tuning: Annotated[
-        bool, typer.Option(help="Tune glibc's allocator thresholds (as the CLI does).")
-    ] = True,
+    malloc_tuning: Annotated[bool, typer.Option(help="Tune glibc's allocator thresholds (as the CLI does).")] = True,
     repeats: Annotated[
         int | None, typer.Option(min=1, help="Timed repeats per contender (default per benchmark).")
     ] = None,
