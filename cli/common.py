@@ -126,10 +126,6 @@ def warn(message: str) -> None:
     err_console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
-#: Sections of a definition file; each must be a table (``[training]``), never a plain value.
-CONFIG_SECTIONS = ("operator", "noise", "data", "model", "solver", "training")
-
-
 def check_config_file(path: Any) -> None:
     """Read a ``--config`` file and refuse a section that is not a table (e.g. ``training = 5``).
 
@@ -137,9 +133,10 @@ def check_config_file(path: Any) -> None:
     options build (``--steps`` makes ``[training]``), or crash the merge of ``operator``.
     """
     from jfb_inverse.problems import load_config_file
+    from jfb_inverse.problems.registry import DEFINITION_SECTIONS
 
     values = load_config_file(path)
-    for name in CONFIG_SECTIONS:
+    for name in DEFINITION_SECTIONS:
         if name in values and not isinstance(values[name], dict):
             raise ConfigError(
                 f"config file {str(path)!r}: {name} must be a table of settings ([{name}] section), "

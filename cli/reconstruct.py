@@ -301,15 +301,15 @@ def _reconstruct_one(
         UNMEASURED_SHARE_WARNING,
         check_fits,
         check_provenance,
+        flat_measurement_shape,
         provenance_image_shape,
         read_measurement,
-        recorded_measurement_shape,
         unmeasured_share,
         write_array,
     )
 
-    # simulate's record tells a flat (C, m) measurement from a grey (H, W) image in a 2-D .npy array.
-    y = read_measurement(path, cfg.data.channels, note=warn, shape=recorded_measurement_shape(path, physics)).to(dev)
+    # A 2-D .npy array is a grey (H, W) image unless the operator is known to make flat (C, m) measurements.
+    y = read_measurement(path, cfg.data.channels, note=warn, shape=flat_measurement_shape(path, cfg, physics)).to(dev)
     mismatch = check_provenance(path, cfg, checkpoint, moved_from)  # raises for another operator kind
     phys = check_fits(y, cfg, physics, str(path), provenance_image_shape(path))
     if mismatch:

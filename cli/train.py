@@ -168,6 +168,11 @@ def train(
     launcher = nproc > 1 and distributed.world_size_from_env() <= 1
     # torchrun's workers run this command again: rank 0 has checked, and may have written model.pt already.
     worker = distributed.world_size_from_env() > 1 and os.environ.get("RANK", "0") != "0"
+    if worker:
+        import warnings
+
+        # Every rank resolves the same definition and loads the same data: rank 0 says what they warn of.
+        warnings.filterwarnings("ignore", category=UserWarning)
     if not resume and not overwrite and (out / "model.pt").exists() and not worker:
         raise UserError(
             f"--out {str(out)!r} already holds a trained run (model.pt); continue it with --resume, "
@@ -233,11 +238,6 @@ def train(
 
     dev = distributed.init_distributed(wanted_device)
     main_process = distributed.is_main_process()
-    if not main_process:
-        import warnings
-
-        # Every rank loads the same data under the same definition: rank 0 says what they warn of, once.
-        warnings.simplefilter("ignore")
     if cfg.operator.kind == "custom":
         _check_custom_operator(cfg, dev)
     if cfg.training.precision == "fp16" and dev.type == "cpu" and main_process:
@@ -558,7 +558,9 @@ def _resumed_data(cfg: Any, data: Path | None, out: Path) -> Any:
     from jfb_inverse.problems.registry import deep_merge, validate_definition
 
     own = cfg.data.path if cfg.data.source == "folder" else None
-    gone = own is not None and not Path(own).is_dir()
+    # A run whose batches are all dead-leaves patches never reads its folder (TrainingSource says so).
+    reads = round(cfg.data.dead_leaves * cfg.training.batch_size) < cfg.training.batch_size
+    gone = own is not None and reads and not Path(own).is_dir()
     if data is None:
         if gone:
             raise UserError(

@@ -345,6 +345,13 @@ def _rgb_if_cmyk(path: Path, array: np.ndarray) -> np.ndarray:
     try:
         with Image.open(path) as image:
             if image.mode == "CMYK":
+                if array.dtype != np.uint8:
+                    warnings.warn(
+                        f"{path}: a {array.dtype.itemsize * 8}-bit CMYK image, which Pillow converts to RGB at "
+                        "8 bits; convert it to RGB yourself to keep the bits",
+                        UserWarning,
+                        stacklevel=2,
+                    )
                 return np.asarray(image.convert("RGB"))
     except Exception:  # imageio read it and Pillow cannot: not CMYK as far as Pillow knows
         pass

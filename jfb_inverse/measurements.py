@@ -187,8 +187,7 @@ def _check_fits(
             f"reconstructs {kind} images; give a measurement with {cfg.data.channels} channel(s)"
         )
     try:
-        phys = physics.for_image(img_size)
-        expected = tuple(phys.A(torch.zeros((1, *img_size), device=physics.device)).shape[1:])
+        phys, expected = _made_by(physics, img_size)
     except Exception as exc:
         raise does_not_fit(exc) from None
     if expected != tuple(y.shape):
@@ -281,17 +280,27 @@ def provenance_image_shape(path: str | Path) -> tuple[int, ...] | None:
     return tuple(shape)
 
 
-def recorded_measurement_shape(path: str | Path, physics: PhysicsCache) -> tuple[int, ...] | None:
-    """The shape (C, ...) of the measurement the operator makes of the image shape that ``simulate``
-    recorded beside ``path``; ``None`` without a record."""
-    image_shape = provenance_image_shape(path)
+def _made_by(physics: PhysicsCache, img_size: tuple[int, ...]) -> tuple[Any, tuple[int, ...]]:
+    """The physics for images of ``img_size`` and the shape (C, ...) of the measurements it makes."""
+    phys = physics.for_image(img_size)
+    return phys, tuple(phys.A(torch.zeros((1, *img_size), device=physics.device)).shape[1:])
+
+
+def flat_measurement_shape(path: str | Path, cfg: ProblemConfig, physics: PhysicsCache) -> tuple[int, ...] | None:
+    """The shape of the measurements the operator makes, where ``path`` is a ``.npy`` file whose image
+    shape is known (``simulate``'s record beside it, else a custom operator's ``img_size``) and that
+    shape is 2-D: a flat (C, m) measurement, which :func:`read_measurement` would otherwise take for
+    a grey (H, W) image. ``None`` otherwise."""
+    if Path(path).suffix.lower() != ".npy":
+        return None
+    image_shape = provenance_image_shape(path) or getattr(cfg.operator, "img_size", None)
     if image_shape is None:
         return None
     try:
-        physics_for = physics.for_image(image_shape)
-        return tuple(physics_for.A(torch.zeros((1, *image_shape), device=physics.device)).shape[1:])
+        shape = _made_by(physics, tuple(image_shape))[1]
     except Exception:  # a stale record, or an operator that fails there: check_fits says what is wrong
         return None
+    return shape if len(shape) == 2 else None
 
 
 def check_provenance(

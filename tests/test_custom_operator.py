@@ -289,8 +289,10 @@ def test_measurements_of_an_operator_that_shrinks_images_need_their_physics_from
     y = physics.A(torch.rand(2, 1, 32, 32))
     # The message advised reshaping y only; the measurements were right and the physics missing.
     expected = "at the image shape taken from them, (1, 16, 16), where it makes (1, 8, 8); pass the physics of these"
-    with pytest.raises(ValueError, match=re.escape(expected)):
+    with pytest.raises(ValueError, match=re.escape(expected)) as info:
         model(y)
+    assert "(B, 1, 8, 8)" not in str(info.value)  # measurements of that shape would be refused the same way
+    assert "image_shape method or operator.img_size" in str(info.value)
     with torch.no_grad():
         assert model(y, physics).shape == (2, 1, 32, 32)
 
@@ -315,6 +317,14 @@ def test_cli_reconstructs_a_flat_measurement_that_simulate_wrote(tmp_path):
     result = invoke("reconstruct", *common, "--input", str(tmp_path / "y.npy"), "--output", str(tmp_path / "x.npy"))
     assert result.exit_code == 0, result.output
     assert np.load(tmp_path / "x.npy").shape == (1, 16, 16)
+    # Without simulate's record, an operator.img_size says the image shape, and so the measurement's.
+    (tmp_path / "y.npy.json").unlink()
+    result = invoke("reconstruct", *common, "--input", str(tmp_path / "y.npy"), "--output", str(tmp_path / "x.npy"))
+    assert result.exit_code == 2 and "needs an image_shape method (or operator.img_size)" in result.output
+    sized = cfg.model_copy(update={"operator": cfg.operator.model_copy(update={"img_size": [1, 16, 16]})})
+    save_checkpoint(tmp_path / "flat.pt", sized, build_model(sized)[0].state_dict(), step=0)
+    result = invoke("reconstruct", *common, "--input", str(tmp_path / "y.npy"), "--output", str(tmp_path / "x.npy"))
+    assert result.exit_code == 0, result.output
 
 
 runner = CliRunner()

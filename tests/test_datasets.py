@@ -479,6 +479,15 @@ def test_a_cmyk_file_is_read_as_its_rgb_colours(tmp_path, suffix):
     torch.testing.assert_close(image, torch.from_numpy(expected).permute(2, 0, 1), rtol=0, atol=1e-6)
 
 
+def test_a_16_bit_cmyk_tiff_says_it_loses_bits(tmp_path):
+    import tifffile
+
+    inks = (np.random.default_rng(0).random((16, 20, 4)) * 65535).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "c16.tif", inks, photometric="separated")
+    with pytest.warns(UserWarning, match=r"c16.tif: a 16-bit CMYK image, which Pillow converts to RGB at 8 bits"):
+        assert load_image(tmp_path / "c16.tif", channels=3).shape == (3, 16, 20)
+
+
 def test_a_grey_lossy_webp_is_not_reported_as_a_colour_image(tmp_path):
     # Lossy WebP's YUV rounding leaves a grey image's channels 1/255 apart: it was reported as a colour
     # image converted to grey. A colour photo still is.

@@ -167,6 +167,15 @@ def test_a_whole_problem_toml_trains_again_where_its_problem_is_not_registered(t
     with pytest.warns(UserWarning, match="problem 'myblur' is not registered here; problem.toml defines it whole"):
         again = config_from_file_or_problem(None, path, {"training": {"steps": 9}})
     assert again == run.model_copy(update={"training": run.training.model_copy(update={"steps": 9})})
+    # Its data.path alone means a folder, as in a registered problem's config (it trained on the bundled images).
+    values = again.model_dump(mode="json", exclude_none=True)
+    values["data"] = {k: v for k, v in values["data"].items() if k != "source"} | {"path": "photos"}
+    path.write_text(tomli_w.dumps(values))
+    with pytest.warns(UserWarning, match="not registered here"):
+        assert config_from_file_or_problem(None, path).data.source == "folder"
+    path.write_text(tomli_w.dumps(values | {"data": values["data"] | {"source": "builtin"}}))
+    with pytest.warns(UserWarning), pytest.raises(ConfigError, match=r"data\.path = 'photos' does nothing with data"):
+        config_from_file_or_problem(None, path)
     # A partial file still needs its problem.
     (tmp_path / "part.toml").write_text('problem = "myblur"\n[training]\nsteps = 3\n')
     with pytest.raises(ConfigError, match="unknown problem 'myblur'"):

@@ -151,7 +151,8 @@ class ImplicitReconstructor(Reconstructor):
                 raise ValueError(
                     f"measurements of shape {tuple(y.shape)} do not fit the model's operator at the image shape "
                     f"taken from them, {tuple(img_size)}, where it makes {made}; pass the physics of these "
-                    f"measurements, model(y, physics), or measurements of shape (B, {', '.join(map(str, made))})"
+                    "measurements, model(y, physics) (a custom operator's image_shape method or operator.img_size "
+                    "would give the image shape)"
                 )
             raise ValueError(
                 f"measurements of shape {tuple(y.shape)} do not fit the physics, which makes {made} per image of "

@@ -332,12 +332,7 @@ def resolve_config(
             inherited = {f: ModelConfig.model_fields[f].default for f in unset}
         values = deep_merge(values, {"model": inherited})
     for layer in (config or {}, overrides or {}):
-        layer = dict(layer)
-        data = layer.get("data")
-        if isinstance(data, Mapping) and data.get("path") is not None and "source" not in data:
-            # A folder of images given alone says where to train: it was ignored with the default
-            # source 'builtin', which trained on the bundled images instead without a word.
-            layer["data"] = {**data, "source": "folder"}
+        layer = _implied_folder(layer)
         if "problem" in layer and layer["problem"] != prob.name:
             # --operator asks for the problem 'custom' without a --problem: say where it came from.
             why = " (--operator trains problem 'custom')" if prob.name == "custom" else ""
@@ -363,6 +358,29 @@ def resolve_config(
     return validate_definition(values)
 
 
+def _implied_folder(layer: Mapping[str, Any]) -> dict[str, Any]:
+    """``layer`` with ``data.source = "folder"`` where it gives a ``data.path`` alone: a folder of
+    images says where to train (with the default source 'builtin' it was ignored, and the run
+    trained on the bundled images without a word)."""
+    layer = dict(layer)
+    data = layer.get("data")
+    if isinstance(data, Mapping) and data.get("path") is not None and "source" not in data:
+        layer["data"] = {**data, "source": "folder"}
+    return layer
+
+
+def _refuse_path_without_folder(layer: Mapping[str, Any], before: Mapping[str, Any], after: Mapping[str, Any]) -> None:
+    """A ConfigError for a ``data.path`` that ``layer`` gives while the data source in effect once it
+    is merged (``after``) is not ``folder``; the value it replaces (``before``) passes."""
+    data, source = _section(layer, "data"), _section(after, "data").get("source")
+    path = data.get("path")
+    if path is not None and source != "folder" and _plain(path) != _plain(_section(before, "data").get("path")):
+        raise ConfigError(
+            f"data.path = {_short_repr(path)} does nothing with data source {source!r}; set source = 'folder' "
+            "to train on it, or drop path"
+        )
+
+
 def _refuse_settings_without_effect(
     layer: Mapping[str, Any], before: Mapping[str, Any], after: Mapping[str, Any]
 ) -> None:
@@ -372,13 +390,7 @@ def _refuse_settings_without_effect(
     to the one it replaces (``before``) is no change and passes, so a run's own problem.toml, which
     holds every field, stays a valid --config; and so does a layer whose kernel a later one changes.
     A ``data.path`` is refused the same way unless the data source in effect is ``folder``."""
-    data, source = _section(layer, "data"), _section(after, "data").get("source")
-    path = data.get("path")
-    if path is not None and source != "folder" and _plain(path) != _plain(_section(before, "data").get("path")):
-        raise ConfigError(
-            f"data.path = {_short_repr(path)} does nothing with data source {source!r}; set source = 'folder' "
-            "to train on it, or drop path"
-        )
+    _refuse_path_without_folder(layer, before, after)
     for name, model in (("operator", BlurOperator), ("noise", NoiseConfig)):
         section, merged = layer.get(name), after.get(name)
         if not isinstance(section, Mapping) or not isinstance(merged, Mapping):
@@ -574,5 +586,8 @@ def config_from_file_or_problem(
             UserWarning,
             stacklevel=2,
         )
+        # The file is the problem's defaults here, which no layer check sees: its data.path is checked as a layer's.
+        file_values = _implied_folder(file_values)
+        _refuse_path_without_folder(file_values, {}, file_values)
         return resolve_config(Problem(str(name), "a whole definition file", file_values), None, overrides, preset)
     return resolve_config(str(name), file_values, overrides, preset)

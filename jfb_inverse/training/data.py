@@ -79,7 +79,7 @@ class TrainingSource:
                         f"data.path {data.path!r}: {exc.strerror}; give the folder of training images "
                         "(--data DIR, or data.path in the --config file, relative to that file or the working folder)"
                     ) from None
-                usable = [x for _, x in named if min(x.shape[-2:]) >= data.patch_size]
+                usable = [(name, x) for name, x in named if min(x.shape[-2:]) >= data.patch_size]
                 if not usable:
                     raise UserError(
                         f"no image in {data.path!r} is at least {data.patch_size} px on each side; "
@@ -102,8 +102,8 @@ class TrainingSource:
                         UserWarning,
                         stacklevel=2,
                     )
-                images = usable
-                self.files = [name for name, x in named if min(x.shape[-2:]) >= data.patch_size]
+                images = [x for _, x in usable]
+                self.files = [name for name, _ in usable]
             else:
                 images = [load_builtin(n, channels=data.channels) for n in BUILTIN_TRAIN]
                 images = [x for x in images if min(x.shape[-2:]) >= data.patch_size]
