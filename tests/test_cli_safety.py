@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,12 +136,17 @@ def test_nproc_checks_the_definition_before_launching_torchrun(monkeypatch):
     one_line_error(invoke("train", "--nproc", "2", "--problem", "deblur", "--device", "cuda"), "no CUDA GPU")
 
 
-def test_a_run_stores_absolute_paths_and_is_never_overwritten_silently(tmp_path, monkeypatch):
+def _tiny_folder_run(tmp_path: Path, monkeypatch) -> None:
+    """In ``tmp_path`` (the working folder): ``imgs/`` of two images and ``tiny.toml``, a fast definition."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "imgs").mkdir()
     for name in ("camera", "coins"):
         save_image(load_builtin(name, size=48), tmp_path / "imgs" / f"{name}.png")
     (tmp_path / "tiny.toml").write_text(TINY)
+
+
+def test_a_run_stores_absolute_paths_and_is_never_overwritten_silently(tmp_path, monkeypatch):
+    _tiny_folder_run(tmp_path, monkeypatch)
     args = ["train", "--problem", "deblur", "--config", "tiny.toml", "--data", "imgs", "--steps", "1",
             "--out", "run", "--device", "cpu"]  # fmt: skip
     assert invoke(*args).exit_code == 0
@@ -191,11 +197,7 @@ def test_help_and_version_exit_0_and_no_arguments_prints_the_help(capsys):
 
 
 def test_resume_follows_a_moved_training_folder_and_says_when_it_changed(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "imgs").mkdir()
-    for name in ("camera", "coins"):
-        save_image(load_builtin(name, size=48), tmp_path / "imgs" / f"{name}.png")
-    (tmp_path / "tiny.toml").write_text(TINY)
+    _tiny_folder_run(tmp_path, monkeypatch)
     result = invoke("train", "--problem", "deblur", "--config", "tiny.toml", "--data", "imgs", "--steps", "1",
                     "--out", "run", "--device", "cpu")  # fmt: skip
     assert result.exit_code == 0, result.output
