@@ -150,3 +150,11 @@ def test_spectral_normalize_covers_every_convolution_and_linear_layer():
     # Transposed convolutions are normalised along their output channels (dim 1), so each has norm 1.
     w = layers[3].weight.detach()
     assert torch.linalg.matrix_norm(w.transpose(0, 1).reshape(3, -1), ord=2) == pytest.approx(1.0, abs=0.05)
+
+
+def test_lipschitz_estimate_refuses_inference_mode_where_it_read_zero():
+    u = torch.randn(2, 3)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match=r"outside torch\.inference_mode"):
+        lipschitz_estimate(lambda v: 0.7 * v, u)
+    with torch.no_grad():  # no_grad is fine: it re-enables autograd for its own graph
+        torch.testing.assert_close(lipschitz_estimate(lambda v: 0.7 * v, u), torch.full((2,), 0.7), rtol=1e-2, atol=0)

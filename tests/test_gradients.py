@@ -222,3 +222,17 @@ def test_spectral_norm_weights_are_fixed_within_a_training_solve(strategy):
     assert calls[0] == 1 + tracked  # once for the solve, once per tracked application
     u.sum().backward()
     assert float(layer.parametrizations.weight.original.grad.abs().sum()) > 0
+
+
+def test_implicit_diff_warns_when_its_backward_solve_does_not_converge():
+    # T(u) = 0.99 u + x: the exact gradient of sum(u*) is 1 / 0.01 = 100 per entry; 50 Picard steps of
+    # the adjoint reach about 40, which came back without a word.
+    from jfb_inverse.implicit import Anderson, ImplicitDiff, fixed_point
+
+    x = torch.ones(2, 3, requires_grad=True)
+    u, _ = fixed_point(
+        lambda u: 0.99 * u + x, torch.zeros(2, 3), Anderson(tol=1e-6, max_iter=200), ImplicitDiff("picard")
+    )
+    with pytest.warns(RuntimeWarning, match="ImplicitDiff: the backward solve did not converge"):
+        u.sum().backward()
+    assert float(x.grad.max()) < 50  # the inexact gradient the warning is about

@@ -69,6 +69,8 @@ def lipschitz_estimate(fn: FixedPointMap, u: Tensor, n_iter: int = 20, seed: int
     """
     # The start is drawn on the CPU and moved: a CUDA generator draws other numbers for the same
     # seed, and ten power iterations from another start read ~3% apart on the shipped CT model.
+    if torch.is_inference_mode_enabled():  # enable_grad does nothing there: every J would read as 0
+        raise RuntimeError("lipschitz_estimate needs autograd: call it outside torch.inference_mode (no_grad is fine)")
     generator = torch.Generator().manual_seed(seed)
     u = u.detach()
     shape = (-1, *([1] * (u.dim() - 1)))

@@ -23,6 +23,7 @@ loss. A contraction alone is not enough. Check the contraction with
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -211,6 +212,16 @@ class ImplicitDiff(GradientStrategy):
 
             g, back_stats = backward_solver.solve(adjoint_map, v)
             stats.backward = back_stats
+            if not bool(back_stats.converged.all()):
+                # Its best iterate is then no gradient at all where the adjoint iteration diverges.
+                worst, steps = float(back_stats.residual.max()), int(back_stats.iterations.max())
+                warnings.warn(
+                    f"ImplicitDiff: the backward solve did not converge (residual {worst:.2e} > tol "
+                    f"{backward_solver.tol:g} after {steps} iterations); the gradient is inexact: raise its "
+                    "max_iter, or use JFB where T is not a contraction",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
             return g
 
         return _ImplicitBackward.apply(u, implicit_backward), stats
